@@ -1,0 +1,133 @@
+"""Type stub for the compiled core `tttnn._tttnn` (checked with `python -m mypy.stubtest tttnn._tttnn`).
+
+This file is the contract between the Rust bindings and the Python layer.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+class CorruptIndexError(ValueError):
+    """A store file is truncated, corrupted, inconsistent with its manifest, or of an unknown version."""
+
+class EmbeddingStore:
+    """Append-only, sharded, memory-mapped vectors (f32/f16/i8) with optional per-document text,
+    token ids and records (small JSON bytes). Global ids are 0..len(store) in append order."""
+
+    @staticmethod
+    def create(
+        path: str,
+        dim: int,
+        *,
+        dtype: str = "f32",
+        metric: str = "cosine",
+        shard_size: int = 100_000,
+        hnsw: bool = False,
+        hnsw_connectivity: int = 16,
+        hnsw_expansion_add: int = 128,
+        hnsw_expansion_search: int = 128,
+        with_text: bool = False,
+        with_tokens: bool = False,
+        with_records: bool = False,
+        meta: str = "{}",
+    ) -> EmbeddingStore: ...
+    @staticmethod
+    def open(path: str) -> EmbeddingStore: ...
+    def append(
+        self,
+        vectors: npt.NDArray[np.float32],
+        *,
+        texts: Sequence[str | bytes] | None = None,
+        tokens: Sequence[npt.NDArray[np.uint32]] | None = None,
+        records: Sequence[bytes] | None = None,
+    ) -> list[int]:
+        """Append `n × dim` vectors (and n texts/tokens/records when the store has them); splits
+        into shards of at most `shard_size`, each sealed by an atomic manifest write. Returns the
+        ids of the shards written."""
+    def search(
+        self,
+        queries: npt.NDArray[np.float32],
+        k: int,
+        *,
+        exact: bool = True,
+        ef: int | None = None,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """`queries` is `(nq, dim)` or `(dim,)`; returns `(ids, scores)` of shape `(nq, k)`, best
+        first; missing hits are id -1 / score NaN. `exact=False` uses the HNSW graphs."""
+    def build_hnsw(self, *, threads: int = 0) -> int:
+        """Build the HNSW graph of every shard that lacks one (resumable); returns how many."""
+    def verify(self) -> None:
+        """Read every file and check its checksum; raises CorruptIndexError on a mismatch."""
+    def get_vectors(self, ids: Sequence[int] | npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """Dequantized vectors of the given ids, `(len(ids), dim)`."""
+    def text(self, id: int) -> str: ...
+    def text_bytes(self, id: int) -> bytes: ...
+    def tokens(self, id: int) -> npt.NDArray[np.uint32]: ...
+    def record(self, id: int) -> bytes: ...
+    def pack_windows(
+        self,
+        ids: Sequence[int] | npt.NDArray[np.int64],
+        context_length: int,
+        *,
+        eos_id: int | None = None,
+        pack_short: bool = False,
+        max_windows_per_doc: int | None = None,
+        pad_id: int = 0,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Stored token ids of `ids` (in that order) as training windows; see `pack_windows`."""
+    def set_meta(self, meta: str) -> None:
+        """Replace the user metadata (a JSON object string), atomically."""
+    @property
+    def path(self) -> str: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def metric(self) -> str: ...
+    @property
+    def shard_size(self) -> int: ...
+    @property
+    def num_shards(self) -> int: ...
+    @property
+    def has_hnsw(self) -> bool: ...
+    @property
+    def meta(self) -> str: ...
+    def shard_counts(self) -> list[int]: ...
+    def __len__(self) -> int: ...
+
+def exact_search(
+    vectors: npt.NDArray[np.float32],
+    queries: npt.NDArray[np.float32],
+    k: int,
+    *,
+    metric: str = "cosine",
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """Exact top-k over an in-memory `(n, dim)` f32 array (same kernels as the store)."""
+
+def pack_windows(
+    docs: Sequence[npt.NDArray[np.uint32]],
+    context_length: int,
+    *,
+    eos_id: int | None = None,
+    pack_short: bool = False,
+    max_windows_per_doc: int | None = None,
+    pad_id: int = 0,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Cut documents (in order) into non-overlapping windows of `context_length` tokens.
+
+    Returns `(input_ids (W, L), lengths (W,), doc_index (W,))`: row i holds `lengths[i]` real
+    tokens followed by `pad_id`; `doc_index[i]` is the document row i starts in."""
+
+def dedup_neighbors(
+    query: str | bytes,
+    candidates: Sequence[str | bytes],
+    *,
+    threshold: float = 0.9,
+) -> tuple[list[int], list[tuple[int, str]]]:
+    """Leakage guard: drop candidates identical to the query or to an earlier kept candidate
+    (after whitespace/case normalisation), or whose word-shingle similarity to either reaches
+    `threshold`. Returns `(kept indices, [(dropped index, reason)])`, order preserved."""

@@ -1,0 +1,25 @@
+//! tttnn core: the parts of test-time training on nearest neighbors that must be fast.
+//!
+//! * [`store`]: append-only, sharded, memory-mapped embedding store (f32, f16, i8) with text and
+//!   token ids per document.
+//! * [`ragged`]: flat files of variable-length records (document bytes, token ids) with u64 offsets.
+//! * [`knn`]: exact search (SIMD, rayon, blocked matrix products) and top-k merging.
+//! * [`hnsw`]: approximate search with usearch HNSW, saved and reopened as a memory-mapped view.
+//! * [`pack`]: neighbor token ids into training windows, and neighbor de-duplication.
+//!
+//! This crate has no Python in it unless the `python` feature is on: the pyo3 glue lives in
+//! `rust/python/` only.
+
+pub mod error;
+pub mod hnsw;
+pub mod knn;
+pub mod pack;
+pub mod ragged;
+pub mod store;
+pub mod vectors;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use error::{Error, Result};
+pub use vectors::{DType, Metric, SearchResult, VectorsRef};

@@ -1,0 +1,1 @@
+//! Append-only, sharded, memory-mapped embedding store. (Owned by the store helper.)
