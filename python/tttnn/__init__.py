@@ -6,13 +6,9 @@ on them (one gradient step per window), score the text, reset. Hardt & Sun, ICLR
 
 from __future__ import annotations
 
-from tttnn._tttnn import CorruptIndexError, EmbeddingStore, __version__, dedup_neighbors, exact_search, pack_windows
+from tttnn._tttnn import CorruptIndexError, __version__
 
 __all__ = [
     "CorruptIndexError",
-    "EmbeddingStore",
     "__version__",
-    "dedup_neighbors",
-    "exact_search",
-    "pack_windows",
 ]
