@@ -1,11 +1,28 @@
 //! Approximate search: usearch HNSW, built in parallel, saved, reopened as a memory-mapped view.
 //!
 //! CONTRACT (owned by the knn helper; relied on by `store` and the bindings):
+//! - [`HnswIndex::build`] over one block (keys = local rows), [`HnswIndex::save`],
+//!   [`HnswIndex::view`] (memory-mapped, no copy), [`HnswIndex::search`] (local ids, scores per
+//!   [`Metric`], best first, padded with -1 / NaN).
+//!
+//! Scalar kind: f32 stores keep f32 in the graph; f16 and i8 stores are indexed as f16 (half the
+//! memory of f32; for i8 the dequantized rows, because usearch's own i8 cast assumes unit-range
+//! values and has no per-vector scale).
+//!
+//! Thread safety: `usearch::Index` is `Send + Sync` (the crate says so with `unsafe impl`; the C++
+//! index takes a per-call thread slot under its own lock), so `HnswIndex` is `Send + Sync` too and
+//! can sit in a `#[pyclass]` that releases the GIL. The one piece of shared mutable state is the
+//! search expansion (`ef`), a field of the index: searches with the default `ef` share a read
+//! lock, a search with another `ef` takes the write lock, changes it, searches, and restores it.
 
 use std::path::Path;
+use std::sync::RwLock;
 
-use crate::error::Result;
-use crate::vectors::{Metric, SearchResult, VectorsRef};
+use rayon::prelude::*;
+use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
+
+use crate::error::{Error, Result};
+use crate::vectors::{check_queries, Metric, SearchResult, VectorData, VectorsRef};
 
 /// HNSW construction and search settings (usearch names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -25,45 +42,495 @@ impl Default for HnswParams {
     }
 }
 
+impl HnswParams {
+    fn check(&self) -> Result<()> {
+        if self.connectivity < 2 || self.expansion_add == 0 || self.expansion_search == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "HNSW parameters out of range (connectivity >= 2, expansions >= 1): {self:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
 pub struct HnswIndex {
-    _private: (),
+    index: Index,
+    metric: Metric,
+    dim: usize,
+    default_ef: usize,
+    /// Guards the index's expansion_search (see the module docs).
+    ef_lock: RwLock<()>,
+}
+
+fn metric_kind(metric: Metric) -> MetricKind {
+    match metric {
+        Metric::Cosine => MetricKind::Cos,
+        Metric::InnerProduct => MetricKind::IP,
+        Metric::L2 => MetricKind::L2sq,
+    }
+}
+
+fn index_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Index(format!("usearch {what}: {e}"))
 }
 
 impl HnswIndex {
     /// Build over all vectors of one block; keys are local row numbers 0..count.
+    /// `threads == 0` uses rayon's current pool size.
     pub fn build(
         vectors: VectorsRef<'_>,
         metric: Metric,
         params: &HnswParams,
         threads: usize,
     ) -> Result<Self> {
-        let _ = (vectors, metric, params, threads);
-        todo!("HnswIndex::build")
+        params.check()?;
+        let d = vectors.dim;
+        if d == 0 {
+            return Err(Error::Shape("dimension must be positive".into()));
+        }
+        let quantization = match vectors.data {
+            VectorData::F32(_) => ScalarKind::F32,
+            VectorData::F16(_) | VectorData::I8 { .. } => ScalarKind::F16,
+        };
+        let n = vectors.count;
+        let payload = match vectors.data {
+            VectorData::F32(x) => x.len(),
+            VectorData::F16(x) => x.len(),
+            VectorData::I8 { q, scales } => {
+                if scales.len() != n {
+                    return Err(Error::Shape(format!(
+                        "{} scales for {n} vectors",
+                        scales.len()
+                    )));
+                }
+                q.len()
+            }
+        };
+        if payload != n * d {
+            return Err(Error::Shape(format!(
+                "{payload} values for {n} vectors of dimension {d}"
+            )));
+        }
+        let options = IndexOptions {
+            dimensions: d,
+            metric: metric_kind(metric),
+            quantization,
+            connectivity: params.connectivity,
+            expansion_add: params.expansion_add,
+            expansion_search: params.expansion_search,
+            multi: false,
+        };
+        let index = Index::new(&options).map_err(|e| index_err("new", e))?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(if threads == 0 {
+                rayon::current_num_threads()
+            } else {
+                threads
+            })
+            .build()
+            .map_err(|e| Error::Index(format!("thread pool: {e}")))?;
+        // Thread slots must cover every thread that may call `add` concurrently.
+        index
+            .reserve_capacity_and_threads(n.max(1), pool.current_num_threads())
+            .map_err(|e| index_err("reserve", e))?;
+        pool.install(|| {
+            (0..n).into_par_iter().with_min_len(64).try_for_each_init(
+                || vec![0f32; d],
+                |buf, i| {
+                    let r = match vectors.data {
+                        VectorData::F32(x) => index.add(i as u64, &x[i * d..(i + 1) * d]),
+                        VectorData::F16(x) => {
+                            let bits: &[i16] = bytemuck::cast_slice(&x[i * d..(i + 1) * d]);
+                            index.add(i as u64, usearch::f16::from_i16s(bits))
+                        }
+                        VectorData::I8 { .. } => {
+                            vectors.row_f32(i, buf);
+                            index.add(i as u64, &buf[..])
+                        }
+                    };
+                    r.map_err(|e| index_err("add", e))
+                },
+            )
+        })?;
+        Ok(HnswIndex {
+            index,
+            metric,
+            dim: d,
+            default_ef: params.expansion_search,
+            ef_lock: RwLock::new(()),
+        })
     }
 
     /// Save to `path` (the caller writes to a temp path and renames).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let _ = path;
-        todo!("HnswIndex::save")
+        let p = path_str(path)?;
+        self.index.save(p).map_err(|e| Error::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(format!("saving the HNSW index: {e}")),
+        })
     }
 
     /// Open a saved index as a memory-mapped view (no copy of the graph into memory).
     pub fn view(path: &Path, dim: usize, metric: Metric, params: &HnswParams) -> Result<Self> {
-        let _ = (path, dim, metric, params);
-        todo!("HnswIndex::view")
+        params.check()?;
+        let p = path_str(path)?;
+        if let Err(e) = std::fs::metadata(path) {
+            return Err(Error::io(path, e));
+        }
+        let meta = Index::metadata(p)
+            .map_err(|e| Error::corrupt(path, format!("unreadable HNSW header: {e}")))?;
+        if meta.dimensions as usize != dim {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "HNSW index has dimension {}, expected {dim}",
+                    meta.dimensions
+                ),
+            ));
+        }
+        if meta.metric != metric_kind(metric) {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "HNSW index metric {:?} does not match {}",
+                    meta.metric,
+                    metric.as_str()
+                ),
+            ));
+        }
+        let options = IndexOptions {
+            dimensions: dim,
+            metric: meta.metric,
+            quantization: meta.quantization,
+            connectivity: params.connectivity,
+            expansion_add: params.expansion_add,
+            expansion_search: params.expansion_search,
+            multi: meta.multi,
+        };
+        let index = Index::new(&options).map_err(|e| index_err("new", e))?;
+        index
+            .view(p)
+            .map_err(|e| Error::corrupt(path, format!("cannot map the HNSW index: {e}")))?;
+        index.change_expansion_search(params.expansion_search);
+        Ok(HnswIndex {
+            index,
+            metric,
+            dim,
+            default_ef: params.expansion_search,
+            ef_lock: RwLock::new(()),
+        })
     }
 
     /// Search `nq × dim` queries; local ids (row numbers), scores per [`Metric`], best first.
+    /// `ef` overrides the search expansion for this call (`None`: the index's setting).
     pub fn search(&self, queries: &[f32], k: usize, ef: Option<usize>) -> Result<SearchResult> {
-        let _ = (queries, k, ef);
-        todo!("HnswIndex::search")
+        if k == 0 {
+            return Err(Error::InvalidArgument("k must be at least 1".into()));
+        }
+        if ef == Some(0) {
+            return Err(Error::InvalidArgument("ef must be at least 1".into()));
+        }
+        let nq = check_queries(queries, self.dim)?;
+        let mut out = SearchResult::empty(nq, k);
+        if nq == 0 || self.index.size() == 0 {
+            return Ok(out);
+        }
+        let run = |out: &mut SearchResult| -> Result<()> {
+            out.ids
+                .par_chunks_mut(k)
+                .zip(out.scores.par_chunks_mut(k))
+                .zip(queries.par_chunks(self.dim))
+                .try_for_each(|((ids, scores), q)| {
+                    let m = self
+                        .index
+                        .search(q, k)
+                        .map_err(|e| index_err("search", e))?;
+                    for (j, (&key, &dist)) in m.keys.iter().zip(&m.distances).enumerate() {
+                        ids[j] = key as i64;
+                        scores[j] = match self.metric {
+                            Metric::Cosine | Metric::InnerProduct => 1.0 - dist,
+                            Metric::L2 => dist,
+                        };
+                    }
+                    Ok(())
+                })
+        };
+        match ef {
+            Some(e) if e != self.default_ef => {
+                let _w = self.ef_lock.write().unwrap_or_else(|p| p.into_inner());
+                self.index.change_expansion_search(e);
+                let r = run(&mut out);
+                self.index.change_expansion_search(self.default_ef);
+                r?;
+            }
+            _ => {
+                let _r = self.ef_lock.read().unwrap_or_else(|p| p.into_inner());
+                run(&mut out)?;
+            }
+        }
+        Ok(out)
     }
 
     pub fn len(&self) -> usize {
-        todo!("HnswIndex::len")
+        self.index.size()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    /// Bytes the index occupies in memory (for a view: the mapped file is not counted by usearch).
+    pub fn memory_usage(&self) -> usize {
+        self.index.memory_usage()
+    }
+}
+
+fn path_str(path: &Path) -> Result<&str> {
+    path.to_str().ok_or_else(|| {
+        Error::InvalidArgument(format!("path {} is not valid UTF-8", path.display()))
+    })
+}
+
+/// Fraction of the exact neighbors (ids >= 0) found by the approximate search, averaged over
+/// queries: recall@k as usually reported.
+pub fn recall_at_k(approx: &SearchResult, exact: &SearchResult) -> f64 {
+    let k = exact.k.min(approx.k);
+    let (mut hit, mut total) = (0usize, 0usize);
+    for q in 0..exact.nq.min(approx.nq) {
+        let truth = &exact.ids[q * exact.k..q * exact.k + k];
+        let got = &approx.ids[q * approx.k..q * approx.k + k];
+        for id in truth.iter().filter(|&&i| i >= 0) {
+            total += 1;
+            if got.contains(id) {
+                hit += 1;
+            }
+        }
+    }
+    if total == 0 {
+        1.0
+    } else {
+        hit as f64 / total as f64
+    }
+}
+
+/// Clustered unit vectors for recall tests and benchmarks: `clusters` Gaussian centres on the
+/// sphere, each point a centre plus noise of relative size `spread`, normalised. Deterministic
+/// in `seed` (a small xorshift generator, so no dependency is needed outside dev builds).
+pub fn clustered_unit_vectors(
+    n: usize,
+    dim: usize,
+    clusters: usize,
+    spread: f32,
+    seed: u64,
+) -> Vec<f32> {
+    let centres: Vec<f32> = {
+        let mut g = Gauss::new(seed);
+        let mut c: Vec<f32> = (0..clusters.max(1) * dim).map(|_| g.next()).collect();
+        for r in c.chunks_mut(dim) {
+            normalize(r);
+        }
+        c
+    };
+    let mut out = vec![0f32; n * dim];
+    out.par_chunks_mut(dim).enumerate().for_each(|(i, r)| {
+        let mut g = Gauss::new(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xABCD);
+        let c = (g.next_u64() % clusters.max(1) as u64) as usize;
+        let s = spread / (dim as f32).sqrt();
+        for (j, v) in r.iter_mut().enumerate() {
+            *v = centres[c * dim + j] + s * g.next();
+        }
+        normalize(r);
+    });
+    out
+}
+
+fn normalize(r: &mut [f32]) {
+    let n = r.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if n > 0.0 {
+        r.iter_mut().for_each(|v| *v /= n);
+    }
+}
+
+/// xorshift64* + Box-Muller.
+struct Gauss(u64);
+
+impl Gauss {
+    fn new(seed: u64) -> Self {
+        Gauss(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1)
+    }
+    fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+    }
+    fn next(&mut self) -> f32 {
+        let (u1, u2) = (self.uniform(), self.uniform());
+        (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::knn::{exact_search, row_norms};
+    use half::f16;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn index_is_send_and_sync() {
+        assert_send_sync::<HnswIndex>();
+    }
+
+    fn f32_block<'a>(x: &'a [f32], norms: &'a [f32], dim: usize) -> VectorsRef<'a> {
+        VectorsRef {
+            dim,
+            count: x.len() / dim,
+            data: VectorData::F32(x),
+            norms,
+        }
+    }
+
+    #[test]
+    fn build_save_view_search_every_metric() {
+        let (n, dim) = (3000, 32);
+        let all = clustered_unit_vectors(n + 50, dim, 50, 0.5, 1);
+        let (x, q) = all.split_at(n * dim);
+        let norms = row_norms(x, dim);
+        let dir = tempfile::tempdir().unwrap();
+        for metric in [Metric::Cosine, Metric::InnerProduct, Metric::L2] {
+            let v = f32_block(x, &norms, dim);
+            let idx = HnswIndex::build(v, metric, &HnswParams::default(), 2).unwrap();
+            assert_eq!(idx.len(), n);
+            let exact = exact_search(&[(0, v)], q, 10, metric).unwrap();
+            let approx = idx.search(q, 10, None).unwrap();
+            assert!(recall_at_k(&approx, &exact) > 0.95);
+            // Scores follow our convention: compare with exact on the common top-1.
+            for qi in 0..50 {
+                if approx.ids[qi * 10] == exact.ids[qi * 10] {
+                    assert!((approx.scores[qi * 10] - exact.scores[qi * 10]).abs() < 1e-3);
+                }
+            }
+            let path = dir.path().join(format!("{}.usearch", metric.as_str()));
+            idx.save(&path).unwrap();
+            let viewed = HnswIndex::view(&path, dim, metric, &HnswParams::default()).unwrap();
+            assert_eq!(viewed.len(), n);
+            assert_eq!(viewed.search(q, 10, None).unwrap().ids, approx.ids);
+            // A different ef works and is restored afterwards.
+            let wide = viewed.search(q, 10, Some(400)).unwrap();
+            assert!(recall_at_k(&wide, &exact) >= recall_at_k(&approx, &exact) - 0.01);
+            assert_eq!(viewed.search(q, 10, None).unwrap().ids, approx.ids);
+            // Wrong dimension / metric on reopen are corrupt-index errors.
+            assert!(matches!(
+                HnswIndex::view(&path, dim + 1, metric, &HnswParams::default()),
+                Err(Error::Corrupt { .. })
+            ));
+        }
+        assert!(matches!(
+            HnswIndex::view(
+                &dir.path().join("missing"),
+                dim,
+                Metric::L2,
+                &HnswParams::default()
+            ),
+            Err(Error::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn f16_and_i8_blocks_and_padding() {
+        let (n, dim) = (500, 16);
+        let x = clustered_unit_vectors(n, dim, 10, 0.5, 3);
+        let h: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
+        let norms = row_norms(&x, dim);
+        let q8: Vec<i8> = x.iter().map(|&v| (v * 127.0).round() as i8).collect();
+        let scales = vec![1.0f32 / 127.0; n];
+        for data in [
+            VectorData::F16(&h),
+            VectorData::I8 {
+                q: &q8,
+                scales: &scales,
+            },
+        ] {
+            let v = VectorsRef {
+                dim,
+                count: n,
+                data,
+                norms: &norms,
+            };
+            let idx = HnswIndex::build(v, Metric::Cosine, &HnswParams::default(), 0).unwrap();
+            let exact = exact_search(&[(0, v)], &x[..10 * dim], 5, Metric::Cosine).unwrap();
+            let approx = idx.search(&x[..10 * dim], 5, None).unwrap();
+            assert!(recall_at_k(&approx, &exact) > 0.9);
+        }
+        // k larger than the index: padded.
+        let small = &x[..3 * dim];
+        let v = f32_block(small, &norms[..3], dim);
+        let idx = HnswIndex::build(v, Metric::L2, &HnswParams::default(), 1).unwrap();
+        let r = idx.search(&x[..dim], 5, None).unwrap();
+        assert_eq!(r.ids[0], 0);
+        assert_eq!(&r.ids[3..], &[-1, -1]);
+        assert!(r.scores[4].is_nan());
+        assert!(idx.search(&x[..dim - 1], 5, None).is_err());
+        assert!(idx.search(&x[..dim], 0, None).is_err());
+    }
+}
+
+#[cfg(test)]
+mod recall_tests {
+    use super::*;
+    use crate::knn::{exact_search, row_norms};
+
+    /// recall@20 on 200,000 × 384 clustered unit vectors (2,000 clusters, fixed seed) at the
+    /// default parameters. The graph build is C++ compiled with -O3 even in debug builds.
+    #[test]
+    fn recall_at_20_on_200k_clustered() {
+        let n: usize = std::env::var("TTTNN_RECALL_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200_000);
+        let spread: f32 = std::env::var("TTTNN_RECALL_SPREAD")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1.0);
+        let (dim, nq, k) = (384, 200, 20);
+        let t = std::time::Instant::now();
+        // Queries: further points of the same clusters, not in the index.
+        let all = clustered_unit_vectors(n + nq, dim, 2000, spread, 42);
+        let (x, q) = all.split_at(n * dim);
+        let norms = row_norms(x, dim);
+        let v = VectorsRef {
+            dim,
+            count: n,
+            data: VectorData::F32(x),
+            norms: &norms,
+        };
+        eprintln!("data {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        let idx = HnswIndex::build(v, Metric::Cosine, &HnswParams::default(), 0).unwrap();
+        eprintln!("build {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        let exact = exact_search(&[(0, v)], q, k, Metric::Cosine).unwrap();
+        eprintln!("exact {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        let approx = idx.search(q, k, None).unwrap();
+        eprintln!("search {:?}", t.elapsed());
+        let r = recall_at_k(&approx, &exact);
+        eprintln!("recall@{k} = {r:.4} (n = {n}, spread = {spread})");
+        assert!(r >= 0.95, "recall@{k} = {r}");
     }
 }

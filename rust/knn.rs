@@ -7,21 +7,1076 @@
 //!   per dtype, batched queries as a blocked matrix product.
 //! - `merge_topk(parts, metric)`: merge several `SearchResult`s (same nq, global ids) into one
 //!   exact top-k.
+//!
+//! How it works. Every metric is reduced to one "key" per (query, row), larger is better:
+//! `key = dot(q, x_raw) * a[row] + b[row]`, where `x_raw` is the stored payload (f32, f16, or the
+//! i8 codes without their scale) and `a`, `b` come from the precomputed norms and scales:
+//! inner product `a = scale`; cosine `a = scale / |x|` (the query norm is applied at the end);
+//! L2 `a = 2 scale`, `b = -|x|²` (the final distance is `|q|² - key`). Two scanning strategies:
+//! - few queries (< [`GEMM_MIN_QUERIES`]): each row is read once from memory and dotted with every
+//!   query by a SIMD kernel (AVX-512 or AVX2+FMA+F16C, runtime dispatch, portable fallback). This
+//!   path is memory-bandwidth bound.
+//! - many queries: tiles of rows (f16/i8 converted to f32 tile by tile) against tiles of queries
+//!   as an sgemm (`gemm` crate), then a top-k pass over the score tile. Compute bound.
+//!
+//! Both run in parallel over chunks of rows of all blocks (rayon `fold` + `reduce`), with one
+//! bounded min-heap per query per worker, merged at the end.
 
-use crate::error::Result;
-use crate::vectors::{Metric, SearchResult, VectorsRef};
+use half::f16;
+use rayon::prelude::*;
 
+use crate::error::{Error, Result};
+use crate::vectors::{check_queries, Metric, SearchResult, VectorData, VectorsRef};
+
+/// From this many queries on, the batch is scored with a blocked matrix product.
+pub const GEMM_MIN_QUERIES: usize = 12;
+/// Rows per parallel task on the bandwidth-bound path.
+const SCAN_CHUNK_ROWS: usize = 8192;
+/// Rows per tile of the gemm path (converted to f32 for f16/i8 blocks).
+const TILE_ROWS: usize = 256;
+/// Queries per tile of the gemm path.
+const TILE_QUERIES: usize = 256;
+/// Rows per parallel task on the gemm path (a multiple of `TILE_ROWS`).
+const GEMM_CHUNK_ROWS: usize = 4 * TILE_ROWS;
+
+/// Exact top-`k` of every query over all `blocks`; ids are `block start + row`. The dimension is
+/// taken from the first block (pass an empty block, `count == 0`, for an empty store).
 pub fn exact_search(
     blocks: &[(u64, VectorsRef<'_>)],
     queries: &[f32],
     k: usize,
     metric: Metric,
 ) -> Result<SearchResult> {
-    let _ = (blocks, queries, k, metric);
-    todo!("knn::exact_search")
+    let Some((_, first)) = blocks.first() else {
+        return Err(Error::InvalidArgument(
+            "exact_search needs at least one block to know the dimension (an empty block is fine)"
+                .into(),
+        ));
+    };
+    exact_search_dim(blocks, first.dim, queries, k, metric)
 }
 
+/// [`exact_search`] with an explicit dimension, so an empty list of blocks is allowed (every row
+/// of the result is then padding).
+pub fn exact_search_dim(
+    blocks: &[(u64, VectorsRef<'_>)],
+    dim: usize,
+    queries: &[f32],
+    k: usize,
+    metric: Metric,
+) -> Result<SearchResult> {
+    if k == 0 {
+        return Err(Error::InvalidArgument("k must be at least 1".into()));
+    }
+    let nq = check_queries(queries, dim)?;
+    for (i, (_, b)) in blocks.iter().enumerate() {
+        check_block(i, b, dim)?;
+    }
+    if nq == 0 {
+        return Ok(SearchResult::empty(0, k));
+    }
+    let total: usize = blocks.iter().map(|(_, b)| b.count).sum();
+    if total == 0 {
+        return Ok(SearchResult::empty(nq, k));
+    }
+    let gemm_path = nq >= GEMM_MIN_QUERIES;
+    let chunk = if gemm_path {
+        GEMM_CHUNK_ROWS
+    } else {
+        SCAN_CHUNK_ROWS
+    };
+    let tasks: Vec<(usize, usize, usize)> = blocks
+        .iter()
+        .enumerate()
+        .flat_map(|(bi, (_, b))| {
+            (0..b.count)
+                .step_by(chunk)
+                .map(move |s| (bi, s, (s + chunk).min(b.count)))
+        })
+        .collect();
+    let kk = k.min(total);
+    let level = simd_level();
+    let heaps = tasks
+        .par_iter()
+        .fold(
+            || TopKSet::new(nq, kk),
+            |mut acc, &(bi, r0, r1)| {
+                let (start, b) = &blocks[bi];
+                if gemm_path {
+                    scan_gemm(b, *start, r0, r1, queries, metric, &mut acc);
+                } else {
+                    scan_rows(level, b, *start, r0, r1, queries, metric, &mut acc);
+                }
+                acc
+            },
+        )
+        .reduce(|| TopKSet::new(nq, kk), TopKSet::merge);
+    Ok(heaps.finish(queries, dim, k, metric))
+}
+
+fn check_block(i: usize, b: &VectorsRef<'_>, dim: usize) -> Result<()> {
+    if b.dim != dim {
+        return Err(Error::Shape(format!(
+            "block {i} has dimension {}, queries have dimension {dim}",
+            b.dim
+        )));
+    }
+    let n = b.count;
+    let payload = match b.data {
+        VectorData::F32(x) => x.len(),
+        VectorData::F16(x) => x.len(),
+        VectorData::I8 { q, scales } => {
+            if scales.len() != n {
+                return Err(Error::Shape(format!(
+                    "block {i}: {} scales for {n} vectors",
+                    scales.len()
+                )));
+            }
+            q.len()
+        }
+    };
+    if payload != n * dim {
+        return Err(Error::Shape(format!(
+            "block {i}: {payload} values for {n} vectors of dimension {dim}"
+        )));
+    }
+    if b.norms.len() != n {
+        return Err(Error::Shape(format!(
+            "block {i}: {} norms for {n} vectors",
+            b.norms.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Per-row affine factors turning a raw dot product into a key (see the module docs).
+#[inline]
+fn row_factors(metric: Metric, norm: f32, scale: f32) -> (f32, f32) {
+    match metric {
+        Metric::InnerProduct => (scale, 0.0),
+        Metric::Cosine => (if norm > 0.0 { scale / norm } else { 0.0 }, 0.0),
+        Metric::L2 => (2.0 * scale, -(norm * norm)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Top-k bookkeeping.
+
+/// One bounded min-heap per query (worst kept element at the root), flat storage.
+struct TopKSet {
+    k: usize,
+    len: Vec<usize>,
+    keys: Vec<f32>,
+    ids: Vec<i64>,
+}
+
+impl TopKSet {
+    fn new(nq: usize, k: usize) -> Self {
+        TopKSet {
+            k,
+            len: vec![0; nq],
+            keys: vec![f32::NEG_INFINITY; nq * k],
+            ids: vec![-1; nq * k],
+        }
+    }
+
+    /// Smallest key that may still enter query `q`'s heap.
+    #[inline]
+    fn threshold(&self, q: usize) -> f32 {
+        if self.len[q] < self.k {
+            f32::NEG_INFINITY
+        } else {
+            self.keys[q * self.k]
+        }
+    }
+
+    /// Insert (caller checked `key > threshold(q)`).
+    #[inline]
+    fn push(&mut self, q: usize, key: f32, id: i64) {
+        let k = self.k;
+        let keys = &mut self.keys[q * k..(q + 1) * k];
+        let ids = &mut self.ids[q * k..(q + 1) * k];
+        let len = &mut self.len[q];
+        if *len < k {
+            // Sift up.
+            let mut i = *len;
+            *len += 1;
+            while i > 0 {
+                let p = (i - 1) / 2;
+                if worse(key, id, keys[p], ids[p]) {
+                    keys[i] = keys[p];
+                    ids[i] = ids[p];
+                    i = p;
+                } else {
+                    break;
+                }
+            }
+            keys[i] = key;
+            ids[i] = id;
+        } else {
+            if !worse(keys[0], ids[0], key, id) {
+                return;
+            }
+            // Replace the root and sift down.
+            let mut i = 0;
+            loop {
+                let l = 2 * i + 1;
+                if l >= k {
+                    break;
+                }
+                let r = l + 1;
+                let c = if r < k && worse(keys[r], ids[r], keys[l], ids[l]) {
+                    r
+                } else {
+                    l
+                };
+                if worse(keys[c], ids[c], key, id) {
+                    keys[i] = keys[c];
+                    ids[i] = ids[c];
+                    i = c;
+                } else {
+                    break;
+                }
+            }
+            keys[i] = key;
+            ids[i] = id;
+        }
+    }
+
+    fn merge(mut self, other: TopKSet) -> TopKSet {
+        let k = self.k;
+        for q in 0..self.len.len() {
+            for j in 0..other.len[q] {
+                let (key, id) = (other.keys[q * k + j], other.ids[q * k + j]);
+                if self.len[q] < k || worse(self.keys[q * k], self.ids[q * k], key, id) {
+                    self.push(q, key, id);
+                }
+            }
+        }
+        self
+    }
+
+    /// Sorted results (best first) with final scores, padded to `k_out` columns.
+    fn finish(self, queries: &[f32], dim: usize, k_out: usize, metric: Metric) -> SearchResult {
+        let nq = self.len.len();
+        let mut out = SearchResult::empty(nq, k_out);
+        let k = self.k;
+        let mut row: Vec<(f32, i64)> = Vec::with_capacity(k);
+        for q in 0..nq {
+            row.clear();
+            row.extend((0..self.len[q]).map(|j| (self.keys[q * k + j], self.ids[q * k + j])));
+            row.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let qv = &queries[q * dim..(q + 1) * dim];
+            let qq: f32 = qv.iter().map(|v| v * v).sum();
+            for (j, &(key, id)) in row.iter().enumerate() {
+                let score = match metric {
+                    Metric::InnerProduct => key,
+                    Metric::Cosine => {
+                        if qq > 0.0 {
+                            key / qq.sqrt()
+                        } else {
+                            0.0
+                        }
+                    }
+                    Metric::L2 => (qq - key).max(0.0),
+                };
+                out.ids[q * k_out + j] = id;
+                out.scores[q * k_out + j] = score;
+            }
+        }
+        out
+    }
+}
+
+/// True when (ka, ia) ranks strictly below (kb, ib): lower key, or equal key and larger id.
+#[inline]
+fn worse(ka: f32, ia: i64, kb: f32, ib: i64) -> bool {
+    ka < kb || (ka == kb && ia > ib)
+}
+
+/// Merge per-shard results (global ids, same queries) into one exact top-`k`, best first.
+/// Parts may have different `k`; padding (id -1) is skipped. `nq` is the largest `nq` of the
+/// parts (a part with fewer rows contributes nothing to the missing ones).
 pub fn merge_topk(parts: &[SearchResult], k: usize, metric: Metric) -> SearchResult {
-    let _ = (parts, k, metric);
-    todo!("knn::merge_topk")
+    let nq = parts.iter().map(|p| p.nq).max().unwrap_or(0);
+    let mut out = SearchResult::empty(nq, k);
+    let mut row: Vec<(f32, i64)> = Vec::new();
+    for q in 0..nq {
+        row.clear();
+        for p in parts.iter().filter(|p| q < p.nq) {
+            for j in 0..p.k {
+                let (id, s) = (p.ids[q * p.k + j], p.scores[q * p.k + j]);
+                if id >= 0 && !s.is_nan() {
+                    row.push((s, id));
+                }
+            }
+        }
+        if metric.higher_is_better() {
+            row.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        } else {
+            row.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        }
+        for (j, &(s, id)) in row.iter().take(k).enumerate() {
+            out.ids[q * k + j] = id;
+            out.scores[q * k + j] = s;
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bandwidth-bound path: every row read once, dotted with each query.
+
+#[allow(clippy::too_many_arguments)]
+fn scan_rows(
+    level: SimdLevel,
+    b: &VectorsRef<'_>,
+    start: u64,
+    r0: usize,
+    r1: usize,
+    queries: &[f32],
+    metric: Metric,
+    acc: &mut TopKSet,
+) {
+    let d = b.dim;
+    match b.data {
+        VectorData::F32(x) => scan_rows_with(b, start, r0, r1, queries, metric, acc, |i, q| {
+            (dot_f32(level, q, &x[i * d..(i + 1) * d]), 1.0)
+        }),
+        VectorData::F16(x) => scan_rows_with(b, start, r0, r1, queries, metric, acc, |i, q| {
+            (dot_f16(level, q, &x[i * d..(i + 1) * d]), 1.0)
+        }),
+        VectorData::I8 { q: x, scales } => {
+            scan_rows_with(b, start, r0, r1, queries, metric, acc, |i, q| {
+                (dot_i8(level, q, &x[i * d..(i + 1) * d]), scales[i])
+            })
+        }
+    }
+}
+
+/// `row_dot(i, q)` returns the raw dot of row `i` with query `q` and the row's scale.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn scan_rows_with(
+    b: &VectorsRef<'_>,
+    start: u64,
+    r0: usize,
+    r1: usize,
+    queries: &[f32],
+    metric: Metric,
+    acc: &mut TopKSet,
+    row_dot: impl Fn(usize, &[f32]) -> (f32, f32),
+) {
+    let d = b.dim;
+    let nq = queries.len() / d;
+    for i in r0..r1 {
+        let id = start as i64 + i as i64;
+        for qi in 0..nq {
+            let (dot, scale) = row_dot(i, &queries[qi * d..(qi + 1) * d]);
+            let (a, c) = row_factors(metric, b.norms[i], scale);
+            let key = dot.mul_add(a, c);
+            if key > acc.threshold(qi) {
+                acc.push(qi, key, id);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compute-bound path: tiles of rows × tiles of queries through sgemm.
+
+thread_local! {
+    static TILE_BUF: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+fn scan_gemm(
+    b: &VectorsRef<'_>,
+    start: u64,
+    r0: usize,
+    r1: usize,
+    queries: &[f32],
+    metric: Metric,
+    acc: &mut TopKSet,
+) {
+    let d = b.dim;
+    let nq = queries.len() / d;
+    let level = simd_level();
+    TILE_BUF.with(|cell| {
+        let mut bufs = cell.borrow_mut();
+        let (xbuf, cbuf) = &mut *bufs;
+        cbuf.resize(TILE_QUERIES * TILE_ROWS, 0.0);
+        let mut a = [0f32; TILE_ROWS];
+        let mut c = [0f32; TILE_ROWS];
+        let mut t0 = r0;
+        while t0 < r1 {
+            let t1 = (t0 + TILE_ROWS).min(r1);
+            let n = t1 - t0;
+            // The f32 view of the row tile: borrowed for f32 blocks, converted otherwise.
+            let xt: &[f32] = match b.data {
+                VectorData::F32(x) => &x[t0 * d..t1 * d],
+                VectorData::F16(x) => {
+                    xbuf.resize(n * d, 0.0);
+                    f16_to_f32(level, &x[t0 * d..t1 * d], &mut xbuf[..n * d]);
+                    &xbuf[..n * d]
+                }
+                VectorData::I8 { q, .. } => {
+                    xbuf.resize(n * d, 0.0);
+                    i8_to_f32(level, &q[t0 * d..t1 * d], &mut xbuf[..n * d]);
+                    &xbuf[..n * d]
+                }
+            };
+            for j in 0..n {
+                let scale = match b.data {
+                    VectorData::I8 { scales, .. } => scales[t0 + j],
+                    _ => 1.0,
+                };
+                (a[j], c[j]) = row_factors(metric, b.norms[t0 + j], scale);
+            }
+            let mut q0 = 0;
+            while q0 < nq {
+                let q1 = (q0 + TILE_QUERIES).min(nq);
+                let m = q1 - q0;
+                let dst = &mut cbuf[..m * n];
+                // SAFETY: dst is m×n row-major (m*n elements); lhs is the m×d query tile
+                // (row-major); rhs is X_tileᵀ, d×n, read from the n×d row-major tile with row
+                // stride 1 and column stride d. All pointers are valid for these extents.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        d,
+                        dst.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        queries[q0 * d..].as_ptr(),
+                        1,
+                        d as isize,
+                        xt.as_ptr(),
+                        d as isize,
+                        1,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                for qi in 0..m {
+                    let srow = &dst[qi * n..(qi + 1) * n];
+                    let gq = q0 + qi;
+                    let mut thr = acc.threshold(gq);
+                    for j in 0..n {
+                        let key = srow[j].mul_add(a[j], c[j]);
+                        if key > thr {
+                            acc.push(gq, key, start as i64 + (t0 + j) as i64);
+                            thr = acc.threshold(gq);
+                        }
+                    }
+                }
+                q0 = q1;
+            }
+            t0 = t1;
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIMD kernels with runtime dispatch.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SimdLevel {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+fn simd_level() -> SimdLevel {
+    static LEVEL: std::sync::OnceLock<SimdLevel> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::env::var_os("TTTNN_NO_SIMD").is_some() {
+                return SimdLevel::Scalar;
+            }
+            if is_x86_feature_detected!("avx512f") {
+                return SimdLevel::Avx512;
+            }
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
+                return SimdLevel::Avx2;
+            }
+        }
+        SimdLevel::Scalar
+    })
+}
+
+/// Name of the kernel set chosen at runtime ("avx512", "avx2", "scalar").
+pub fn simd_kernel_name() -> &'static str {
+    match simd_level() {
+        SimdLevel::Scalar => "scalar",
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => "avx2",
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => "avx512",
+    }
+}
+
+#[inline]
+fn dot_f32(level: SimdLevel, q: &[f32], x: &[f32]) -> f32 {
+    debug_assert_eq!(q.len(), x.len());
+    match level {
+        // SAFETY: the level was detected at runtime; slices have equal length.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { x86::dot_f32_avx512(q, x) },
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { x86::dot_f32_avx2(q, x) },
+        SimdLevel::Scalar => scalar_dot(q, x.iter().copied()),
+    }
+}
+
+#[inline]
+fn dot_f16(level: SimdLevel, q: &[f32], x: &[f16]) -> f32 {
+    debug_assert_eq!(q.len(), x.len());
+    match level {
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { x86::dot_f16_avx512(q, x) },
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { x86::dot_f16_avx2(q, x) },
+        SimdLevel::Scalar => scalar_dot(q, x.iter().map(|v| v.to_f32())),
+    }
+}
+
+#[inline]
+fn dot_i8(level: SimdLevel, q: &[f32], x: &[i8]) -> f32 {
+    debug_assert_eq!(q.len(), x.len());
+    match level {
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { x86::dot_i8_avx512(q, x) },
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { x86::dot_i8_avx2(q, x) },
+        SimdLevel::Scalar => scalar_dot(q, x.iter().map(|&v| f32::from(v))),
+    }
+}
+
+fn f16_to_f32(level: SimdLevel, x: &[f16], out: &mut [f32]) {
+    match level {
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 | SimdLevel::Avx2 => unsafe { x86::f16_to_f32_f16c(x, out) },
+        SimdLevel::Scalar => {
+            for (o, v) in out.iter_mut().zip(x) {
+                *o = v.to_f32();
+            }
+        }
+    }
+}
+
+fn i8_to_f32(_level: SimdLevel, x: &[i8], out: &mut [f32]) {
+    // A plain conversion loop auto-vectorizes well enough (it is a small part of the gemm tile).
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = f32::from(v);
+    }
+}
+
+/// Portable dot product with 8 independent accumulators (lets the compiler vectorize).
+fn scalar_dot(q: &[f32], x: impl Iterator<Item = f32>) -> f32 {
+    let mut acc = [0f32; 8];
+    for (i, (a, b)) in q.iter().zip(x).enumerate() {
+        acc[i & 7] = a.mul_add(b, acc[i & 7]);
+    }
+    acc.iter().sum()
+}
+
+/// Reference scalar dot product (benchmark peer and tests).
+pub fn naive_dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot_f32_avx512(q: &[f32], x: &[f32]) -> f32 {
+        let n = q.len().min(x.len());
+        let (qp, xp) = (q.as_ptr(), x.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (u, a) in acc.iter_mut().enumerate() {
+                let o = i + 16 * u;
+                *a = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(o)), _mm512_loadu_ps(xp.add(o)), *a);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            acc[0] = _mm512_fmadd_ps(
+                _mm512_loadu_ps(qp.add(i)),
+                _mm512_loadu_ps(xp.add(i)),
+                acc[0],
+            );
+            i += 16;
+        }
+        if i < n {
+            let m: __mmask16 = (1u32 << (n - i)).wrapping_sub(1) as __mmask16;
+            let a = _mm512_maskz_loadu_ps(m, qp.add(i));
+            let b = _mm512_maskz_loadu_ps(m, xp.add(i));
+            acc[1] = _mm512_fmadd_ps(a, b, acc[1]);
+        }
+        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        _mm512_reduce_add_ps(s)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot_f16_avx512(q: &[f32], x: &[f16]) -> f32 {
+        let n = q.len().min(x.len());
+        let (qp, xp) = (q.as_ptr(), x.as_ptr() as *const u16);
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (u, a) in acc.iter_mut().enumerate() {
+                let o = i + 16 * u;
+                let h = _mm256_loadu_si256(xp.add(o) as *const __m256i);
+                *a = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(o)), _mm512_cvtph_ps(h), *a);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            let h = _mm256_loadu_si256(xp.add(i) as *const __m256i);
+            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(i)), _mm512_cvtph_ps(h), acc[0]);
+            i += 16;
+        }
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(
+            _mm512_add_ps(acc[0], acc[1]),
+            _mm512_add_ps(acc[2], acc[3]),
+        ));
+        while i < n {
+            s += *qp.add(i) * (*x.get_unchecked(i)).to_f32();
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot_i8_avx512(q: &[f32], x: &[i8]) -> f32 {
+        let n = q.len().min(x.len());
+        let (qp, xp) = (q.as_ptr(), x.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (u, a) in acc.iter_mut().enumerate() {
+                let o = i + 16 * u;
+                let b = _mm_loadu_si128(xp.add(o) as *const __m128i);
+                let f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+                *a = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(o)), f, *a);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            let b = _mm_loadu_si128(xp.add(i) as *const __m128i);
+            let f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(i)), f, acc[0]);
+            i += 16;
+        }
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(
+            _mm512_add_ps(acc[0], acc[1]),
+            _mm512_add_ps(acc[2], acc[3]),
+        ));
+        while i < n {
+            s += *qp.add(i) * f32::from(*xp.add(i));
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum256(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_f32_avx2(q: &[f32], x: &[f32]) -> f32 {
+        let n = q.len().min(x.len());
+        let (qp, xp) = (q.as_ptr(), x.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (u, a) in acc.iter_mut().enumerate() {
+                let o = i + 8 * u;
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(o)), _mm256_loadu_ps(xp.add(o)), *a);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(
+                _mm256_loadu_ps(qp.add(i)),
+                _mm256_loadu_ps(xp.add(i)),
+                acc[0],
+            );
+            i += 8;
+        }
+        let mut s = hsum256(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
+        while i < n {
+            s += *qp.add(i) * *xp.add(i);
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_f16_avx2(q: &[f32], x: &[f16]) -> f32 {
+        let n = q.len().min(x.len());
+        let (qp, xp) = (q.as_ptr(), x.as_ptr() as *const u16);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (u, a) in acc.iter_mut().enumerate() {
+                let o = i + 8 * u;
+                let h = _mm_loadu_si128(xp.add(o) as *const __m128i);
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(o)), _mm256_cvtph_ps(h), *a);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            let h = _mm_loadu_si128(xp.add(i) as *const __m128i);
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_cvtph_ps(h), acc[0]);
+            i += 8;
+        }
+        let mut s = hsum256(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
+        while i < n {
+            s += *qp.add(i) * (*x.get_unchecked(i)).to_f32();
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_i8_avx2(q: &[f32], x: &[i8]) -> f32 {
+        let n = q.len().min(x.len());
+        let (qp, xp) = (q.as_ptr(), x.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (u, a) in acc.iter_mut().enumerate() {
+                let o = i + 8 * u;
+                let b = _mm_loadl_epi64(xp.add(o) as *const __m128i);
+                let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(o)), f, *a);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            let b = _mm_loadl_epi64(xp.add(i) as *const __m128i);
+            let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), f, acc[0]);
+            i += 8;
+        }
+        let mut s = hsum256(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
+        while i < n {
+            s += *qp.add(i) * f32::from(*xp.add(i));
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn f16_to_f32_f16c(x: &[f16], out: &mut [f32]) {
+        let n = x.len().min(out.len());
+        let (xp, op) = (x.as_ptr() as *const u16, out.as_mut_ptr());
+        let mut i = 0;
+        while i + 8 <= n {
+            let h = _mm_loadu_si128(xp.add(i) as *const __m128i);
+            _mm256_storeu_ps(op.add(i), _mm256_cvtph_ps(h));
+            i += 8;
+        }
+        while i < n {
+            *op.add(i) = (*x.get_unchecked(i)).to_f32();
+            i += 1;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// L2 norms of `n × dim` row-major f32 vectors (parallel); what the store precomputes.
+pub fn row_norms(x: &[f32], dim: usize) -> Vec<f32> {
+    if dim == 0 {
+        return Vec::new();
+    }
+    let level = simd_level();
+    x.par_chunks(dim)
+        .map(|r| dot_f32(level, r, r).sqrt())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    struct Owned {
+        dim: usize,
+        f32s: Vec<f32>,
+        f16s: Vec<f16>,
+        q: Vec<i8>,
+        scales: Vec<f32>,
+        norms32: Vec<f32>,
+        norms16: Vec<f32>,
+        norms8: Vec<f32>,
+    }
+
+    impl Owned {
+        fn random(n: usize, dim: usize, seed: u64) -> Self {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let f32s: Vec<f32> = (0..n * dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let f16s: Vec<f16> = f32s.iter().map(|&v| f16::from_f32(v)).collect();
+            let mut q = Vec::new();
+            let mut scales = Vec::new();
+            for r in f32s.chunks(dim) {
+                let m = r.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-12);
+                let s = m / 127.0;
+                scales.push(s);
+                q.extend(r.iter().map(|v| (v / s).round() as i8));
+            }
+            let norm = |it: &mut dyn Iterator<Item = f32>| it.map(|v| v * v).sum::<f32>().sqrt();
+            let norms32 = f32s
+                .chunks(dim)
+                .map(|r| norm(&mut r.iter().copied()))
+                .collect();
+            let norms16 = f16s
+                .chunks(dim)
+                .map(|r| norm(&mut r.iter().map(|v| v.to_f32())))
+                .collect();
+            let norms8 = q
+                .chunks(dim)
+                .zip(&scales)
+                .map(|(r, s)| norm(&mut r.iter().map(|&v| f32::from(v) * s)))
+                .collect();
+            Owned {
+                dim,
+                f32s,
+                f16s,
+                q,
+                scales,
+                norms32,
+                norms16,
+                norms8,
+            }
+        }
+
+        fn view(&self, dt: usize, r0: usize, r1: usize) -> VectorsRef<'_> {
+            let d = self.dim;
+            let (data, norms) = match dt {
+                0 => (VectorData::F32(&self.f32s[r0 * d..r1 * d]), &self.norms32),
+                1 => (VectorData::F16(&self.f16s[r0 * d..r1 * d]), &self.norms16),
+                _ => (
+                    VectorData::I8 {
+                        q: &self.q[r0 * d..r1 * d],
+                        scales: &self.scales[r0..r1],
+                    },
+                    &self.norms8,
+                ),
+            };
+            VectorsRef {
+                dim: d,
+                count: r1 - r0,
+                data,
+                norms: &norms[r0..r1],
+            }
+        }
+    }
+
+    /// Brute force in f64 on the dequantized rows.
+    fn reference(v: &VectorsRef<'_>, queries: &[f32], k: usize, metric: Metric) -> Vec<Vec<i64>> {
+        let d = v.dim;
+        let mut row = vec![0f32; d];
+        let rows: Vec<Vec<f32>> = (0..v.count)
+            .map(|i| {
+                v.row_f32(i, &mut row);
+                row.clone()
+            })
+            .collect();
+        queries
+            .chunks(d)
+            .map(|q| {
+                let mut s: Vec<(f64, i64)> = rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| {
+                        let dot: f64 = q.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let qq: f64 = q.iter().map(|a| (*a as f64).powi(2)).sum();
+                        let xx: f64 = x.iter().map(|a| (*a as f64).powi(2)).sum();
+                        let key = match metric {
+                            Metric::InnerProduct => dot,
+                            Metric::Cosine => dot / (qq.sqrt() * xx.sqrt()),
+                            Metric::L2 => -(qq - 2.0 * dot + xx),
+                        };
+                        (key, i as i64)
+                    })
+                    .collect();
+                s.sort_by(|a, b| b.0.total_cmp(&a.0));
+                s.iter().take(k).map(|p| p.1).collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_brute_force_every_dtype_metric_and_path() {
+        // dim 37 exercises the SIMD tails; 3 blocks exercise global ids.
+        for &dim in &[37usize, 64] {
+            let n = 700;
+            let data = Owned::random(n, dim, 7);
+            let qs = Owned::random(20, dim, 8).f32s;
+            for dt in 0..3 {
+                let whole = data.view(dt, 0, n);
+                let blocks = vec![
+                    (0u64, data.view(dt, 0, 300)),
+                    (300u64, data.view(dt, 300, 301)),
+                    (301u64, data.view(dt, 301, n)),
+                ];
+                for metric in [Metric::Cosine, Metric::InnerProduct, Metric::L2] {
+                    for nq in [1usize, 3, 20] {
+                        let q = &qs[..nq * dim];
+                        let k = 10;
+                        let got = exact_search(&blocks, q, k, metric).unwrap();
+                        let want = reference(&whole, q, k, metric);
+                        for (qi, w) in want.iter().enumerate() {
+                            let g = &got.ids[qi * k..(qi + 1) * k];
+                            let overlap = g.iter().filter(|i| w.contains(i)).count();
+                            assert!(overlap >= k - 1, "dt {dt} {metric:?} nq {nq}: {g:?} {w:?}");
+                            assert_eq!(g[0], w[0], "dt {dt} {metric:?} nq {nq}");
+                        }
+                        // Scores are sorted best first.
+                        for qi in 0..nq {
+                            let s = &got.scores[qi * k..(qi + 1) * k];
+                            for p in s.windows(2) {
+                                if metric.higher_is_better() {
+                                    assert!(p[0] >= p[1]);
+                                } else {
+                                    assert!(p[0] <= p[1]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scores_follow_the_metric_convention() {
+        let dim = 5;
+        let x = [1.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0];
+        let norms = [1.0f32, 2.0];
+        let v = VectorsRef {
+            dim,
+            count: 2,
+            data: VectorData::F32(&x),
+            norms: &norms,
+        };
+        let q = [0.0f32, 1.0, 0.0, 0.0, 0.0];
+        let r = exact_search(&[(10, v)], &q, 3, Metric::InnerProduct).unwrap();
+        assert_eq!(r.ids, vec![11, 10, -1]);
+        assert_eq!(&r.scores[..2], &[2.0, 0.0]);
+        assert!(r.scores[2].is_nan());
+        let r = exact_search(&[(10, v)], &q, 2, Metric::Cosine).unwrap();
+        assert_eq!(r.scores, vec![1.0, 0.0]);
+        let r = exact_search(&[(10, v)], &q, 2, Metric::L2).unwrap();
+        assert_eq!(r.ids, vec![11, 10]);
+        assert_eq!(r.scores, vec![1.0, 2.0]);
+    }
+
+    #[test]
+    fn merge_equals_global_topk() {
+        let dim = 16;
+        let n = 1000;
+        let data = Owned::random(n, dim, 3);
+        let qs = Owned::random(4, dim, 4).f32s;
+        for metric in [Metric::Cosine, Metric::L2] {
+            let global = exact_search(&[(0, data.view(0, 0, n))], &qs, 15, metric).unwrap();
+            let parts: Vec<SearchResult> = [(0usize, 400usize), (400, 999), (999, 1000)]
+                .iter()
+                .map(|&(a, b)| {
+                    exact_search(&[(a as u64, data.view(0, a, b))], &qs, 15, metric).unwrap()
+                })
+                .collect();
+            let merged = merge_topk(&parts, 15, metric);
+            assert_eq!(merged.ids, global.ids);
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_clear_errors() {
+        let data = Owned::random(10, 8, 1);
+        let b = [(0u64, data.view(0, 0, 10))];
+        let q = vec![0.5f32; 8];
+        assert!(matches!(
+            exact_search(&b, &q, 0, Metric::Cosine),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            exact_search(&b, &q[..7], 1, Metric::Cosine),
+            Err(Error::Shape(_))
+        ));
+        let mut bad = q.clone();
+        bad[3] = f32::NAN;
+        assert!(matches!(
+            exact_search(&b, &bad, 1, Metric::Cosine),
+            Err(Error::DType(_))
+        ));
+        let other = Owned::random(10, 4, 1);
+        let mixed = [(0u64, data.view(0, 0, 10)), (10u64, other.view(0, 0, 10))];
+        assert!(matches!(
+            exact_search(&mixed, &q, 1, Metric::Cosine),
+            Err(Error::Shape(_))
+        ));
+        assert!(exact_search(&[], &q, 1, Metric::Cosine).is_err());
+        let r = exact_search_dim(&[], 8, &q, 2, Metric::Cosine).unwrap();
+        assert_eq!(r.ids, vec![-1, -1]);
+    }
+
+    #[test]
+    fn kernels_agree_with_scalar() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for n in [1usize, 7, 16, 63, 64, 65, 384, 391] {
+            let a: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let b: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let h: Vec<f16> = b.iter().map(|&v| f16::from_f32(v)).collect();
+            let c: Vec<i8> = (0..n).map(|_| rng.gen_range(-127..=127)).collect();
+            let want32 = naive_dot(&a, &b);
+            let hf: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
+            let cf: Vec<f32> = c.iter().map(|&v| f32::from(v)).collect();
+            let level = simd_level();
+            assert!((dot_f32(level, &a, &b) - want32).abs() < 1e-4);
+            assert!((dot_f16(level, &a, &h) - naive_dot(&a, &hf)).abs() < 1e-4);
+            assert!((dot_i8(level, &a, &c) - naive_dot(&a, &cf)).abs() < 1e-2);
+            let mut out = vec![0f32; n];
+            f16_to_f32(level, &h, &mut out);
+            assert_eq!(out, hf);
+        }
+    }
 }

@@ -1,1 +1,1282 @@
-//! Append-only, sharded, memory-mapped embedding store. (Owned by the store helper.)
+//! Append-only, sharded, memory-mapped embedding store.
+//!
+//! Layout of a store directory:
+//! ```text
+//! DIR/manifest.json             format "tttnn-store", version, dim, dtype, metric, shard_size,
+//!                               hnsw params or null, has_text/has_tokens/has_records, count,
+//!                               user meta, shards [{id, dir, start, count, files {name: {bytes, xxh3}}}]
+//! DIR/shards/00000/vectors.bin  header + vectors (+ i8 scales) + f32 norms, 64-byte aligned sections
+//! DIR/shards/00000/text.{bin,off} tokens.{bin,off} records.{bin,off}   ragged columns (optional)
+//! DIR/shards/00000/hnsw.usearch HNSW graph (optional)
+//! ```
+//! `vectors.bin` header (64 bytes, little-endian): magic `TTTNNVEC`, version u32, dtype code u32,
+//! dim u64, count u64, xxh3 of everything after the header u64, 16 reserved bytes, xxh3 of bytes
+//! 0..56. Then the data (`count × dim` elements of the dtype), then for i8 the per-vector f32
+//! scales, then the f32 L2 norms of the dequantized vectors; each section starts on a multiple of
+//! 64 bytes, so slices of the (page-aligned) memory map cast safely.
+//!
+//! A shard becomes visible only when sealed: it is written into `shards/NNNNN.tmp/` (every file
+//! fsynced), renamed to `shards/NNNNN/`, and then listed in a new `manifest.json` written to
+//! `manifest.json.tmp`, fsynced and renamed over the old one (directory fsynced). A crash at any
+//! point leaves the last sealed state readable; leftovers (`.tmp` dirs, unlisted shard dirs) are
+//! ignored by [`EmbeddingStore::open`] and replaced by the next append.
+//!
+//! Opening maps the files and reads only headers and file sizes: constant time in the size of the
+//! store. [`EmbeddingStore::verify`] reads everything and checks the checksums.
+//!
+//! One writer at a time: concurrent appends to the same directory from several processes are not
+//! coordinated (readers of sealed shards are always safe).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::hnsw::{HnswIndex, HnswParams};
+use crate::ragged::{
+    align64, file_len, fsync_dir, hash_file, write_hashed, write_ragged, FileSum, Header, Mapped,
+    Ragged, FILE_VERSION, HEADER_LEN,
+};
+use crate::vectors::{check_queries, DType, Metric, SearchResult, VectorData, VectorsRef};
+
+/// Value of `format` in `manifest.json`.
+pub const MANIFEST_FORMAT: &str = "tttnn-store";
+/// Version of `manifest.json` this build writes and reads.
+pub const MANIFEST_VERSION: u32 = 1;
+const VEC_MAGIC: &[u8; 8] = b"TTTNNVEC";
+const MANIFEST: &str = "manifest.json";
+const VECTORS: &str = "vectors.bin";
+const HNSW_FILE: &str = "hnsw.usearch";
+/// Largest magnitude representable in f16.
+const F16_MAX: f32 = 65504.0;
+
+/// Settings fixed when a store is created.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreOptions {
+    pub dim: usize,
+    pub dtype: DType,
+    pub metric: Metric,
+    /// Maximum number of vectors per shard.
+    pub shard_size: usize,
+    /// Build an HNSW graph for every appended shard.
+    pub hnsw: Option<HnswParams>,
+    pub with_text: bool,
+    pub with_tokens: bool,
+    pub with_records: bool,
+}
+
+impl StoreOptions {
+    pub fn new(dim: usize) -> Self {
+        StoreOptions {
+            dim,
+            dtype: DType::F32,
+            metric: Metric::Cosine,
+            shard_size: 100_000,
+            hnsw: None,
+            with_text: false,
+            with_tokens: false,
+            with_records: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ShardEntry {
+    id: u32,
+    dir: String,
+    start: u64,
+    count: u64,
+    files: BTreeMap<String, FileSum>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Manifest {
+    format: String,
+    version: u32,
+    dim: usize,
+    dtype: DType,
+    metric: Metric,
+    shard_size: usize,
+    hnsw: Option<HnswParams>,
+    has_text: bool,
+    has_tokens: bool,
+    has_records: bool,
+    count: u64,
+    meta: serde_json::Value,
+    shards: Vec<ShardEntry>,
+}
+
+/// Byte layout of a `vectors.bin` file.
+#[derive(Clone, Copy, Debug)]
+struct VecLayout {
+    data_off: u64,
+    data_len: u64,
+    scales_off: u64,
+    scales_len: u64,
+    norms_off: u64,
+    norms_len: u64,
+    total: u64,
+}
+
+fn vec_layout(dtype: DType, dim: u64, count: u64) -> Option<VecLayout> {
+    let n = count.checked_mul(dim)?;
+    let data_off = HEADER_LEN as u64;
+    let data_len = n.checked_mul(dtype.size() as u64)?;
+    let data_end = align64(data_off.checked_add(data_len)?);
+    let scales_len = if dtype == DType::I8 {
+        count.checked_mul(4)?
+    } else {
+        0
+    };
+    let scales_off = data_end;
+    let norms_off = align64(scales_off.checked_add(scales_len)?);
+    let norms_len = count.checked_mul(4)?;
+    Some(VecLayout {
+        data_off,
+        data_len,
+        scales_off,
+        scales_len,
+        norms_off,
+        norms_len,
+        total: norms_off.checked_add(norms_len)?,
+    })
+}
+
+/// Vectors encoded in the store dtype, in memory (before writing).
+enum Encoded<'a> {
+    F32(&'a [f32]),
+    F16(Vec<f16>),
+    I8 { q: Vec<i8>, scales: Vec<f32> },
+}
+
+fn row_norm(row: impl Iterator<Item = f32>) -> f32 {
+    row.map(|v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt() as f32
+}
+
+/// Quantize `x` (`n × dim`, already validated finite) and compute the norms of what is stored.
+fn encode(dtype: DType, dim: usize, x: &[f32]) -> (Encoded<'_>, Vec<f32>) {
+    match dtype {
+        DType::F32 => {
+            let norms = x
+                .par_chunks(dim)
+                .map(|r| row_norm(r.iter().copied()))
+                .collect();
+            (Encoded::F32(x), norms)
+        }
+        DType::F16 => {
+            // Slice conversion uses F16C when the CPU has it (runtime detection).
+            let mut h = vec![f16::ZERO; x.len()];
+            h.par_chunks_mut(dim * 256)
+                .zip(x.par_chunks(dim * 256))
+                .for_each(|(o, i)| o.convert_from_f32_slice(i));
+            let norms = h
+                .par_chunks(dim)
+                .map(|r| row_norm(r.iter().map(|v| v.to_f32())))
+                .collect();
+            (Encoded::F16(h), norms)
+        }
+        DType::I8 => {
+            let n = x.len() / dim;
+            let mut q = vec![0i8; x.len()];
+            let mut scales = vec![0f32; n];
+            let mut norms = vec![0f32; n];
+            q.par_chunks_mut(dim)
+                .zip(scales.par_iter_mut().zip(norms.par_iter_mut()))
+                .zip(x.par_chunks(dim))
+                .for_each(|((qr, (scale, norm)), r)| {
+                    let amax = r.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let s = amax / 127.0;
+                    if s > 0.0 {
+                        for (o, v) in qr.iter_mut().zip(r) {
+                            *o = (v / s).round().clamp(-127.0, 127.0) as i8;
+                        }
+                    }
+                    *scale = s;
+                    *norm = row_norm(qr.iter().map(|&v| f32::from(v) * s));
+                });
+            (Encoded::I8 { q, scales }, norms)
+        }
+    }
+}
+
+impl Encoded<'_> {
+    fn view<'a>(&'a self, dim: usize, norms: &'a [f32]) -> VectorsRef<'a> {
+        let data = match self {
+            Encoded::F32(x) => VectorData::F32(x),
+            Encoded::F16(h) => VectorData::F16(h),
+            Encoded::I8 { q, scales } => VectorData::I8 { q, scales },
+        };
+        VectorsRef {
+            dim,
+            count: norms.len(),
+            data,
+            norms,
+        }
+    }
+
+    fn data_bytes(&self) -> &[u8] {
+        match self {
+            Encoded::F32(x) => bytemuck::cast_slice(x),
+            Encoded::F16(h) => bytemuck::cast_slice(h),
+            Encoded::I8 { q, .. } => bytemuck::cast_slice(q),
+        }
+    }
+
+    fn scales_bytes(&self) -> &[u8] {
+        match self {
+            Encoded::I8 { scales, .. } => bytemuck::cast_slice(scales),
+            _ => &[],
+        }
+    }
+}
+
+/// Write a `vectors.bin` file; returns its sum and the payload xxh3 recorded in the header.
+fn write_vectors(
+    path: &Path,
+    dtype: DType,
+    dim: usize,
+    enc: &Encoded<'_>,
+    norms: &[f32],
+) -> Result<FileSum> {
+    let count = norms.len() as u64;
+    let lay = vec_layout(dtype, dim as u64, count)
+        .ok_or_else(|| Error::Shape("store too large for this platform".into()))?;
+    let zeros = [0u8; 64];
+    let pad = |from: u64, to: u64| &zeros[..(to - from) as usize];
+    let data = enc.data_bytes();
+    let scales = enc.scales_bytes();
+    let norms_b: &[u8] = bytemuck::cast_slice(norms);
+    let sections: [&[u8]; 5] = [
+        data,
+        pad(lay.data_off + lay.data_len, lay.scales_off),
+        scales,
+        pad(lay.scales_off + lay.scales_len, lay.norms_off),
+        norms_b,
+    ];
+    let mut payload = xxhash_rust::xxh3::Xxh3::new();
+    for s in &sections {
+        payload.update(s);
+    }
+    let header = Header {
+        magic: *VEC_MAGIC,
+        version: FILE_VERSION,
+        tag: dtype.code(),
+        a: dim as u64,
+        b: count,
+        c: payload.digest(),
+        d: 0,
+    };
+    let h = header.encode();
+    let mut all: Vec<&[u8]> = vec![&h];
+    all.extend_from_slice(&sections);
+    write_hashed(path, &all)
+}
+
+/// A memory-mapped `vectors.bin`.
+struct VecFile {
+    map: Mapped,
+    dtype: DType,
+    dim: usize,
+    count: usize,
+    layout: VecLayout,
+    payload_xxh3: u64,
+    path: PathBuf,
+}
+
+impl VecFile {
+    fn open(path: &Path) -> Result<VecFile> {
+        let (map, head) = Mapped::open_with_head(path, HEADER_LEN)?;
+        let h = Header::decode(path, &head, VEC_MAGIC, "vectors")?;
+        let dtype = DType::from_code(h.tag)
+            .ok_or_else(|| Error::corrupt(path, format!("unknown dtype code {}", h.tag)))?;
+        let layout = vec_layout(dtype, h.a, h.b)
+            .ok_or_else(|| Error::corrupt(path, "dimension/count out of range"))?;
+        let have = map.bytes().len() as u64;
+        if have != layout.total {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "truncated or oversized: {have} bytes, header says {}",
+                    layout.total
+                ),
+            ));
+        }
+        let dim = usize::try_from(h.a).map_err(|_| Error::corrupt(path, "dim out of range"))?;
+        let count = usize::try_from(h.b).map_err(|_| Error::corrupt(path, "count out of range"))?;
+        Ok(VecFile {
+            map,
+            dtype,
+            dim,
+            count,
+            layout,
+            payload_xxh3: h.c,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn section(&self, off: u64, len: u64) -> &[u8] {
+        // In bounds: the file size equals the layout total (checked at open).
+        &self.map.bytes()[off as usize..(off + len) as usize]
+    }
+
+    fn view(&self) -> Result<VectorsRef<'_>> {
+        let l = &self.layout;
+        let cast_err = |e: bytemuck::PodCastError| {
+            Error::corrupt(&self.path, format!("misaligned section: {e}"))
+        };
+        let data_b = self.section(l.data_off, l.data_len);
+        let data = match self.dtype {
+            DType::F32 => VectorData::F32(bytemuck::try_cast_slice(data_b).map_err(cast_err)?),
+            DType::F16 => VectorData::F16(bytemuck::try_cast_slice(data_b).map_err(cast_err)?),
+            DType::I8 => VectorData::I8 {
+                q: bytemuck::try_cast_slice(data_b).map_err(cast_err)?,
+                scales: bytemuck::try_cast_slice(self.section(l.scales_off, l.scales_len))
+                    .map_err(cast_err)?,
+            },
+        };
+        Ok(VectorsRef {
+            dim: self.dim,
+            count: self.count,
+            data,
+            norms: bytemuck::try_cast_slice(self.section(l.norms_off, l.norms_len))
+                .map_err(cast_err)?,
+        })
+    }
+}
+
+/// One sealed shard, memory-mapped.
+struct Shard {
+    entry: ShardEntry,
+    dir: PathBuf,
+    vectors: VecFile,
+    text: Option<Ragged<u8>>,
+    tokens: Option<Ragged<u32>>,
+    records: Option<Ragged<u8>>,
+    hnsw: Option<HnswIndex>,
+}
+
+fn shard_dir_name(id: u32) -> String {
+    format!("shards/{id:05}")
+}
+
+fn ragged_names(column: &str) -> (String, String) {
+    (format!("{column}.bin"), format!("{column}.off"))
+}
+
+/// Parse a user metadata string: it must be a JSON object.
+fn parse_meta(meta: &str) -> Result<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(meta)
+        .map_err(|e| Error::InvalidArgument(format!("meta is not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(Error::InvalidArgument(
+            "meta must be a JSON object (e.g. \"{}\")".into(),
+        ));
+    }
+    Ok(v)
+}
+
+fn not_found(path: &Path, what: &str) -> Error {
+    Error::io(
+        path,
+        std::io::Error::new(std::io::ErrorKind::NotFound, what.to_string()),
+    )
+}
+
+/// Append-only, sharded, memory-mapped store of vectors with optional text, token ids and records.
+/// Global ids are `0..len()` in append order.
+pub struct EmbeddingStore {
+    dir: PathBuf,
+    manifest: Manifest,
+    shards: Vec<Shard>,
+}
+
+impl EmbeddingStore {
+    /// Create a new, empty store in `dir` (which must not exist or be an empty directory).
+    pub fn create(dir: &Path, options: &StoreOptions, meta: &str) -> Result<Self> {
+        if options.dim == 0 {
+            return Err(Error::Shape("dim must be positive".into()));
+        }
+        if options.shard_size == 0 {
+            return Err(Error::InvalidArgument("shard_size must be positive".into()));
+        }
+        if let Some(p) = &options.hnsw {
+            if p.connectivity < 2 || p.expansion_add == 0 || p.expansion_search == 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "bad HNSW parameters {p:?}: connectivity must be >= 2 and expansions positive"
+                )));
+            }
+        }
+        let meta = parse_meta(meta)?;
+        if dir.join(MANIFEST).exists() {
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "a store already exists here (open it instead)",
+                ),
+            ));
+        }
+        if dir.exists() {
+            let mut it = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+            if it.next().is_some() {
+                return Err(Error::io(
+                    dir,
+                    std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "directory exists and is not empty",
+                    ),
+                ));
+            }
+        }
+        let shards_dir = dir.join("shards");
+        std::fs::create_dir_all(&shards_dir).map_err(|e| Error::io(&shards_dir, e))?;
+        let store = EmbeddingStore {
+            dir: dir.to_path_buf(),
+            manifest: Manifest {
+                format: MANIFEST_FORMAT.into(),
+                version: MANIFEST_VERSION,
+                dim: options.dim,
+                dtype: options.dtype,
+                metric: options.metric,
+                shard_size: options.shard_size,
+                hnsw: options.hnsw,
+                has_text: options.with_text,
+                has_tokens: options.with_tokens,
+                has_records: options.with_records,
+                count: 0,
+                meta,
+                shards: Vec::new(),
+            },
+            shards: Vec::new(),
+        };
+        store.write_manifest(&store.manifest)?;
+        Ok(store)
+    }
+
+    /// Open an existing store: reads the manifest and the file headers, maps the files, checks
+    /// sizes and headers against the manifest. Does not read the vectors.
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(not_found(dir, "store directory not found"));
+        }
+        let mpath = dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&mpath).map_err(|e| Error::io(&mpath, e))?;
+        let raw: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::corrupt(&mpath, format!("invalid JSON: {e}")))?;
+        if raw.get("format").and_then(|v| v.as_str()) != Some(MANIFEST_FORMAT) {
+            return Err(Error::corrupt(
+                &mpath,
+                format!("not a tttnn store manifest (format must be {MANIFEST_FORMAT:?})"),
+            ));
+        }
+        let version = raw.get("version").and_then(|v| v.as_u64());
+        if version != Some(u64::from(MANIFEST_VERSION)) {
+            return Err(Error::Version {
+                path: mpath,
+                found: version.map_or(u32::MAX, |v| u32::try_from(v).unwrap_or(u32::MAX)),
+                supported: MANIFEST_VERSION,
+            });
+        }
+        let manifest: Manifest = serde_json::from_value(raw)
+            .map_err(|e| Error::corrupt(&mpath, format!("invalid manifest: {e}")))?;
+        if manifest.dim == 0 || manifest.shard_size == 0 {
+            return Err(Error::corrupt(
+                &mpath,
+                "dim and shard_size must be positive",
+            ));
+        }
+        let mut shards = Vec::with_capacity(manifest.shards.len());
+        let mut start = 0u64;
+        for (i, e) in manifest.shards.iter().enumerate() {
+            if e.id as usize != i || e.dir != shard_dir_name(e.id) || e.start != start {
+                return Err(Error::corrupt(
+                    &mpath,
+                    format!(
+                        "shard list inconsistent at position {i} (id {}, dir {:?}, start {})",
+                        e.id, e.dir, e.start
+                    ),
+                ));
+            }
+            start += e.count;
+            shards.push(Self::open_shard(dir, &manifest, e.clone())?);
+        }
+        if start != manifest.count {
+            return Err(Error::corrupt(
+                &mpath,
+                format!(
+                    "count {} differs from the sum of shard counts {start}",
+                    manifest.count
+                ),
+            ));
+        }
+        Ok(EmbeddingStore {
+            dir: dir.to_path_buf(),
+            manifest,
+            shards,
+        })
+    }
+
+    fn open_shard(root: &Path, m: &Manifest, entry: ShardEntry) -> Result<Shard> {
+        let dir = root.join(&entry.dir);
+        // Every listed file must exist with the recorded size (cheap: metadata only).
+        for (name, sum) in &entry.files {
+            if name.contains('/') || name.contains('\\') || name.starts_with('.') {
+                return Err(Error::corrupt(
+                    root.join(MANIFEST),
+                    format!("bad file name {name:?}"),
+                ));
+            }
+            let p = dir.join(name);
+            if !p.exists() {
+                return Err(not_found(&p, "file listed in manifest.json is missing"));
+            }
+            let have = file_len(&p)?;
+            if have != sum.bytes {
+                return Err(Error::corrupt(
+                    &p,
+                    format!(
+                        "truncated or oversized: {have} bytes, manifest says {}",
+                        sum.bytes
+                    ),
+                ));
+            }
+        }
+        let need = |name: &str| -> Result<PathBuf> {
+            if entry.files.contains_key(name) {
+                Ok(dir.join(name))
+            } else {
+                Err(Error::corrupt(
+                    root.join(MANIFEST),
+                    format!("shard {} does not list {name}", entry.id),
+                ))
+            }
+        };
+        let vectors = VecFile::open(&need(VECTORS)?)?;
+        if vectors.dtype != m.dtype || vectors.dim != m.dim || vectors.count as u64 != entry.count {
+            return Err(Error::corrupt(
+                &vectors.path,
+                format!(
+                    "header says {} × {} {}, manifest says {} × {} {}",
+                    vectors.count,
+                    vectors.dim,
+                    vectors.dtype.as_str(),
+                    entry.count,
+                    m.dim,
+                    m.dtype.as_str()
+                ),
+            ));
+        }
+        fn column<T: crate::ragged::RaggedElem>(
+            on: bool,
+            col: &str,
+            entry: &ShardEntry,
+            need: &dyn Fn(&str) -> Result<PathBuf>,
+        ) -> Result<Option<Ragged<T>>> {
+            if !on {
+                return Ok(None);
+            }
+            let (b, o) = ragged_names(col);
+            let (bp, op) = (need(&b)?, need(&o)?);
+            let r = Ragged::<T>::open(&bp, &op)?;
+            if r.len() as u64 != entry.count {
+                return Err(Error::corrupt(
+                    &op,
+                    format!("{} records, manifest says {}", r.len(), entry.count),
+                ));
+            }
+            if entry.files.get(&b).map(|s| s.xxh3) != Some(r.data_xxh3()) {
+                return Err(Error::corrupt(
+                    &bp,
+                    "checksum in the offsets header differs from manifest.json",
+                ));
+            }
+            Ok(Some(r))
+        }
+        let text = column::<u8>(m.has_text, "text", &entry, &need)?;
+        let tokens = column::<u32>(m.has_tokens, "tokens", &entry, &need)?;
+        let records = column::<u8>(m.has_records, "records", &entry, &need)?;
+        let hnsw = match (&m.hnsw, entry.files.contains_key(HNSW_FILE)) {
+            (Some(p), true) => Some(HnswIndex::view(&dir.join(HNSW_FILE), m.dim, m.metric, p)?),
+            _ => None,
+        };
+        Ok(Shard {
+            entry,
+            dir,
+            vectors,
+            text,
+            tokens,
+            records,
+            hnsw,
+        })
+    }
+
+    /// Write `m` as the manifest: `manifest.json.tmp`, fsync, rename, fsync the directory.
+    fn write_manifest(&self, m: &Manifest) -> Result<()> {
+        let tmp = self.dir.join("manifest.json.tmp");
+        let json = serde_json::to_vec_pretty(m)
+            .map_err(|e| Error::InvalidArgument(format!("cannot serialize manifest: {e}")))?;
+        write_hashed(&tmp, &[&json])?;
+        let dst = self.dir.join(MANIFEST);
+        std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+        fsync_dir(&self.dir)
+    }
+
+    /// Append `vectors` (`n × dim`, row-major) and, when the store has them, `n` texts (UTF-8),
+    /// token id lists and records. Splits into shards of at most `shard_size`, each sealed by an
+    /// atomic manifest write. Returns the ids of the shards written.
+    pub fn append(
+        &mut self,
+        vectors: &[f32],
+        texts: Option<&[&[u8]]>,
+        tokens: Option<&[&[u32]]>,
+        records: Option<&[&[u8]]>,
+    ) -> Result<Vec<u32>> {
+        let dim = self.manifest.dim;
+        if vectors.len() % dim != 0 {
+            return Err(Error::Shape(format!(
+                "vectors hold {} values, not a multiple of the store dimension {dim}",
+                vectors.len()
+            )));
+        }
+        let n = vectors.len() / dim;
+        if let Some(pos) = vectors.iter().position(|v| !v.is_finite()) {
+            return Err(Error::DType(format!(
+                "vector row {} has a non-finite value ({}) at column {}",
+                pos / dim,
+                vectors[pos],
+                pos % dim
+            )));
+        }
+        if self.manifest.dtype == DType::F16 {
+            if let Some(pos) = vectors.iter().position(|v| v.abs() > F16_MAX) {
+                return Err(Error::DType(format!(
+                    "vector row {} has value {} at column {}, beyond the f16 range (±{F16_MAX})",
+                    pos / dim,
+                    vectors[pos],
+                    pos % dim
+                )));
+            }
+        }
+        let check_col = |name: &str, has: bool, len: Option<usize>| -> Result<()> {
+            match (has, len) {
+                (true, None) => Err(Error::InvalidArgument(format!(
+                    "this store keeps {name}: pass {name} for every vector"
+                ))),
+                (false, Some(_)) => Err(Error::InvalidArgument(format!(
+                    "this store was created without {name} (with_{name}=False)"
+                ))),
+                (true, Some(l)) if l != n => {
+                    Err(Error::Shape(format!("got {l} {name} for {n} vectors")))
+                }
+                _ => Ok(()),
+            }
+        };
+        check_col("text", self.manifest.has_text, texts.map(|t| t.len()))?;
+        check_col("tokens", self.manifest.has_tokens, tokens.map(|t| t.len()))?;
+        check_col(
+            "records",
+            self.manifest.has_records,
+            records.map(|t| t.len()),
+        )?;
+        if let Some(texts) = texts {
+            for (i, t) in texts.iter().enumerate() {
+                if let Err(e) = std::str::from_utf8(t) {
+                    return Err(Error::DType(format!("text {i} is not valid UTF-8: {e}")));
+                }
+            }
+        }
+        let mut written = Vec::new();
+        let step = self.manifest.shard_size;
+        let mut lo = 0;
+        while lo < n {
+            let hi = (lo + step).min(n);
+            let id = self.write_shard(
+                &vectors[lo * dim..hi * dim],
+                texts.map(|t| &t[lo..hi]),
+                tokens.map(|t| &t[lo..hi]),
+                records.map(|t| &t[lo..hi]),
+            )?;
+            written.push(id);
+            lo = hi;
+        }
+        Ok(written)
+    }
+
+    fn write_shard(
+        &mut self,
+        vectors: &[f32],
+        texts: Option<&[&[u8]]>,
+        tokens: Option<&[&[u32]]>,
+        records: Option<&[&[u8]]>,
+    ) -> Result<u32> {
+        let m = &self.manifest;
+        let id = u32::try_from(self.shards.len())
+            .map_err(|_| Error::InvalidArgument("too many shards".into()))?;
+        let name = shard_dir_name(id);
+        let final_dir = self.dir.join(&name);
+        let tmp_dir = self.dir.join(format!("{name}.tmp"));
+        // Leftovers of an interrupted append are not listed in the manifest: replace them.
+        for d in [&tmp_dir, &final_dir] {
+            if d.exists() {
+                std::fs::remove_dir_all(d).map_err(|e| Error::io(d, e))?;
+            }
+        }
+        std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
+        let mut files = BTreeMap::new();
+        let (enc, norms) = encode(m.dtype, m.dim, vectors);
+        files.insert(
+            VECTORS.to_string(),
+            write_vectors(&tmp_dir.join(VECTORS), m.dtype, m.dim, &enc, &norms)?,
+        );
+        let mut col_u8 = |col: &str, items: Option<&[&[u8]]>| -> Result<()> {
+            if let Some(items) = items {
+                let (b, o) = ragged_names(col);
+                let (bs, os) = write_ragged(&tmp_dir.join(&b), &tmp_dir.join(&o), items)?;
+                files.insert(b, bs);
+                files.insert(o, os);
+            }
+            Ok(())
+        };
+        col_u8("text", texts)?;
+        col_u8("records", records)?;
+        if let Some(items) = tokens {
+            let (b, o) = ragged_names("tokens");
+            let (bs, os) = write_ragged(&tmp_dir.join(&b), &tmp_dir.join(&o), items)?;
+            files.insert(b, bs);
+            files.insert(o, os);
+        }
+        if let Some(params) = &m.hnsw {
+            let view = enc.view(m.dim, &norms);
+            let index = HnswIndex::build(view, m.metric, params, 0)?;
+            let p = tmp_dir.join(HNSW_FILE);
+            index.save(&p)?;
+            files.insert(HNSW_FILE.to_string(), sum_existing(&p)?);
+        }
+        fsync_dir(&tmp_dir)?;
+        std::fs::rename(&tmp_dir, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+        fsync_dir(&self.dir.join("shards"))?;
+        let entry = ShardEntry {
+            id,
+            dir: name,
+            start: m.count,
+            count: norms.len() as u64,
+            files,
+        };
+        let mut next = m.clone();
+        next.count += entry.count;
+        next.shards.push(entry.clone());
+        // The shard is sealed (visible) once this rename lands.
+        self.write_manifest(&next)?;
+        let shard = Self::open_shard(&self.dir, &next, entry)?;
+        self.manifest = next;
+        self.shards.push(shard);
+        Ok(id)
+    }
+
+    /// Build the HNSW graph of every shard that lacks one; each graph is saved, fsynced and then
+    /// listed in the manifest, so an interrupted build resumes where it stopped. Returns how many
+    /// graphs were built. Later appends build their graphs as they seal.
+    pub fn build_hnsw(&mut self, threads: usize) -> Result<usize> {
+        let params = self.manifest.hnsw.unwrap_or_default();
+        let mut built = 0;
+        for i in 0..self.shards.len() {
+            if self.shards[i].hnsw.is_some() {
+                continue;
+            }
+            let shard = &self.shards[i];
+            let index = HnswIndex::build(
+                shard.vectors.view()?,
+                self.manifest.metric,
+                &params,
+                threads,
+            )?;
+            let tmp = shard.dir.join(format!("{HNSW_FILE}.tmp"));
+            let dst = shard.dir.join(HNSW_FILE);
+            index.save(&tmp)?;
+            drop(index);
+            let sum = sum_existing(&tmp)?;
+            std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+            fsync_dir(&shard.dir)?;
+            let mut next = self.manifest.clone();
+            next.hnsw = Some(params);
+            next.shards[i].files.insert(HNSW_FILE.to_string(), sum);
+            self.write_manifest(&next)?;
+            let view = HnswIndex::view(&dst, next.dim, next.metric, &params)?;
+            self.shards[i].entry = next.shards[i].clone();
+            self.shards[i].hnsw = Some(view);
+            self.manifest = next;
+            built += 1;
+        }
+        if self.manifest.hnsw.is_none() {
+            // An empty store: remember that future shards get graphs.
+            let mut next = self.manifest.clone();
+            next.hnsw = Some(params);
+            self.write_manifest(&next)?;
+            self.manifest = next;
+        }
+        Ok(built)
+    }
+
+    /// Read every file and check sizes and xxh3 checksums (manifest and headers), in parallel.
+    pub fn verify(&self) -> Result<()> {
+        let mut jobs: Vec<(PathBuf, FileSum, Option<u64>)> = Vec::new();
+        for s in &self.shards {
+            for (name, sum) in &s.entry.files {
+                let payload = if name == VECTORS {
+                    Some(s.vectors.payload_xxh3)
+                } else if name.ends_with(".off") {
+                    let col = match name.as_str() {
+                        "text.off" => s.text.as_ref().map(|r| r.offsets_xxh3()),
+                        "records.off" => s.records.as_ref().map(|r| r.offsets_xxh3()),
+                        "tokens.off" => s.tokens.as_ref().map(|r| r.offsets_xxh3()),
+                        _ => None,
+                    };
+                    col
+                } else {
+                    None
+                };
+                jobs.push((s.dir.join(name), *sum, payload));
+            }
+        }
+        jobs.par_iter().try_for_each(|(path, sum, payload)| {
+            let (bytes, whole, tail) = hash_file(path, HEADER_LEN as u64)?;
+            if bytes != sum.bytes {
+                return Err(Error::corrupt(
+                    path,
+                    format!(
+                        "truncated or oversized: {bytes} bytes, manifest says {}",
+                        sum.bytes
+                    ),
+                ));
+            }
+            if whole != sum.xxh3 {
+                return Err(Error::corrupt(
+                    path,
+                    format!(
+                        "checksum mismatch: xxh3 {whole:016x}, manifest says {:016x}",
+                        sum.xxh3
+                    ),
+                ));
+            }
+            if let Some(p) = payload {
+                if tail != *p {
+                    return Err(Error::corrupt(
+                        path,
+                        "payload checksum differs from the header",
+                    ));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Replace the user metadata (a JSON object string), atomically.
+    pub fn set_meta(&mut self, meta: &str) -> Result<()> {
+        let mut next = self.manifest.clone();
+        next.meta = parse_meta(meta)?;
+        self.write_manifest(&next)?;
+        self.manifest = next;
+        Ok(())
+    }
+
+    pub fn meta(&self) -> String {
+        self.manifest.meta.to_string()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn len(&self) -> u64 {
+        self.manifest.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.manifest.count == 0
+    }
+
+    pub fn dim(&self) -> usize {
+        self.manifest.dim
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.manifest.dtype
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.manifest.metric
+    }
+
+    pub fn shard_size(&self) -> usize {
+        self.manifest.shard_size
+    }
+
+    pub fn num_shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub fn shard_counts(&self) -> Vec<u64> {
+        self.shards.iter().map(|s| s.entry.count).collect()
+    }
+
+    pub fn has_text(&self) -> bool {
+        self.manifest.has_text
+    }
+
+    pub fn has_tokens(&self) -> bool {
+        self.manifest.has_tokens
+    }
+
+    pub fn has_records(&self) -> bool {
+        self.manifest.has_records
+    }
+
+    /// HNSW parameters when the store builds graphs.
+    pub fn hnsw_params(&self) -> Option<HnswParams> {
+        self.manifest.hnsw
+    }
+
+    /// True when every shard has an HNSW graph (and there is at least one shard).
+    pub fn has_hnsw(&self) -> bool {
+        !self.shards.is_empty() && self.shards.iter().all(|s| s.hnsw.is_some())
+    }
+
+    /// `(global start id, vectors)` of every shard, borrowed from the memory maps.
+    pub fn views(&self) -> Result<Vec<(u64, VectorsRef<'_>)>> {
+        self.shards
+            .iter()
+            .map(|s| Ok((s.entry.start, s.vectors.view()?)))
+            .collect()
+    }
+
+    /// Top-`k` of each of the `nq × dim` queries. `exact` scans every vector; otherwise each
+    /// shard's HNSW graph is searched (`ef` = expansion) and the per-shard lists are merged
+    /// (shards without a graph are scanned exactly).
+    pub fn search(
+        &self,
+        queries: &[f32],
+        k: usize,
+        exact: bool,
+        ef: Option<usize>,
+    ) -> Result<SearchResult> {
+        let nq = check_queries(queries, self.manifest.dim)?;
+        if k == 0 {
+            return Err(Error::InvalidArgument("k must be positive".into()));
+        }
+        if self.shards.is_empty() || nq == 0 {
+            return Ok(SearchResult::empty(nq, k));
+        }
+        let metric = self.manifest.metric;
+        if exact {
+            return crate::knn::exact_search(&self.views()?, queries, k, metric);
+        }
+        if !self.shards.iter().any(|s| s.hnsw.is_some()) {
+            return Err(Error::InvalidArgument(
+                "this store has no HNSW graphs: create it with hnsw=True, call build_hnsw(), or search with exact=True".into(),
+            ));
+        }
+        let parts = self
+            .shards
+            .iter()
+            .map(|s| match &s.hnsw {
+                Some(h) => {
+                    let mut r = h.search(queries, k, ef)?;
+                    let start = s.entry.start as i64;
+                    for id in r.ids.iter_mut().filter(|id| **id >= 0) {
+                        *id += start;
+                    }
+                    Ok(r)
+                }
+                None => crate::knn::exact_search(
+                    &[(s.entry.start, s.vectors.view()?)],
+                    queries,
+                    k,
+                    metric,
+                ),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(crate::knn::merge_topk(&parts, k, metric))
+    }
+
+    fn locate(&self, id: u64) -> Result<(&Shard, usize)> {
+        if id >= self.manifest.count {
+            return Err(Error::InvalidArgument(format!(
+                "id {id} out of range: the store holds {} vectors",
+                self.manifest.count
+            )));
+        }
+        let i = self
+            .shards
+            .partition_point(|s| s.entry.start + s.entry.count <= id);
+        let s = &self.shards[i];
+        Ok((s, (id - s.entry.start) as usize))
+    }
+
+    /// Dequantized vectors of `ids`, row-major `len(ids) × dim`.
+    pub fn get_vectors(&self, ids: &[u64]) -> Result<Vec<f32>> {
+        let d = self.manifest.dim;
+        let mut out = vec![0f32; ids.len() * d];
+        for (row, &id) in out.chunks_mut(d).zip(ids) {
+            let (s, local) = self.locate(id)?;
+            s.vectors.view()?.row_f32(local, row);
+        }
+        Ok(out)
+    }
+
+    fn column<'a, T: crate::ragged::RaggedElem>(
+        &'a self,
+        id: u64,
+        name: &str,
+        pick: impl Fn(&'a Shard) -> Option<&'a Ragged<T>>,
+    ) -> Result<&'a [T]> {
+        let (s, local) = self.locate(id)?;
+        let col = pick(s).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "this store was created without {name} (with_{name}=False)"
+            ))
+        })?;
+        col.get(local)
+    }
+
+    /// UTF-8 bytes of the text of `id`.
+    pub fn text_bytes(&self, id: u64) -> Result<&[u8]> {
+        self.column(id, "text", |s| s.text.as_ref())
+    }
+
+    /// Text of `id` (validated as UTF-8 on read too).
+    pub fn text(&self, id: u64) -> Result<&str> {
+        let b = self.text_bytes(id)?;
+        std::str::from_utf8(b).map_err(|e| {
+            let (s, _) = self
+                .locate(id)
+                .map_or((PathBuf::new(), 0), |(s, l)| (s.dir.join("text.bin"), l));
+            Error::corrupt(s, format!("text {id} is not valid UTF-8: {e}"))
+        })
+    }
+
+    /// Token ids of `id`, borrowed from the memory map.
+    pub fn tokens(&self, id: u64) -> Result<&[u32]> {
+        self.column(id, "tokens", |s| s.tokens.as_ref())
+    }
+
+    /// Record bytes of `id`.
+    pub fn record(&self, id: u64) -> Result<&[u8]> {
+        self.column(id, "records", |s| s.records.as_ref())
+    }
+}
+
+/// Size and xxh3 of a file written by someone else (the HNSW graph).
+fn sum_existing(path: &Path) -> Result<FileSum> {
+    let (bytes, xxh3, _) = hash_file(path, 0)?;
+    Ok(FileSum { bytes, xxh3 })
+}
+
+/// Shared by tests, benches and the Python tests' helpers: a cheap deterministic pseudo-random
+/// matrix (no `rand` dependency in the library).
+#[doc(hidden)]
+pub fn test_matrix(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n * dim)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(dim: usize, dtype: DType) -> StoreOptions {
+        StoreOptions {
+            dtype,
+            shard_size: 7,
+            with_text: true,
+            with_tokens: true,
+            with_records: true,
+            ..StoreOptions::new(dim)
+        }
+    }
+
+    fn fill(store: &mut EmbeddingStore, n: usize, seed: u64) -> Vec<f32> {
+        let x = test_matrix(n, store.dim(), seed);
+        let texts: Vec<String> = (0..n)
+            .map(|i| format!("doc {seed}/{i} naïve 東京 🙂"))
+            .collect();
+        let tb: Vec<&[u8]> = texts.iter().map(|t| t.as_bytes()).collect();
+        let toks: Vec<Vec<u32>> = (0..n).map(|i| (0..i as u32).collect()).collect();
+        let tk: Vec<&[u32]> = toks.iter().map(|t| t.as_slice()).collect();
+        let recs: Vec<Vec<u8>> = (0..n).map(|i| vec![i as u8; i % 3]).collect();
+        let rk: Vec<&[u8]> = recs.iter().map(|t| t.as_slice()).collect();
+        store.append(&x, Some(&tb), Some(&tk), Some(&rk)).unwrap();
+        x
+    }
+
+    #[test]
+    fn roundtrip_every_dtype() {
+        for (dtype, tol) in [
+            (DType::F32, 0.0),
+            (DType::F16, 1e-3),
+            (DType::I8, 1.0 / 127.0),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("s");
+            let mut store = EmbeddingStore::create(&dir, &opts(5, dtype), "{\"a\": 1}").unwrap();
+            let x = fill(&mut store, 17, 3);
+            assert_eq!(store.shard_counts(), vec![7, 7, 3]);
+            let store = EmbeddingStore::open(&dir).unwrap();
+            store.verify().unwrap();
+            assert_eq!(store.len(), 17);
+            assert_eq!(store.meta(), "{\"a\":1}");
+            let ids: Vec<u64> = (0..17).rev().collect();
+            let got = store.get_vectors(&ids).unwrap();
+            for (r, &id) in ids.iter().enumerate() {
+                let want = &x[id as usize * 5..(id as usize + 1) * 5];
+                let row = &got[r * 5..(r + 1) * 5];
+                let amax = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for (a, b) in row.iter().zip(want) {
+                    assert!(
+                        (a - b).abs() <= tol * amax.max(1.0) + 1e-7,
+                        "{dtype:?} {a} {b}"
+                    );
+                }
+            }
+            // Norms are those of the stored (dequantized) vectors.
+            let mut row = vec![0f32; 5];
+            for (start, v) in store.views().unwrap() {
+                for i in 0..v.count {
+                    v.row_f32(i, &mut row);
+                    let n = row.iter().map(|a| a * a).sum::<f32>().sqrt();
+                    assert!((n - v.norms[i]).abs() < 1e-5, "row {}", start as usize + i);
+                }
+            }
+            assert_eq!(store.text(9).unwrap(), "doc 3/9 naïve 東京 🙂");
+            assert_eq!(store.tokens(9).unwrap(), &(0..9).collect::<Vec<u32>>()[..]);
+            assert_eq!(store.record(8).unwrap(), &[8u8, 8][..]);
+            assert!(store.text(17).is_err());
+        }
+    }
+
+    #[test]
+    fn bad_input() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        let mut store = EmbeddingStore::create(&dir, &opts(4, DType::F16), "{}").unwrap();
+        assert!(matches!(
+            store.append(&[0.0; 6], None, None, None),
+            Err(Error::Shape(_))
+        ));
+        let mut x = vec![0.5f32; 8];
+        x[5] = f32::NAN;
+        let t: Vec<&[u8]> = vec![b"a", b"b"];
+        let k: Vec<&[u32]> = vec![&[1], &[2]];
+        let err = store.append(&x, Some(&t), Some(&k), Some(&t)).unwrap_err();
+        assert!(err.to_string().contains("row 1"), "{err}");
+        x[5] = 1e6; // beyond f16
+        assert!(store.append(&x, Some(&t), Some(&k), Some(&t)).is_err());
+        x[5] = 0.0;
+        let bad: Vec<&[u8]> = vec![b"a", b"\xff"];
+        assert!(store.append(&x, Some(&bad), Some(&k), Some(&t)).is_err());
+        assert!(store.append(&x, Some(&t[..1]), Some(&k), Some(&t)).is_err());
+        assert!(store.append(&x, None, Some(&k), Some(&t)).is_err());
+        assert!(store.is_empty());
+        assert!(matches!(
+            EmbeddingStore::create(&dir, &opts(4, DType::F16), "{}"),
+            Err(Error::Io { .. })
+        ));
+        assert!(
+            EmbeddingStore::create(&tmp.path().join("t"), &opts(4, DType::F16), "[1]").is_err()
+        );
+        assert!(matches!(
+            EmbeddingStore::open(&tmp.path().join("nope")),
+            Err(Error::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_flipped_and_bad_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        let mut store = EmbeddingStore::create(&dir, &opts(8, DType::I8), "{}").unwrap();
+        fill(&mut store, 10, 1);
+        drop(store);
+        let vec_path = dir.join("shards/00001/vectors.bin");
+        let orig = std::fs::read(&vec_path).unwrap();
+
+        // Truncated: detected at open.
+        std::fs::write(&vec_path, &orig[..orig.len() - 1]).unwrap();
+        assert!(matches!(
+            EmbeddingStore::open(&dir),
+            Err(Error::Corrupt { .. })
+        ));
+
+        // Flipped payload byte: open is fine (it does not read vectors), verify fails.
+        let mut flipped = orig.clone();
+        flipped[HEADER_LEN + 3] ^= 0x40;
+        std::fs::write(&vec_path, &flipped).unwrap();
+        let store = EmbeddingStore::open(&dir).unwrap();
+        assert!(matches!(store.verify(), Err(Error::Corrupt { .. })));
+        drop(store);
+
+        // Flipped header byte: detected at open by the header checksum.
+        let mut flipped = orig.clone();
+        flipped[17] ^= 1;
+        std::fs::write(&vec_path, &flipped).unwrap();
+        assert!(matches!(
+            EmbeddingStore::open(&dir),
+            Err(Error::Corrupt { .. })
+        ));
+
+        // Unknown file version.
+        let mut v = orig.clone();
+        v[8] = 2;
+        std::fs::write(&vec_path, &v).unwrap();
+        let err = EmbeddingStore::open(&dir).err().unwrap();
+        assert!(matches!(err, Error::Version { found: 2, .. }), "{err}");
+        std::fs::write(&vec_path, &orig).unwrap();
+        EmbeddingStore::open(&dir).unwrap().verify().unwrap();
+
+        // Unknown manifest version.
+        let mpath = dir.join(MANIFEST);
+        let m = std::fs::read_to_string(&mpath).unwrap();
+        std::fs::write(&mpath, m.replace("\"version\": 1", "\"version\": 9")).unwrap();
+        let err = EmbeddingStore::open(&dir).err().unwrap();
+        assert!(matches!(err, Error::Version { found: 9, .. }), "{err}");
+        std::fs::write(&mpath, &m).unwrap();
+
+        // Missing file listed in the manifest.
+        std::fs::remove_file(dir.join("shards/00000/text.off")).unwrap();
+        assert!(matches!(EmbeddingStore::open(&dir), Err(Error::Io { .. })));
+    }
+
+    #[test]
+    fn orphan_tmp_and_unlisted_dirs_are_ignored_and_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        let mut store = EmbeddingStore::create(&dir, &opts(3, DType::F32), "{}").unwrap();
+        fill(&mut store, 7, 1);
+        drop(store);
+        // An interrupted append: half a tmp dir and an unlisted sealed dir with junk.
+        std::fs::create_dir_all(dir.join("shards/00001.tmp")).unwrap();
+        std::fs::write(dir.join("shards/00001.tmp/vectors.bin"), b"junk").unwrap();
+        std::fs::create_dir_all(dir.join("shards/00002")).unwrap();
+        std::fs::write(dir.join("manifest.json.tmp"), b"{half").unwrap();
+        let mut store = EmbeddingStore::open(&dir).unwrap();
+        assert_eq!(store.len(), 7);
+        let x = fill(&mut store, 9, 2);
+        let store = EmbeddingStore::open(&dir).unwrap();
+        store.verify().unwrap();
+        assert_eq!(store.len(), 16);
+        assert_eq!(store.get_vectors(&[15]).unwrap(), x[8 * 3..9 * 3].to_vec());
+        assert!(!dir.join("shards/00001.tmp").exists());
+    }
+}

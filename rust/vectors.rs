@@ -106,7 +106,10 @@ pub enum VectorData<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
     /// Quantized values and one scale per vector.
-    I8 { q: &'a [i8], scales: &'a [f32] },
+    I8 {
+        q: &'a [i8],
+        scales: &'a [f32],
+    },
 }
 
 /// A borrowed, row-major block of `count` vectors of `dim` elements, with the L2 norm of each

@@ -6,9 +6,18 @@ on them (one gradient step per window), score the text, reset. Hardt & Sun, ICLR
 
 from __future__ import annotations
 
-from tttnn._tttnn import CorruptIndexError, __version__
+from tttnn._tttnn import (
+    CorruptIndexError,
+    EmbeddingStore,
+    __version__,
+    dedup_neighbors,
+    pack_windows,
+)
 
 __all__ = [
     "CorruptIndexError",
+    "EmbeddingStore",
     "__version__",
+    "dedup_neighbors",
+    "pack_windows",
 ]

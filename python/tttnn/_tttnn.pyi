@@ -3,7 +3,9 @@
 This file is the contract between the Rust bindings and the Python layer.
 """
 
+import os
 from collections.abc import Sequence
+from typing import final
 
 import numpy as np
 import numpy.typing as npt
@@ -13,13 +15,14 @@ __version__: str
 class CorruptIndexError(ValueError):
     """A store file is truncated, corrupted, inconsistent with its manifest, or of an unknown version."""
 
+@final
 class EmbeddingStore:
     """Append-only, sharded, memory-mapped vectors (f32/f16/i8) with optional per-document text,
     token ids and records (small JSON bytes). Global ids are 0..len(store) in append order."""
 
     @staticmethod
     def create(
-        path: str,
+        path: str | os.PathLike[str],
         dim: int,
         *,
         dtype: str = "f32",
@@ -35,21 +38,22 @@ class EmbeddingStore:
         meta: str = "{}",
     ) -> EmbeddingStore: ...
     @staticmethod
-    def open(path: str) -> EmbeddingStore: ...
+    def open(path: str | os.PathLike[str]) -> EmbeddingStore: ...
     def append(
         self,
-        vectors: npt.NDArray[np.float32],
+        vectors: npt.ArrayLike,
         *,
         texts: Sequence[str | bytes] | None = None,
-        tokens: Sequence[npt.NDArray[np.uint32]] | None = None,
-        records: Sequence[bytes] | None = None,
+        tokens: Sequence[npt.NDArray[np.integer] | Sequence[int]] | None = None,
+        records: Sequence[bytes | str] | None = None,
     ) -> list[int]:
         """Append `n × dim` vectors (and n texts/tokens/records when the store has them); splits
         into shards of at most `shard_size`, each sealed by an atomic manifest write. Returns the
-        ids of the shards written."""
+        ids of the shards written. float16/float64 input is converted to float32; other dtypes,
+        NaN/inf, a wrong dimension, invalid UTF-8 or mismatched counts raise ValueError."""
     def search(
         self,
-        queries: npt.NDArray[np.float32],
+        queries: npt.ArrayLike,
         k: int,
         *,
         exact: bool = True,
@@ -65,7 +69,8 @@ class EmbeddingStore:
         """Dequantized vectors of the given ids, `(len(ids), dim)`."""
     def text(self, id: int) -> str: ...
     def text_bytes(self, id: int) -> bytes: ...
-    def tokens(self, id: int) -> npt.NDArray[np.uint32]: ...
+    def tokens(self, id: int) -> npt.NDArray[np.uint32]:
+        """A copy of the stored token ids (IndexError when out of range)."""
     def record(self, id: int) -> bytes: ...
     def pack_windows(
         self,
@@ -109,7 +114,7 @@ def exact_search(
     """Exact top-k over an in-memory `(n, dim)` f32 array (same kernels as the store)."""
 
 def pack_windows(
-    docs: Sequence[npt.NDArray[np.uint32]],
+    docs: Sequence[npt.NDArray[np.integer] | Sequence[int]] | npt.NDArray[np.integer],
     context_length: int,
     *,
     eos_id: int | None = None,
@@ -120,7 +125,15 @@ def pack_windows(
     """Cut documents (in order) into non-overlapping windows of `context_length` tokens.
 
     Returns `(input_ids (W, L), lengths (W,), doc_index (W,))`: row i holds `lengths[i]` real
-    tokens followed by `pad_id`; `doc_index[i]` is the document row i starts in."""
+    tokens followed by `pad_id`; `doc_index[i]` is the document row i starts in.
+
+    Each document is cut from its start into pieces of `context_length` tokens (the last may be
+    shorter); empty documents give none; `max_windows_per_doc=N` keeps the first N pieces.
+    Without `pack_short` every piece is a window. With `pack_short=True` (needs `eos_id`) a full
+    piece is its own window and closes the open one; a short piece (short document or tail) is
+    appended to the open window after one `eos_id` when it fits, else it opens a new window.
+    Windows stay in document order. uint32 arrays are borrowed; other integer dtypes and lists
+    are converted (ValueError for ids outside 0..2**32-1)."""
 
 def dedup_neighbors(
     query: str | bytes,
@@ -130,4 +143,9 @@ def dedup_neighbors(
 ) -> tuple[list[int], list[tuple[int, str]]]:
     """Leakage guard: drop candidates identical to the query or to an earlier kept candidate
     (after whitespace/case normalisation), or whose word-shingle similarity to either reaches
-    `threshold`. Returns `(kept indices, [(dropped index, reason)])`, order preserved."""
+    `threshold`. Returns `(kept indices, [(dropped index, reason)])`, order preserved.
+
+    Similarity: overlap coefficient |A∩B| / min(|A|, |B|) of hashed word 5-shingle sets (word
+    sets when either text has < 5 words): catches lightly edited copies and excerpts/supersets.
+    Reasons: "empty", "exact-duplicate-of-query", "near-duplicate-of-query", "exact-duplicate",
+    "near-duplicate". ValueError for invalid UTF-8 bytes or threshold outside (0, 1]."""

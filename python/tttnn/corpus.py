@@ -1,0 +1,390 @@
+"""Streaming corpus readers: Pile-format JSON lines (`.jsonl`, zstd `.jsonl.zst`), folders of `.txt`
+files and `.parquet` files with a `text` column, yielding `Document`s one at a time.
+
+Memory stays bounded whatever the file size: JSON lines are read as raw bytes with a length cap
+(a huge line is skipped in pieces, never held whole), zstd is decompressed as a stream, parquet is
+read batch by batch. Each line is decoded as strict UTF-8, so invalid bytes are reported at the
+exact line.
+
+Bad input (`ERROR_KINDS`) is counted in a `CorpusStats`; `on_error="skip"` (default) logs the
+first few of each kind and goes on, `on_error="fail"` raises `CorpusError` at the first one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+__all__ = [
+    "DEFAULT_MAX_DOC_BYTES",
+    "ERROR_KINDS",
+    "Corpus",
+    "CorpusError",
+    "CorpusStats",
+    "Document",
+    "read_corpus",
+]
+
+log = logging.getLogger("tttnn.corpus")
+
+DEFAULT_MAX_DOC_BYTES = 10 * 1024 * 1024
+"""Documents whose UTF-8 text is longer than this are skipped as `too_large`."""
+
+ERROR_KINDS = ("malformed_json", "missing_text", "empty_text", "invalid_utf8", "too_large")
+"""The kinds of bad input a reader counts."""
+
+_MAX_EXAMPLES = 5  # examples kept per error kind
+_LOG_FIRST = 3  # bad documents logged per kind (the rest are only counted)
+_JSONL_SUFFIXES = (".jsonl.zst", ".jsonl.zstd", ".jsonl", ".json.zst", ".json")
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+class CorpusError(ValueError):
+    """Bad corpus input: an unreadable or unknown file, or (with `on_error="fail"`) a bad document."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document of a corpus.
+
+    `doc_id` is stable and unique within a build: `"<file name>:<line>"` for JSON lines (1-based),
+    `"<file name>:<row>"` for parquet (0-based), `"<folder name>/<relative path>"` for text files.
+    `domain` is `meta.pile_set_name` when present, else the file stem or the text file's folder.
+    `source` is `meta.source` when present, else the input file's path.
+    """
+
+    doc_id: str
+    text: str
+    domain: str
+    source: str
+
+
+@dataclass
+class CorpusStats:
+    """What a reader saw: documents yielded, bad inputs counted by kind with a few `file:line`
+    examples each."""
+
+    documents: int = 0
+    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    files: int = 0
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.errors.values())
+
+    def add_error(self, kind: str, where: str, message: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+        ex = self.examples.setdefault(kind, [])
+        if len(ex) < _MAX_EXAMPLES:
+            ex.append(f"{where}: {message}")
+
+    def summary(self) -> str:
+        """One line: documents read, then each bad-input kind with its count and first example."""
+        parts = [f"{self.documents} documents read from {self.files} file(s)"]
+        if self.skipped == 0:
+            parts.append("no bad input")
+        else:
+            parts.append(f"{self.skipped} skipped")
+            for kind in ERROR_KINDS:
+                n = self.errors.get(kind, 0)
+                if n:
+                    first = self.examples.get(kind, [""])[0]
+                    parts.append(f"{kind}: {n} (e.g. {first})")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "documents": self.documents,
+            "files": self.files,
+            "skipped": self.skipped,
+            "errors": {k: v for k, v in self.errors.items() if v},
+            "examples": {k: v for k, v in self.examples.items() if v},
+        }
+
+
+def _strip_suffix(name: str, suffixes: Sequence[str]) -> str | None:
+    low = name.lower()
+    for s in suffixes:
+        if low.endswith(s):
+            return name[: -len(s)]
+    return None
+
+
+def _kind_of(path: Path) -> str:
+    if path.is_dir():
+        return "txt_dir"
+    if _strip_suffix(path.name, _JSONL_SUFFIXES) is not None:
+        return "jsonl"
+    if _strip_suffix(path.name, _PARQUET_SUFFIXES) is not None:
+        return "parquet"
+    if path.name.lower().endswith(".txt"):
+        return "txt_file"
+    raise CorpusError(
+        f"{path}: unknown corpus format (expected .jsonl, .jsonl.zst, .parquet, .txt or a folder "
+        "of .txt files)"
+    )
+
+
+class Corpus:
+    """A sequence of corpus inputs read as one stream of `Document`s.
+
+    Iterating re-reads the inputs from the start (and resets `stats`). `bytes_read` / `total_bytes`
+    track progress through the files on disk (compressed bytes for `.zst`), for a progress bar.
+    """
+
+    def __init__(
+        self,
+        paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+        *,
+        on_error: str = "skip",
+        max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
+    ) -> None:
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        self.paths = [Path(p) for p in paths]
+        if not self.paths:
+            raise CorpusError("no corpus path given")
+        if on_error not in ("skip", "fail"):
+            raise ValueError(f"on_error must be 'skip' or 'fail', not {on_error!r}")
+        if max_doc_bytes <= 0:
+            raise ValueError(f"max_doc_bytes must be positive, not {max_doc_bytes}")
+        self.on_error = on_error
+        self.max_doc_bytes = max_doc_bytes
+        for p in self.paths:
+            if not p.exists():
+                raise FileNotFoundError(f"corpus path not found: {p}")
+            _kind_of(p)  # unknown formats fail before anything is read
+        # doc ids start with the file name; fall back to the path as given when names collide
+        names = [p.name for p in self.paths]
+        self._labels = [
+            p.name if names.count(p.name) == 1 else str(p).replace(":", "_") for p in self.paths
+        ]
+        self.stats = CorpusStats()
+        self.total_bytes = sum(_size_on_disk(p) for p in self.paths)
+        self.bytes_read = 0
+        self._bytes_done = 0  # bytes of the inputs already finished
+
+    def __iter__(self) -> Iterator[Document]:
+        self.stats = CorpusStats()
+        self.bytes_read = 0
+        self._bytes_done = 0
+        for path, label in zip(self.paths, self._labels):
+            self.stats.files += 1
+            kind = _kind_of(path)
+            if kind == "jsonl":
+                yield from self._read_jsonl(path, label)
+            elif kind == "parquet":
+                yield from self._read_parquet(path, label)
+            else:
+                yield from self._read_txt(path, label, kind == "txt_dir")
+            self._bytes_done += _size_on_disk(path)
+            self.bytes_read = self._bytes_done
+
+    # -- bad input ----------------------------------------------------------------------------
+    def _bad(self, kind: str, where: str, message: str) -> None:
+        if self.on_error == "fail":
+            raise CorpusError(f"{where}: {message} ({kind})")
+        self.stats.add_error(kind, where, message)
+        if self.stats.errors[kind] <= _LOG_FIRST:
+            log.warning("skipping %s: %s (%s)", where, message, kind)
+
+    def _accept(self, text: Any, where: str) -> str | None:
+        """The document text if it is a usable string, else None (after reporting why)."""
+        if text is None:
+            self._bad("missing_text", where, "no 'text' field")
+            return None
+        if not isinstance(text, str):
+            self._bad(
+                "missing_text", where, f"'text' is of type {type(text).__name__}, not a string"
+            )
+            return None
+        if not text.strip():
+            self._bad("empty_text", where, "text is empty or whitespace only")
+            return None
+        try:
+            n = len(text.encode("utf-8"))
+        except UnicodeEncodeError as e:
+            self._bad(
+                "invalid_utf8", where, f"text has an unpaired surrogate at character {e.start}"
+            )
+            return None
+        if n > self.max_doc_bytes:
+            self._bad(
+                "too_large", where, f"text is {n} bytes, over max_doc_bytes={self.max_doc_bytes}"
+            )
+            return None
+        return text
+
+    # -- formats --------------------------------------------------------------------------------
+    def _read_jsonl(self, path: Path, label: str) -> Iterator[Document]:
+        stem = _strip_suffix(path.name, _JSONL_SUFFIXES) or path.stem
+        compressed = path.name.lower().endswith((".zst", ".zstd"))
+        # A JSON-escaped line may be longer than its text; the hard cap on a raw line keeps memory
+        # bounded, the text itself is checked against max_doc_bytes after parsing.
+        line_cap = 6 * self.max_doc_bytes + 4096
+        with open(path, "rb") as raw:
+            stream: BinaryIO
+            if compressed:
+                import zstandard
+
+                reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+                stream = io.BufferedReader(reader, buffer_size=1 << 20)  # type: ignore[arg-type]
+            else:
+                stream = raw
+            with stream:
+                lineno = 0
+                while True:
+                    line = stream.readline(line_cap + 1)
+                    if not line:
+                        break
+                    lineno += 1
+                    self.bytes_read = self._bytes_done + raw.tell()
+                    where = f"{path.name}:{lineno}"
+                    if len(line) > line_cap and not line.endswith(b"\n"):
+                        # consume the rest of this line in bounded pieces
+                        total = len(line)
+                        while True:
+                            piece = stream.readline(1 << 20)
+                            total += len(piece)
+                            if not piece or piece.endswith(b"\n"):
+                                break
+                        self._bad(
+                            "too_large",
+                            where,
+                            f"line is {total} bytes, over the cap of {line_cap} for "
+                            f"max_doc_bytes={self.max_doc_bytes}",
+                        )
+                        continue
+                    if not line.strip():
+                        continue  # blank lines are not documents
+                    try:
+                        decoded = line.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        self._bad("invalid_utf8", where, f"invalid UTF-8 at byte {e.start}")
+                        continue
+                    try:
+                        obj = json.loads(decoded)
+                    except json.JSONDecodeError as e:
+                        self._bad("malformed_json", where, f"malformed JSON ({e})")
+                        continue
+                    if not isinstance(obj, dict):
+                        self._bad(
+                            "malformed_json", where, f"a JSON {type(obj).__name__}, not an object"
+                        )
+                        continue
+                    text = self._accept(obj.get("text"), where)
+                    if text is None:
+                        continue
+                    meta = obj.get("meta")
+                    domain, source = stem, str(path)
+                    if isinstance(meta, dict):
+                        if isinstance(meta.get("pile_set_name"), str) and meta["pile_set_name"]:
+                            domain = meta["pile_set_name"]
+                        if isinstance(meta.get("source"), str):
+                            source = meta["source"]
+                    self.stats.documents += 1
+                    yield Document(f"{label}:{lineno}", text, domain, source)
+
+    def _read_parquet(self, path: Path, label: str) -> Iterator[Document]:
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception as e:
+            raise CorpusError(f"{path}: not a readable parquet file: {e}") from e
+        names = pf.schema_arrow.names
+        if "text" not in names:
+            raise CorpusError(f"{path}: parquet file has no 'text' column (columns: {names})")
+        stem = _strip_suffix(path.name, _PARQUET_SUFFIXES) or path.stem
+        columns = ["text"] + [
+            c for c in ("meta", "domain", "pile_set_name", "source") if c in names
+        ]
+        row = 0
+        for batch in pf.iter_batches(batch_size=1024, columns=columns):
+            cols = {c: batch.column(c).to_pylist() for c in columns}
+            for i in range(batch.num_rows):
+                where = f"{path.name}:{row}"
+                row += 1
+                text = self._accept(cols["text"][i], where)
+                if text is None:
+                    continue
+                domain, source = stem, str(path)
+                meta = cols["meta"][i] if "meta" in cols else None
+                if isinstance(meta, dict):
+                    if isinstance(meta.get("pile_set_name"), str) and meta["pile_set_name"]:
+                        domain = meta["pile_set_name"]
+                    if isinstance(meta.get("source"), str):
+                        source = meta["source"]
+                for c in ("pile_set_name", "domain"):
+                    if c in cols and isinstance(cols[c][i], str) and cols[c][i]:
+                        domain = cols[c][i]
+                if "source" in cols and isinstance(cols["source"][i], str):
+                    source = cols["source"][i]
+                self.stats.documents += 1
+                yield Document(f"{label}:{row - 1}", text, domain, source)
+            size = _size_on_disk(path)
+            self.bytes_read = self._bytes_done + size * row // max(pf.metadata.num_rows, 1)
+
+    def _read_txt(self, path: Path, label: str, is_dir: bool) -> Iterator[Document]:
+        if is_dir:
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() == ".txt")
+            root = path
+        else:
+            files = [path]
+            root = path.parent
+        for f in files:
+            rel = f.relative_to(root).as_posix()
+            where = f"{label}/{rel}" if is_dir else f.name
+            # the first-level sub-folder names the domain; files at the top take the folder's name
+            parts = f.relative_to(root).parts
+            domain = parts[0] if is_dir and len(parts) > 1 else f.parent.name
+            size = f.stat().st_size
+            self.bytes_read += size
+            if size > self.max_doc_bytes:
+                self._bad(
+                    "too_large",
+                    where,
+                    f"file is {size} bytes, over max_doc_bytes={self.max_doc_bytes}",
+                )
+                continue
+            data = f.read_bytes()
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                self._bad("invalid_utf8", where, f"invalid UTF-8 at byte {e.start}")
+                continue
+            text = self._accept(text, where)  # type: ignore[assignment]
+            if text is None:
+                continue
+            self.stats.documents += 1
+            yield Document(where, text, domain, str(f))
+
+
+def _size_on_disk(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*.txt") if p.is_file())
+    return path.stat().st_size
+
+
+def read_corpus(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    on_error: str = "skip",
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
+    stats: CorpusStats | None = None,
+) -> Iterator[Document]:
+    """Stream the documents of `paths` (files or folders, in order). When `stats` is given it is
+    filled in when the iterator is exhausted or closed."""
+    corpus = Corpus(paths, on_error=on_error, max_doc_bytes=max_doc_bytes)
+    try:
+        yield from corpus
+    finally:
+        if stats is not None:
+            stats.__dict__.update(corpus.stats.__dict__)

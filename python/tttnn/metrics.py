@@ -1,0 +1,222 @@
+"""Bits per byte, exactly as lm-evaluation-harness computes it for `loglikelihood_rolling` tasks.
+
+lm-eval (wikitext, the Pile) scores a document by its token ids (no special tokens added), cut by
+`get_rolling_token_windows(tokens, prefix_token, max_seq_len=max_length, context_len=1)` and
+`make_disjoint_window` into windows that each predict a disjoint slice of the document: the first
+window predicts the first `max_length` tokens from the prefix token (lm-eval's `prefix_token_id`:
+BOS, else EOS) and the tokens before; every later window predicts the next `max_length` tokens (the
+last one fewer) from a full `max_length`-token input. The document is never truncated. The summed
+log-likelihood gives
+
+    bits per byte = −Σ log p / Σ UTF-8 bytes / ln 2.
+
+The window logic below is a faithful reimplementation of `lm_eval/utils.py`; its tests are lm-eval's
+own test cases.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = [
+    "BPBResult",
+    "autocast_context",
+    "bits_per_byte",
+    "document_loglikelihood",
+    "get_rolling_token_windows",
+    "make_disjoint_window",
+    "rolling_windows",
+]
+
+Window = tuple[list[int], list[int]]
+AutocastDtype = Union[str, "torch.dtype", None]
+
+
+def get_rolling_token_windows(
+    token_list: Sequence[int], prefix_token: int, max_seq_len: int, context_len: int
+) -> Iterator[Window]:
+    """lm-eval's rolling windows: `(input_tokens, pred_tokens)` pairs covering every token once.
+
+    Score only the last `len(pred_tokens)` positions of each input. `context_len` (≥ 1) is the
+    minimum context each prediction gets; lm-eval uses 1 for perplexity tasks.
+    """
+    if not 1 <= context_len <= max_seq_len:
+        raise ValueError(f"need 1 <= context_len <= max_seq_len, got {context_len}, {max_seq_len}")
+    tokens = list(token_list)
+    if not tokens:
+        return
+    # +1: inputs are shifted by one position relative to predictions
+    pred_len = max_seq_len - context_len + 1
+    predicted = 0
+
+    # the first window predicts all its tokens, conditioned on the prefix token
+    first_seq_len = min(max_seq_len, len(tokens))
+    yield [prefix_token, *tokens[: first_seq_len - 1]], tokens[:first_seq_len]
+    predicted += first_seq_len
+
+    while predicted < len(tokens):
+        window_pred_len = min(len(tokens) - predicted, pred_len)
+        window_end = predicted + window_pred_len
+        yield (
+            tokens[window_end - max_seq_len - 1 : window_end - 1],
+            tokens[window_end - window_pred_len : window_end],
+        )
+        predicted += window_pred_len
+
+
+def make_disjoint_window(pair: Window) -> Window:
+    """lm-eval's `make_disjoint_window`: drop the context tokens that the continuation repeats."""
+    a, b = pair
+    return a[: len(a) - (len(b) - 1)], b
+
+
+def rolling_windows(tokens: Sequence[int], prefix_token: int, max_length: int) -> list[Window]:
+    """`(context, continuation)` pairs as lm-eval's `loglikelihood_rolling` builds them.
+
+    The continuations partition `tokens` in order; the model input of each pair is
+    `(context + continuation)[-(max_length + 1):][:-1]`, at most `max_length` tokens.
+    """
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    return [
+        make_disjoint_window(w)
+        for w in get_rolling_token_windows(tokens, prefix_token, max_length, context_len=1)
+    ]
+
+
+@dataclass(frozen=True)
+class BPBResult:
+    """Bits per byte of one document, with the sums it comes from."""
+
+    bpb: float
+    nll_nats: float  # −Σ log p over all tokens, natural log
+    n_bytes: int  # UTF-8 bytes of the text
+    n_tokens: int  # tokens scored (all of them: the document is never truncated)
+
+
+def _resolve_autocast(dtype: AutocastDtype) -> torch.dtype | None:
+    import torch
+
+    if dtype is None or dtype in ("fp32", "float32", torch.float32):
+        return None
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ValueError(f"unknown autocast dtype {dtype!r}; use 'bf16', 'fp16' or 'fp32'")
+    return table[dtype]
+
+
+def autocast_context(device: torch.device, dtype: AutocastDtype) -> torch.autocast:
+    """`torch.autocast` for `device` (any type) in `dtype`; disabled for fp32/None."""
+    import torch
+
+    resolved = _resolve_autocast(dtype)
+    return torch.autocast(
+        device_type=device.type, dtype=resolved or torch.bfloat16, enabled=resolved is not None
+    )
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _check_max_length(model: torch.nn.Module, max_length: int) -> None:
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and max_length > limit:
+        raise ValueError(f"max_length {max_length} exceeds the model's context of {limit} tokens")
+
+
+def document_loglikelihood(
+    model: torch.nn.Module,
+    tokens: Sequence[int],
+    eot_id: int,
+    max_length: int,
+    autocast_dtype: AutocastDtype = None,
+    *,
+    batch_size: int = 4,
+) -> tuple[float, int]:
+    """`(Σ log p, number of tokens)` of a whole token sequence, lm-eval's rolling definition.
+
+    Windows of equal input length are scored `batch_size` at a time; log-softmax runs in fp32 on the
+    scored positions only. The model is put in eval mode for scoring and its mode restored after.
+    """
+    import torch
+
+    _check_max_length(model, max_length)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    windows = rolling_windows(tokens, eot_id, max_length)
+    # model inputs and the number of (final) positions scored in each
+    inputs = [(ctx + cont)[-(max_length + 1) :][:-1] for ctx, cont in windows]
+    by_len: dict[int, list[int]] = {}
+    for i, inp in enumerate(inputs):
+        by_len.setdefault(len(inp), []).append(i)
+
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    try:
+        with torch.inference_mode(), autocast_context(device, autocast_dtype):
+            for length, idx in by_len.items():
+                for start in range(0, len(idx), batch_size):
+                    rows = idx[start : start + batch_size]
+                    batch = torch.tensor([inputs[r] for r in rows], dtype=torch.long, device=device)
+                    logits = model(input_ids=batch).logits
+                    for b, r in enumerate(rows):
+                        cont = windows[r][1]
+                        scored = logits[b, length - len(cont) :].float().log_softmax(-1)
+                        target = torch.tensor(cont, dtype=torch.long, device=device)
+                        lp = scored.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+                        total += float(lp.double().sum())
+                    del logits
+    finally:
+        model.train(was_training)
+    return total, sum(len(c) for _, c in windows)
+
+
+def encode_document(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of a whole document as lm-eval's HF models encode it: no special tokens added."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def bits_per_byte(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    max_length: int,
+    *,
+    autocast_dtype: AutocastDtype = None,
+    prefix_token: int | None = None,
+    tokens: Sequence[int] | None = None,
+    batch_size: int = 4,
+) -> BPBResult:
+    """Bits per byte of `text` under `model` (lm-eval's `bits_per_byte` for one document).
+
+    `prefix_token` defaults to lm-eval's choice (the tokenizer's BOS, else EOS); `tokens` may pass
+    the already-encoded text to skip re-tokenizing.
+    """
+    from tttnn.models import prefix_token_id
+
+    n_bytes = len(text.encode("utf-8"))
+    if n_bytes == 0:
+        raise ValueError("cannot score an empty text (bits per byte needs at least one byte)")
+    ids = encode_document(tokenizer, text) if tokens is None else list(tokens)
+    prefix = prefix_token_id(tokenizer) if prefix_token is None else prefix_token
+    logprob, n_tokens = document_loglikelihood(
+        model, ids, prefix, max_length, autocast_dtype, batch_size=batch_size
+    )
+    nll = -logprob
+    return BPBResult(
+        bpb=nll / n_bytes / math.log(2), nll_nats=nll, n_bytes=n_bytes, n_tokens=n_tokens
+    )

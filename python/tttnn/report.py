@@ -1,0 +1,225 @@
+"""Reports of an evaluation run: per-domain bits per byte at each k, relative change, plots.
+
+Aggregation follows lm-evaluation-harness: bits per byte over a set of documents is the
+byte-weighted mean (Σ nll / Σ bytes / ln 2), so a domain's figure is not moved by how many short
+documents it has. The overall average is reported two ways: weighted by each domain's test bytes
+(what one bpb over all documents would be, as the Pile paper's "weighted by size") and the plain
+mean over domains (each domain counts once).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DomainRow", "Report", "load_results", "make_report", "plot_report", "render"]
+
+
+@dataclass
+class DomainRow:
+    domain: str
+    documents: int
+    bytes: int
+    bpb: dict[int, float]
+    failed: int = 0
+
+    def change(self, k: int) -> float | None:
+        """Relative change of bits per byte at k against k = 0 (negative is better)."""
+        if 0 not in self.bpb or k not in self.bpb or self.bpb[0] == 0:
+            return None
+        return self.bpb[k] / self.bpb[0] - 1.0
+
+
+@dataclass
+class Report:
+    run: str
+    ks: list[int]
+    rows: list[DomainRow]
+    weighted: DomainRow
+    macro: dict[int, float]
+    failed_docs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def k_max(self) -> int:
+        return max(self.ks)
+
+
+def load_results(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Rows of `RUN/results.jsonl`; a torn last line (interrupted write) is ignored."""
+    path = Path(run_dir) / "results.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no results; run `tttnn eval ... --out {run_dir}` first")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # torn final write; evaluate rewrites it on resume
+            raise ValueError(f"{path}:{i + 1}: not a JSON row") from None
+    return rows
+
+
+def _aggregate(domain: str, rows: list[dict[str, Any]], ks: list[int]) -> DomainRow:
+    ok = [r for r in rows if r.get("status") == "ok"]
+    total_bytes = sum(int(r["bytes"]) for r in ok)
+    bpb: dict[int, float] = {}
+    for k in ks:
+        have = [r for r in ok if str(k) in r["bpb"]]
+        # Only report k where every document of the domain reached it (k is cut at the number
+        # of neighbors actually retrieved), so the figures compare the same documents.
+        if have and len(have) == len(ok):
+            nbytes = sum(int(r["bytes"]) for r in have)
+            bpb[k] = sum(float(r["bpb"][str(k)]) * int(r["bytes"]) for r in have) / nbytes
+    return DomainRow(domain, len(ok), total_bytes, bpb, failed=len(rows) - len(ok))
+
+
+def make_report(run_dir: str | Path) -> Report:
+    results = load_results(run_dir)
+    ks = sorted({int(k) for r in results if r.get("status") == "ok" for k in r["bpb"]})
+    by_domain: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_domain.setdefault(r["domain"], []).append(r)
+    rows = [_aggregate(d, by_domain[d], ks) for d in sorted(by_domain)]
+    weighted = _aggregate("weighted", results, ks)
+    macro: dict[int, float] = {}
+    for k in ks:
+        vals = [row.bpb[k] for row in rows if k in row.bpb]
+        if vals and len(vals) == len([row for row in rows if row.documents]):
+            macro[k] = sum(vals) / len(vals)
+    failed = [
+        {"doc_id": r.get("doc_id"), "domain": r.get("domain"), "error": r.get("error")}
+        for r in results
+        if r.get("status") != "ok"
+    ]
+    return Report(str(run_dir), ks, rows, weighted, macro, failed)
+
+
+def _fmt(x: float | None, pct: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x * 100:+.1f}%" if pct else f"{x:.4f}"
+
+
+def render(report: Report, fmt: str = "md") -> str:
+    """The per-domain table as Markdown, CSV or JSON."""
+    ks = report.ks
+    kmax = report.k_max if ks else 0
+    if fmt == "json":
+        return json.dumps(
+            {
+                "run": report.run,
+                "ks": ks,
+                "domains": [asdict(r) for r in report.rows],
+                "weighted": asdict(report.weighted),
+                "macro": report.macro,
+                "failed": report.failed_docs,
+            },
+            indent=2,
+        )
+    header = ["domain", "docs", *[f"k={k}" for k in ks], f"change@{kmax}"]
+    body: list[list[str]] = []
+    for row in [*report.rows, report.weighted]:
+        name = "**average (byte-weighted)**" if row is report.weighted and fmt == "md" else row.domain
+        body.append(
+            [
+                name,
+                str(row.documents) + (f" (+{row.failed} failed)" if row.failed else ""),
+                *[_fmt(row.bpb.get(k)) for k in ks],
+                _fmt(row.change(kmax), pct=True),
+            ]
+        )
+    if report.macro:
+        m0, mk = report.macro.get(0), report.macro.get(kmax)
+        change = (mk / m0 - 1.0) if m0 and mk is not None else None
+        body.append(
+            [
+                "average (domains equal)" if fmt != "md" else "*average (domains equal)*",
+                "",
+                *[_fmt(report.macro.get(k)) for k in ks],
+                _fmt(change, pct=True),
+            ]
+        )
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(header)
+        w.writerows(body)
+        return buf.getvalue()
+    if fmt != "md":
+        raise ValueError(f"unknown format {fmt!r}; expected md, csv or json")
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|",
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    if report.failed_docs:
+        lines.append("")
+        lines.append(f"{len(report.failed_docs)} document(s) failed:")
+        lines += [f"- {f['doc_id']} ({f['domain']}): {f['error']}" for f in report.failed_docs]
+    return "\n".join(lines)
+
+
+def plot_report(report: Report, out_dir: str | Path | None = None) -> list[Path]:
+    """`curve.png`: bits per byte against k, a line per domain and the average; `change.png`:
+    the per-domain relative change at the largest k. Returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir or report.run)
+    ks = report.ks
+    if not ks:
+        return []
+    xs = {k: i for i, k in enumerate(ks)}  # categorical x: k = 0, 1, 2, 5, ... evenly spaced
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    cmap = plt.get_cmap("tab10")
+    for i, row in enumerate(report.rows):
+        pts = [(xs[k], v) for k, v in sorted(row.bpb.items())]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", lw=1.5, color=cmap(i % 10), label=row.domain)
+    pts = [(xs[k], v) for k, v in sorted(report.weighted.bpb.items())]
+    if pts:
+        ax.plot(*zip(*pts), marker="s", lw=3, color="black", label="average (byte-weighted)")
+    ax.set_xticks(range(len(ks)), [str(k) for k in ks])
+    ax.set_xlabel("neighbors trained on (k)")
+    ax.set_ylabel("bits per byte (lower is better)")
+    ax.set_title("Test-time training on nearest neighbors")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    curve = out / "curve.png"
+    fig.savefig(curve)
+    plt.close(fig)
+
+    kmax = report.k_max
+    rows = [r for r in report.rows if r.change(kmax) is not None]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * (len(rows) + 1) + 1.2), dpi=120)
+    names = [r.domain for r in rows] + ["average (byte-weighted)"]
+    vals = [(r.change(kmax) or 0.0) * 100 for r in rows] + [
+        (report.weighted.change(kmax) or 0.0) * 100
+    ]
+    colors = ["tab:green" if v < 0 else "tab:red" for v in vals]
+    ax.barh(names, vals, color=colors)
+    for y, v in enumerate(vals):
+        ax.text(v, y, f" {v:+.1f}% ", va="center", ha="right" if v < 0 else "left", fontsize=8)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"relative change in bits per byte at k = {kmax} vs k = 0 (%)")
+    ax.set_title("Per-domain change from test-time training")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    change = out / "change.png"
+    fig.savefig(change)
+    plt.close(fig)
+    return [curve, change]

@@ -1,0 +1,94 @@
+"""`tttnn index build`, `tttnn index info` and `tttnn search` through click's CliRunner, on a small
+slice of the real corpus with the real encoder and LM tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from test_corpus import SHARED_CORPUS, TRAIN, corpus_slice, write_jsonl
+from tttnn.cli import main
+
+pytestmark = pytest.mark.skipif(
+    not TRAIN.is_file(), reason=f"benchmark corpus not found at {SHARED_CORPUS}"
+)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, Path, list[dict]]:
+    tmp = tmp_path_factory.mktemp("cli")
+    rows = [r for r in corpus_slice(per_domain=1) if len(r["text"]) < 8000]
+    corpus = write_jsonl(rows, tmp / "docs.jsonl.zst")
+    out = tmp / "index"
+    res = CliRunner().invoke(
+        main, ["index", "build", str(corpus), "--out", str(out), "--shard-size", "3", "-q"]
+    )
+    assert res.exit_code == 0, res.output
+    assert f"indexed {len(rows)} documents" in res.output
+    return out, corpus, rows
+
+
+def test_info_text_and_json(built) -> None:
+    out, _, rows = built
+    res = CliRunner().invoke(main, ["index", "info", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert info["documents"] == len(rows) and info["tokenizer"] == "smollm2-135m"
+    assert info["shards"] == -(-len(rows) // 3) and info["dtype"] == "f16"
+    res = CliRunner().invoke(main, ["index", "info", str(out)])
+    assert res.exit_code == 0
+    assert "all-MiniLM-L6-v2 (384-d, f16, cosine, HNSW)" in res.output
+    assert rows[0]["meta"]["pile_set_name"] in res.output
+
+
+def test_search_texts_and_query_file(built, tmp_path: Path) -> None:
+    out, corpus, rows = built
+    runner = CliRunner()
+    res = runner.invoke(main, ["search", str(out), rows[2]["text"], "-k", "3", "--exact", "--json"])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.stdout)
+    assert [n["rank"] for n in row["neighbors"]] == [1, 2, 3]
+    assert row["neighbors"][0]["doc_id"] == "docs.jsonl.zst:3"
+    res = runner.invoke(main, ["search", str(out), rows[2]["text"], "-k", "2", "--guard"])
+    assert res.exit_code == 0, res.output
+    assert (
+        "[1 dropped by the leakage guard]" in res.output and "docs.jsonl.zst:3 " not in res.output
+    )
+
+    dest = tmp_path / "neighbors.jsonl"
+    res = runner.invoke(
+        main, ["search", str(out), "--queries", str(corpus), "--out", str(dest), "-k", "2"]
+    )
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in dest.read_text().splitlines()]
+    assert [x["query_id"] for x in lines] == [f"docs.jsonl.zst:{i + 1}" for i in range(len(rows))]
+    assert all(x["neighbors"][0]["doc_id"] == x["query_id"] for x in lines)
+
+
+def test_errors_are_one_line_without_traceback(built, tmp_path: Path) -> None:
+    out, corpus, _ = built
+    runner = CliRunner()
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(main, ["index", "info", str(tmp_path / "empty")])
+    assert res.exit_code == 1
+    assert (
+        res.output.strip() == f"Error: {tmp_path / 'empty'} is not a tttnn index (no manifest.json)"
+    )
+    res = runner.invoke(main, ["index", "build", str(corpus), "--out", str(out), "-q"])
+    assert res.exit_code == 1 and "already exists and is not empty" in res.output
+    assert "Traceback" not in res.output
+    res = runner.invoke(main, ["search", str(out)])
+    assert res.exit_code == 2 and "give query texts or --queries" in res.output
+    res = runner.invoke(main, ["index", "build", str(corpus), "--out", "x", "--dtype", "f8"])
+    assert res.exit_code == 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": \n')
+    res = runner.invoke(
+        main,
+        ["index", "build", str(bad), "--out", str(tmp_path / "b"), "--on-error", "fail", "-q"],
+    )
+    assert res.exit_code == 1
+    assert res.output.startswith("Error: bad.jsonl:2: malformed JSON")

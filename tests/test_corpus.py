@@ -1,0 +1,251 @@
+"""Corpus readers: the same documents from every format, and each kind of bad input counted or
+raised with its file:line."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from tttnn.corpus import ERROR_KINDS, Corpus, CorpusError, CorpusStats, Document, read_corpus
+
+SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+TRAIN = SHARED_CORPUS / "train.jsonl.zst"
+TEST = SHARED_CORPUS / "test.jsonl.zst"
+
+needs_corpus = pytest.mark.skipif(
+    not TRAIN.is_file(),
+    reason=f"benchmark corpus not found at {SHARED_CORPUS} (expected ../shared/corpus beside the clone)",
+)
+
+
+def corpus_slice(per_domain: int = 5, max_chars: int = 12_000) -> list[dict]:
+    """The first `per_domain` documents of each domain of the shared train split (shorter than
+    `max_chars`), as Pile JSON objects, in file order."""
+    taken: Counter[str] = Counter()
+    rows = []
+    with TRAIN.open("rb") as f:
+        reader = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(f), encoding="utf-8")
+        for line in reader:
+            obj = json.loads(line)
+            dom = obj["meta"]["pile_set_name"]
+            if taken[dom] < per_domain and len(obj["text"]) <= max_chars:
+                taken[dom] += 1
+                rows.append(obj)
+    return rows
+
+
+def write_jsonl(rows: list[dict], path: Path) -> Path:
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    if path.name.endswith(".zst"):
+        data = zstandard.ZstdCompressor(level=3).compress(data)
+    path.write_bytes(data)
+    return path
+
+
+def write_txt_dir(rows: list[dict], root: Path) -> Path:
+    for i, r in enumerate(rows):
+        d = root / r["meta"]["pile_set_name"]
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{i:04d}.txt").write_text(r["text"], encoding="utf-8")
+    return root
+
+
+def write_parquet(rows: list[dict], path: Path, row_group_size: int = 7) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist([{"text": r["text"], "meta": r["meta"]} for r in rows])
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict]:
+    if not TRAIN.is_file():
+        pytest.skip(f"benchmark corpus not found at {SHARED_CORPUS}")
+    return corpus_slice()
+
+
+def _key(d: Document) -> tuple[str, str]:
+    return (d.domain, d.text)
+
+
+@needs_corpus
+def test_formats_give_the_same_documents(rows: list[dict], tmp_path: Path) -> None:
+    assert len(rows) == 40 and len({r["meta"]["pile_set_name"] for r in rows}) == 8
+    expected = [(r["meta"]["pile_set_name"], r["text"]) for r in rows]
+    jsonl = list(Corpus(write_jsonl(rows, tmp_path / "slice.jsonl")))
+    zst = list(Corpus(write_jsonl(rows, tmp_path / "slice.jsonl.zst")))
+    parquet = list(Corpus(write_parquet(rows, tmp_path / "slice.parquet")))
+    txt = list(Corpus(write_txt_dir(rows, tmp_path / "txt")))
+    assert [_key(d) for d in jsonl] == expected
+    assert [_key(d) for d in zst] == expected
+    assert [_key(d) for d in parquet] == expected
+    # the text folder is read in path order (domain folders sorted): same documents, other order
+    assert sorted(_key(d) for d in txt) == sorted(expected)
+    assert [d.doc_id for d in jsonl][:2] == ["slice.jsonl:1", "slice.jsonl:2"]
+    assert [d.doc_id for d in zst][:2] == ["slice.jsonl.zst:1", "slice.jsonl.zst:2"]
+    assert parquet[0].doc_id == "slice.parquet:0"
+    assert txt[0].doc_id.startswith("txt/code_c_headers/")
+    assert jsonl[0].source == rows[0]["meta"]["source"]
+    for docs in (jsonl, zst, parquet, txt):
+        assert len({d.doc_id for d in docs}) == len(docs)
+
+
+@needs_corpus
+def test_doc_ids_are_stable_and_zst_streams(tmp_path: Path) -> None:
+    corpus = Corpus(TEST)
+    it = iter(corpus)
+    first = next(it)
+    # streaming: the first document arrives before the compressed file is consumed
+    assert corpus.bytes_read < corpus.total_bytes
+    rest = list(it)
+    docs = [first, *rest]
+    assert len(docs) == 160
+    assert Counter(d.domain for d in docs) == Counter(
+        dict.fromkeys(
+            [
+                "code_python",
+                "code_go",
+                "code_c_headers",
+                "docs_kernel",
+                "docs_python",
+                "man_pages",
+                "legal_licenses",
+                "dm_math",
+            ],
+            20,
+        )
+    )
+    assert [d.doc_id for d in Corpus(TEST)] == [d.doc_id for d in docs]
+    assert corpus.stats.documents == 160 and corpus.stats.skipped == 0
+
+
+def test_domain_falls_back_to_file_stem_and_folder(tmp_path: Path) -> None:
+    p = tmp_path / "mydata.jsonl"
+    p.write_text('{"text": "no meta here"}\n{"text": "meta without name", "meta": {}}\n')
+    assert [d.domain for d in Corpus(p)] == ["mydata", "mydata"]
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.txt").write_text("top-level file")
+    (tmp_path / "flat" / "sub" / "deeper").mkdir(parents=True)
+    (tmp_path / "flat" / "sub" / "deeper" / "b.txt").write_text("nested file")
+    docs = list(Corpus(tmp_path / "flat"))
+    assert [(d.doc_id, d.domain) for d in docs] == [
+        ("flat/a.txt", "flat"),
+        ("flat/sub/deeper/b.txt", "sub"),
+    ]
+
+
+def _bad_jsonl_lines() -> list[bytes]:
+    return [
+        b'{"text": "a good document", "meta": {"pile_set_name": "ok"}}',  # 1
+        b'{"text": "unterminated',  # 2 malformed
+        b'{"meta": {"pile_set_name": "x"}}',  # 3 missing text
+        b'{"text": 42}',  # 4 non-string text
+        b'{"text": ""}',  # 5 empty
+        b'{"text": "  \\n\\t "}',  # 6 whitespace only
+        b'{"text": "bad \xff\xfe bytes"}',  # 7 invalid utf-8
+        b'{"text": "' + b"x" * 2000 + b'"}',  # 8 over max_doc_bytes=1000
+        b"",  # 9 blank line: not a document, not an error
+        b'["not", "an object"]',  # 10 malformed (not an object)
+        b'{"text": "' + b"y" * 20_000 + b'"}',  # 11 over the raw line cap (6*1000+4096)
+        b'{"text": "lone surrogate \\ud800 here"}',  # 12 invalid utf-8 (surrogate escape)
+        b'{"text": "the last good one"}',  # 13
+    ]
+
+
+EXPECTED_BAD = {
+    "malformed_json": [2, 10],
+    "missing_text": [3, 4],
+    "empty_text": [5, 6],
+    "invalid_utf8": [7, 12],
+    "too_large": [8, 11],
+}
+
+
+@pytest.mark.parametrize("name", ["bad.jsonl", "bad.jsonl.zst"])
+def test_bad_jsonl_lines_are_counted(tmp_path: Path, name: str) -> None:
+    data = b"\n".join(_bad_jsonl_lines()) + b"\n"
+    if name.endswith(".zst"):
+        data = zstandard.ZstdCompressor().compress(data)
+    path = tmp_path / name
+    path.write_bytes(data)
+    corpus = Corpus(path, max_doc_bytes=1000)
+    docs = list(corpus)
+    assert [d.text for d in docs] == ["a good document", "the last good one"]
+    assert [d.doc_id for d in docs] == [f"{name}:1", f"{name}:13"]
+    stats = corpus.stats
+    assert stats.documents == 2
+    assert stats.errors == {k: len(v) for k, v in EXPECTED_BAD.items()}
+    assert set(stats.errors) == set(ERROR_KINDS)
+    for kind, lines in EXPECTED_BAD.items():
+        assert [e.split(":")[1] for e in stats.examples[kind]] == [str(n) for n in lines]
+    summary = stats.summary()
+    assert "2 documents" in summary and "10 skipped" in summary
+    assert f"invalid_utf8: 2 (e.g. {name}:7: invalid UTF-8 at byte 14)" in summary
+    # read_corpus fills a caller's stats object
+    st = CorpusStats()
+    assert len(list(read_corpus(path, max_doc_bytes=1000, stats=st))) == 2
+    assert st.errors == stats.errors
+
+
+@pytest.mark.parametrize(("kind", "lines"), sorted(EXPECTED_BAD.items()))
+def test_bad_jsonl_lines_raise_with_on_error_fail(tmp_path: Path, kind: str, lines: list) -> None:
+    all_lines = _bad_jsonl_lines()
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(all_lines[0] + b"\n" + all_lines[lines[0] - 1] + b"\n")
+    with pytest.raises(CorpusError, match=rf"^bad\.jsonl:2: .*\({kind}\)$"):
+        list(Corpus(path, on_error="fail", max_doc_bytes=1000))
+
+
+def test_bad_text_files_and_parquet_rows(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "docs"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "1_good.txt").write_text("fine text", encoding="utf-8")
+    (root / "d" / "2_empty.txt").write_text("   \n")
+    (root / "d" / "3_latin1.txt").write_bytes("café".encode("latin-1"))
+    (root / "d" / "4_big.txt").write_text("z" * 5000)
+    (root / "d" / "ignored.md").write_text("not a .txt file")
+    corpus = Corpus(root, max_doc_bytes=1000)
+    assert [d.doc_id for d in corpus] == ["docs/d/1_good.txt"]
+    assert corpus.stats.errors["empty_text"] == 1
+    assert corpus.stats.errors["invalid_utf8"] == 1
+    assert corpus.stats.errors["too_large"] == 1
+    assert corpus.stats.examples["invalid_utf8"] == ["docs/d/3_latin1.txt: invalid UTF-8 at byte 3"]
+
+    pq.write_table(pa.table({"text": ["ok", None, "", "also ok"]}), tmp_path / "t.parquet")
+    corpus = Corpus(tmp_path / "t.parquet")
+    assert [(d.doc_id, d.domain) for d in corpus] == [("t.parquet:0", "t"), ("t.parquet:3", "t")]
+    assert corpus.stats.errors["missing_text"] == 1 and corpus.stats.errors["empty_text"] == 1
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "notext.parquet")
+    with pytest.raises(CorpusError, match="no 'text' column"):
+        list(Corpus(tmp_path / "notext.parquet"))
+
+
+def test_bad_paths(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="corpus path not found"):
+        Corpus(tmp_path / "missing.jsonl")
+    (tmp_path / "data.csv").write_text("a,b\n")
+    with pytest.raises(CorpusError, match="unknown corpus format"):
+        Corpus(tmp_path / "data.csv")
+    with pytest.raises(ValueError, match="on_error"):
+        Corpus(tmp_path / "data.csv", on_error="ignore")
+    (tmp_path / "x.jsonl.zst").write_bytes(b"this is not zstd")
+    with pytest.raises(Exception, match="(?i)zstd|frame|header"):
+        list(Corpus(tmp_path / "x.jsonl.zst"))
+
+
+def test_same_file_name_in_two_folders_gets_distinct_ids(tmp_path: Path) -> None:
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "part.jsonl").write_text('{"text": "same"}\n')
+    docs = list(Corpus([tmp_path / "a" / "part.jsonl", tmp_path / "b" / "part.jsonl"]))
+    assert len({d.doc_id for d in docs}) == 2

@@ -1,0 +1,311 @@
+"""Encoder and index on real text with the real encoder (all-MiniLM-L6-v2) and the real default LM
+tokenizer (SmolLM2): sentence-transformers agreement, build/open/search, HNSW recall, chunking,
+resumption after kill -9 and Ctrl-C, the leakage guard, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_corpus import SHARED_CORPUS, TRAIN, corpus_slice, write_jsonl
+from tttnn import CorruptIndexError
+from tttnn._tttnn import EmbeddingStore
+from tttnn.embed import Encoder, EncoderNotFoundError, default_encoder_path, split_by_tokens
+from tttnn.index import Index, InvalidIndexError
+
+pytestmark = pytest.mark.skipif(
+    not TRAIN.is_file(), reason=f"benchmark corpus not found at {SHARED_CORPUS}"
+)
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict]:
+    return corpus_slice(per_domain=5)
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Encoder:
+    return Encoder(progress=False)
+
+
+@pytest.fixture(scope="module")
+def lm_tokenizer():
+    from tttnn.models import load_tokenizer
+
+    return load_tokenizer("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def built(rows, encoder, lm_tokenizer, tmp_path_factory) -> tuple[Index, Path]:
+    tmp = tmp_path_factory.mktemp("built")
+    corpus = write_jsonl(rows, tmp / "slice.jsonl.zst")
+    index = Index.build(
+        [corpus], tmp / "index", encoder=encoder, tokenizer=lm_tokenizer, shard_size=16,
+        progress=False,
+    )  # fmt: skip
+    return index, corpus
+
+
+# -- encoder ------------------------------------------------------------------------------------
+
+
+def test_encoder_matches_sentence_transformers(rows, encoder) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    texts = [r["text"] for r in rows[::5]] + [
+        "A short sentence.",
+        "x",
+        "word " + " " * 20_000 + "after a long run of spaces the text goes on " * 10,
+    ]
+    ours = encoder.encode(texts, batch_size=4)
+    st = SentenceTransformer(str(default_encoder_path()), device="cpu")
+    ref = st.encode(texts, batch_size=4, normalize_embeddings=True, convert_to_numpy=True)
+    assert ours.shape == (len(texts), 384) and ours.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    cos = (ours * ref).sum(axis=1)
+    assert cos.min() > 0.999, cos
+    # rows come back in input order whatever the length sorting did
+    perm = np.random.default_rng(0).permutation(len(texts))
+    again = encoder.encode([texts[i] for i in perm], batch_size=7)
+    np.testing.assert_allclose(again, ours[perm], atol=1e-4)
+    assert encoder.encode([]).shape == (0, 384)
+
+
+def test_missing_encoder_says_what_was_tried(tmp_path: Path) -> None:
+    with pytest.raises(EncoderNotFoundError, match=r"tried .*local path .*no-such-model"):
+        Encoder(str(tmp_path / "no-such-model"))
+
+
+def test_split_by_tokens_reassembles(rows, lm_tokenizer) -> None:
+    text = rows[0]["text"]
+    pieces = split_by_tokens(text, lm_tokenizer, 100)
+    assert len(pieces) > 2
+    assert "".join(t for t, _ in pieces) == text
+    full = lm_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert np.concatenate([ids for _, ids in pieces]).tolist() == full
+    assert all(len(ids) == 100 for _, ids in pieces[:-1])
+    assert split_by_tokens("tiny", lm_tokenizer, 100)[0][0] == "tiny"
+
+
+# -- build, open, search -----------------------------------------------------------------------
+
+
+def test_build_info_and_stored_content(built, rows, lm_tokenizer) -> None:
+    index, _ = built
+    info = index.info()
+    assert info["documents"] == 40 and info["entries"] == 40 and info["shards"] == 3
+    assert info["status"] == "complete"
+    assert info["domains"] == {
+        d: {"documents": 5, "entries": 5} for d in {r["meta"]["pile_set_name"] for r in rows}
+    }
+    assert info["encoder"] == "all-MiniLM-L6-v2" and info["dim"] == 384
+    assert info["tokenizer"] == str(lm_tokenizer.name_or_path)
+    assert info["dtype"] == "f16" and info["hnsw"] is True and info["size_bytes"] > 0
+    assert info["corpus_stats"]["documents"] == 40
+    for i in (0, 17, 39):
+        rec = index.record(i)
+        assert rec["doc_id"] == f"slice.jsonl.zst:{i + 1}" and rec["chunk"] == 0
+        assert index.store.text(i) == rows[i]["text"]
+        expected = lm_tokenizer(rows[i]["text"], add_special_tokens=False)["input_ids"]
+        assert index.store.tokens(i).tolist() == expected
+
+
+def test_exact_search_finds_each_document_itself(built, rows) -> None:
+    index, _ = built
+    texts = [r["text"] for r in rows]
+    results = index.search(texts, k=5, exact=True)
+    for q, res in enumerate(results):
+        assert res.query_index == q and len(res.neighbors) == 5 and res.dropped == 0
+        top = res.neighbors[0]
+        assert top.text == texts[q] or top.score > 0.999  # exact duplicates may tie
+        assert top.score > 0.99
+        assert res.scores == sorted(res.scores, reverse=True)
+    first = results[0].neighbors[0]
+    assert (first.doc_id, first.domain, first.chunk) == (
+        "slice.jsonl.zst:1",
+        rows[0]["meta"]["pile_set_name"],
+        0,
+    )
+    assert first.tokens.dtype == np.uint32 and len(first.tokens) > 0
+
+
+def test_hnsw_recall_against_exact(built) -> None:
+    index, _ = built
+    vecs = index.store.get_vectors(np.arange(len(index)))
+    exact = index.search(vecs, k=10, exact=True)
+    approx = index.search(vecs, k=10, exact=False)
+    hits = sum(len(set(e.ids) & set(a.ids)) for e, a in zip(exact, approx))
+    assert hits / (10 * len(vecs)) >= 0.95
+
+
+def test_open_and_search_by_vector(built, encoder) -> None:
+    index, _ = built
+    again = Index.open(index.path, encoder=encoder)
+    assert len(again) == 40 and again.info()["domains"] == index.info()["domains"]
+    q = encoder.encode(["int main(void) { return 0; }"])
+    a = again.search(q, k=3, exact=True)[0]
+    b = again.search(q[0], k=3, exact=True)[0]
+    assert a.ids == b.ids
+    with pytest.raises(ValueError, match=r"shape \(n, 384\)"):
+        again.search(np.zeros((2, 5), dtype=np.float32))
+
+
+def test_leakage_guard_drops_copies_of_the_query(built, rows) -> None:
+    index, _ = built
+    text = rows[7]["text"]
+    near = text.replace(text.split()[3], "CHANGED", 1)
+    plain = index.search([text, near], k=5, exact=True)
+    assert plain[0].ids[0] == 7 and plain[1].ids[0] == 7
+    guarded = index.search([text, near], k=5, exact=True, guard=True)
+    for res in guarded:
+        assert 7 not in res.ids and len(res.neighbors) == 5 and res.dropped >= 1
+        assert res.ids == [i for i in plain[res.query_index].ids if i != 7][:4] + res.ids[4:]
+    vec = index.store.get_vectors([7])
+    assert index.search(vec, k=5, exact=True, guard=[text])[0].dropped >= 1
+    with pytest.raises(ValueError, match="guard=True needs text queries"):
+        index.search(vec, guard=True)
+
+
+def test_open_errors(built, tmp_path: Path) -> None:
+    index, _ = built
+    with pytest.raises(FileNotFoundError, match="no index at"):
+        Index.open(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidIndexError, match=r"no manifest\.json"):
+        Index.open(tmp_path / "empty")
+    EmbeddingStore.create(str(tmp_path / "plain"), 4)
+    with pytest.raises(InvalidIndexError, match="not a tttnn index"):
+        Index.open(tmp_path / "plain")
+    # a truncated vector file is caught by the store when the index is opened
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(index.path, copy)
+    vec = copy / "shards" / "00001" / "vectors.bin"
+    vec.write_bytes(vec.read_bytes()[:-100])
+    with pytest.raises(CorruptIndexError):
+        Index.open(copy)
+
+
+def test_build_refuses_a_non_empty_directory_and_bad_options(built, encoder) -> None:
+    index, corpus = built
+    with pytest.raises(InvalidIndexError, match="not empty; pass resume=True"):
+        Index.build([corpus], index.path, encoder=encoder, tokenizer=None, progress=False)
+    with pytest.raises(InvalidIndexError, match=r"cannot resume .*dtype='f16'"):
+        Index.build(
+            [corpus], index.path, encoder=encoder, tokenizer=index.meta["tokenizer"],
+            dtype="i8", resume=True, progress=False,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="dtype must be"):
+        Index.build([corpus], index.path / "x", encoder=encoder, dtype="f8")
+
+
+# -- resumption ---------------------------------------------------------------------------------
+
+
+def _assert_same_index(a: Index, b: Index) -> None:
+    n = len(a)
+    assert len(b) == n
+    assert a.store.shard_counts() == b.store.shard_counts()
+    ids = np.arange(n)
+    np.testing.assert_allclose(a.store.get_vectors(ids), b.store.get_vectors(ids), atol=2e-3)
+    for i in range(n):
+        assert a.store.record(i) == b.store.record(i)
+        assert a.store.text_bytes(i) == b.store.text_bytes(i)
+        assert a.store.tokens(i).tolist() == b.store.tokens(i).tolist()
+    ma, mb = dict(a.meta), dict(b.meta)
+    assert ma == mb
+
+
+@pytest.fixture(scope="module")
+def small(rows, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("small")
+    picked = [r for r in rows if len(r["text"]) < 6000][:12]
+    return write_jsonl(picked, tmp / "small.jsonl")
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_equals_a_clean_build(small, encoder, lm_tokenizer, tmp_path) -> None:
+    clean = Index.build(
+        [small], tmp_path / "clean", encoder=encoder, tokenizer="smollm2-135m", shard_size=4,
+        progress=False,
+    )  # fmt: skip
+    out = tmp_path / "killed"
+    child = textwrap.dedent(
+        f"""
+        import time
+        from tttnn.index import Index
+        Index.build([{str(small)!r}], {str(out)!r}, shard_size=4, progress=False,
+                    on_shard=lambda n: time.sleep(1.0))
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", child], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            manifest = out / "manifest.json"
+            if manifest.is_file() and json.loads(manifest.read_text())["count"] >= 4:
+                break
+            assert proc.poll() is None, "the child build ended before it was killed"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    partial = len(EmbeddingStore.open(str(out)))
+    assert 4 <= partial < len(clean) and partial % 4 == 0
+    assert json.loads(EmbeddingStore.open(str(out)).meta)["status"] == "building"
+    resumed = Index.build(
+        [small], out, encoder=encoder, tokenizer="smollm2-135m", shard_size=4, resume=True,
+        progress=False,
+    )  # fmt: skip
+    _assert_same_index(resumed, clean)
+    # resuming a finished build changes nothing; another corpus is refused
+    again = Index.build(
+        [small], out, encoder=encoder, tokenizer="smollm2-135m", resume=True, progress=False
+    )
+    _assert_same_index(again, clean)
+    other = write_jsonl([{"text": "something else"}], tmp_path / "small.jsonl.zst")
+    with pytest.raises(InvalidIndexError, match="cannot resume"):
+        Index.build([other], out, encoder=encoder, tokenizer="smollm2-135m", resume=True)
+
+
+def test_resume_after_ctrl_c_with_chunks_equals_a_clean_build(
+    small, encoder, lm_tokenizer, tmp_path
+) -> None:
+    kw = dict(encoder=encoder, tokenizer=lm_tokenizer, shard_size=5, chunk_tokens=96, limit=3)
+    clean = Index.build([small], tmp_path / "clean", progress=False, **kw)
+    assert clean.info()["documents"] == 3 and len(clean) > 10
+
+    calls = []
+
+    def interrupt(n: int) -> None:
+        calls.append(n)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Index.build([small], tmp_path / "cut", progress=False, on_shard=interrupt, **kw)
+    assert len(EmbeddingStore.open(str(tmp_path / "cut"))) == 10
+    resumed = Index.build([small], tmp_path / "cut", progress=False, resume=True, **kw)
+    _assert_same_index(resumed, clean)
+
+    # chunks point back to their document and reassemble it
+    by_doc: dict[str, list[int]] = {}
+    for i in range(len(clean)):
+        by_doc.setdefault(clean.record(i)["doc_id"], []).append(i)
+    texts = [json.loads(line)["text"] for line in small.read_text().splitlines()[:3]]
+    for (doc_id, ids), text in zip(by_doc.items(), texts):
+        assert [clean.record(i)["chunk"] for i in ids] == list(range(len(ids)))
+        assert "".join(clean.store.text(i) for i in ids) == text, doc_id
+        tokens = np.concatenate([clean.store.tokens(i) for i in ids]).tolist()
+        assert tokens == lm_tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert all(len(clean.store.tokens(i)) == 96 for i in ids[:-1])

@@ -1,0 +1,314 @@
+"""Test-time training loop: mechanics on a tiny Llama built here, the effect on real SmolLM2."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from tttnn.metrics import bits_per_byte
+from tttnn.ttt import TestTimeTrainer, TTTConfig, TTTError
+
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs. "
+    "How vexingly quick daft zebras jump! Sphinx of black quartz, judge my vow. "
+)
+NEIGHBORS = [
+    "The quick brown fox jumps over the lazy dog again and again, every single day. " * 2,
+    "Pack my box with five dozen liquor jugs, said the sphinx of black quartz. " * 2,
+    "Daft zebras jump quickly over lazy dogs while brown foxes watch. " * 2,
+]
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per UTF-8 byte (GPT-2's byte alphabet, no merges) plus an EOS token."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    vocab["<eos>"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=260,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def pack(tok: PreTrainedTokenizerFast, texts: list[str], width: int):
+    """Non-overlapping windows of each text in order, as tttnn.pack_windows lays them out."""
+    rows, lengths, doc_index = [], [], []
+    for d, text in enumerate(texts):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        for s in range(0, len(ids), width):
+            chunk = ids[s : s + width]
+            rows.append(chunk + [0] * (width - len(chunk)))
+            lengths.append(len(chunk))
+            doc_index.append(d)
+    return (
+        np.array(rows, dtype=np.int64).reshape(-1, width),
+        np.array(lengths, dtype=np.int64),
+        np.array(doc_index, dtype=np.int64),
+    )
+
+
+def cfg(**kw) -> TTTConfig:
+    base = {"lr": 1e-2, "max_length": 64, "autocast_dtype": "fp32", "eval_at": (0, 1, 2, 3)}
+    base.update(kw)
+    return TTTConfig(**base)
+
+
+def params_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+class StepCounter:
+    """Counts optimizer steps globally (torch's optimizer step hook)."""
+
+    def __enter__(self):
+        self.n = 0
+
+        def hook(opt, args, kwargs):
+            self.n += 1
+
+        self.handle = register_optimizer_step_post_hook(hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def test_reset_restores_weights_exactly_and_training_changes_bpb():
+    tok = byte_tokenizer()
+    model = tiny_llama()
+    before = params_of(model)
+    trainer = TestTimeTrainer(model, tok, cfg())
+    out = trainer.run(TEXT, *pack(tok, NEIGHBORS, 48))
+    assert sorted(out.bpb) == [0, 1, 2, 3]
+    assert out.bpb[3] < out.bpb[0]  # lr 1e-2 on related text: a real change
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]), name
+        assert p.grad is None
+    assert not model.training  # mode restored
+    # scoring after the run gives the k = 0 number again
+    again = bits_per_byte(model, tok, TEXT, 64)
+    assert again.bpb == pytest.approx(out.bpb[0], rel=1e-12)
+    assert out.n_bytes == len(TEXT.encode())
+    assert out.bpb[0] == pytest.approx(out.nll_nats[0] / out.n_bytes / math.log(2))
+
+
+def test_fresh_optimizer_second_document_independent_of_first():
+    tok = byte_tokenizer()
+    doc_a, doc_b = TEXT, "Sphinx of black quartz, judge my vow. " * 3
+    wins_a = pack(tok, NEIGHBORS, 48)
+    wins_b = pack(tok, NEIGHBORS[::-1], 40)
+    trainer = TestTimeTrainer(tiny_llama(), tok, cfg())
+    trainer.run(doc_a, *wins_a)
+    b_after_a = trainer.run(doc_b, *wins_b)
+    b_alone = TestTimeTrainer(tiny_llama(), tok, cfg()).run(doc_b, *wins_b)
+    assert b_after_a.bpb == b_alone.bpb
+    assert b_after_a.losses == b_alone.losses
+
+
+def test_carrying_optimizer_state_would_change_the_result():
+    """The independence above is not vacuous: AdamW moments left from other data matter."""
+    tok = byte_tokenizer()
+    trainer = TestTimeTrainer(tiny_llama(), tok, cfg())
+    wins, lengths, _ = pack(tok, NEIGHBORS, 32)
+
+    def row(i: int) -> torch.Tensor:
+        return torch.from_numpy(wins[i, : lengths[i]]).unsqueeze(0)
+
+    def two_steps_then_score(opt: torch.optim.Optimizer) -> float:
+        for i in range(2):
+            trainer._train_step(opt, row(i))
+        nll = trainer.score(TEXT)[0]
+        trainer.reset()
+        return nll
+
+    fresh = two_steps_then_score(trainer._new_optimizer())
+    stale = trainer._new_optimizer()
+    for i in range(2, 5):
+        trainer._train_step(stale, row(i))
+    trainer.reset()  # weights back to θ0, moments kept
+    assert two_steps_then_score(stale) != pytest.approx(fresh, rel=1e-6)
+    assert two_steps_then_score(trainer._new_optimizer()) == fresh
+
+
+def test_one_step_per_window_and_eval_at_cut_at_neighbors():
+    tok = byte_tokenizer()
+    wins, lengths, didx = pack(tok, NEIGHBORS, 32)
+    per_neighbor = np.bincount(didx)
+    trainer = TestTimeTrainer(tiny_llama(), tok, cfg(eval_at=(0, 1, 2, 5, 10)))
+    with StepCounter() as steps:
+        out = trainer.run(TEXT, wins, lengths, didx)
+    # 3 neighbors: eval_at cut to 0, 1, 2; neighbor 2 is never needed so never trained on
+    assert sorted(out.bpb) == [0, 1, 2]
+    assert steps.n == out.windows_trained == per_neighbor[:2].sum() == len(out.losses)
+    with StepCounter() as steps:
+        out = trainer.run(TEXT, wins, lengths, didx, n_neighbors=5)
+    assert sorted(out.bpb) == [0, 1, 2, 5]
+    assert steps.n == out.windows_trained == len(wins)
+    assert out.bpb[5] != out.bpb[2]
+
+
+def test_matches_an_independent_plain_loop():
+    """bpb at k equals: fresh AdamW, one step per window with HF's own loss, lm-eval scoring."""
+    tok = byte_tokenizer()
+    wins, lengths, didx = pack(tok, NEIGHBORS, 48)
+    config = cfg(eval_at=(0, 1, 3), weight_decay=0.05, grad_clip=0.5)
+    out = TestTimeTrainer(tiny_llama(), tok, config).run(TEXT, wins, lengths, didx)
+
+    model = tiny_llama()
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05
+    )
+    expected = {0: bits_per_byte(model, tok, TEXT, 64).bpb}
+    done = 0
+    for k in (1, 3):
+        model.train()
+        for i in np.flatnonzero((didx >= done) & (didx < k)):
+            ids = torch.from_numpy(wins[i, : lengths[i]]).unsqueeze(0)
+            loss = model(input_ids=ids, labels=ids).loss
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            opt.step()
+        expected[k] = bits_per_byte(model, tok, TEXT, 64).bpb
+        done = k
+    assert out.bpb.keys() == expected.keys()
+    for k in expected:
+        assert out.bpb[k] == pytest.approx(expected[k], rel=1e-5), k
+
+
+def test_lora_reset_leaves_base_untouched_and_outputs_equal_original():
+    tok = byte_tokenizer()
+    model = tiny_llama()
+    reference = copy.deepcopy(model)
+    ids = torch.tensor([tok(TEXT, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        original_logits = reference(input_ids=ids).logits
+    base_before = params_of(reference)
+
+    trainer = TestTimeTrainer(model, tok, cfg(lora_r=4, lora_alpha=8, lr=5e-2))
+    lora_params = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert lora_params and all("lora_" in n for n in lora_params)
+    out = trainer.run(TEXT, *pack(tok, NEIGHBORS, 48))
+    assert out.bpb[3] != out.bpb[0]  # the adapter did learn something
+
+    # base weights bit-for-bit untouched; adapter B back to zero so θ == θ0
+    for name, p in trainer.model.named_parameters():
+        if "lora_" in name:
+            continue
+        base_name = name.replace("base_model.model.", "").replace(".base_layer", "")
+        assert torch.equal(p, base_before[base_name]), name
+    with torch.no_grad():
+        after = trainer.model(input_ids=ids).logits
+    torch.testing.assert_close(after, original_logits, rtol=0, atol=1e-6)
+    # a second run starts from the same adapter init: same numbers
+    assert trainer.run(TEXT, *pack(tok, NEIGHBORS, 48)).bpb == out.bpb
+
+
+def test_empty_windows_score_only_k0():
+    tok = byte_tokenizer()
+    trainer = TestTimeTrainer(tiny_llama(), tok, cfg())
+    empty = np.zeros((0, 64), dtype=np.int64)
+    with StepCounter() as steps:
+        out = trainer.run(TEXT, empty, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    assert list(out.bpb) == [0] and steps.n == 0 and out.windows_trained == 0
+    assert out.train_s == 0.0
+
+
+def test_short_windows_are_skipped_not_stepped():
+    tok = byte_tokenizer()
+    wins, lengths, didx = pack(tok, NEIGHBORS[:1], 32)
+    lengths[1] = 1  # one real token: nothing to predict
+    with StepCounter() as steps:
+        out = TestTimeTrainer(tiny_llama(), tok, cfg()).run(TEXT, wins, lengths, didx)
+    assert out.windows_skipped == 1 and steps.n == len(wins) - 1 == out.windows_trained
+
+
+def test_bad_inputs_raise_clear_errors():
+    tok = byte_tokenizer()
+    trainer = TestTimeTrainer(tiny_llama(), tok, cfg())
+    wins, lengths, didx = pack(tok, NEIGHBORS, 32)
+    with pytest.raises(ValueError, match="lengths must be within"):
+        trainer.run(TEXT, wins, np.full_like(lengths, 33), didx)
+    with pytest.raises(ValueError, match="2-D"):
+        trainer.run(TEXT, wins[0], lengths[:1], didx[:1])
+    with pytest.raises(ValueError, match="rows"):
+        trainer.run(TEXT, wins, lengths[:-1], didx)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        trainer.run(TEXT, wins, lengths, didx[::-1].copy())
+    with pytest.raises(ValueError, match="more than max_length"):
+        trainer.run(TEXT, np.zeros((1, 65), np.int64), np.array([65]), np.array([0]))
+    with pytest.raises(ValueError, match="out of range"):
+        trainer.run(TEXT, np.full((1, 8), 999, np.int64), np.array([8]), np.array([0]))
+    with pytest.raises(ValueError, match="empty text"):
+        trainer.run("", wins, lengths, didx)
+    with pytest.raises(ValueError, match="n_neighbors"):
+        trainer.run(TEXT, wins, lengths, didx, n_neighbors=1)
+    with pytest.raises(ValueError, match="autocast_dtype"):
+        TTTConfig(autocast_dtype="fp8")
+    with pytest.raises(ValueError, match="lr"):
+        TTTConfig(lr=-1.0)
+    with pytest.raises(ValueError, match="eval_at"):
+        TTTConfig(eval_at=(-1, 2))
+    assert TTTConfig(eval_at=(5, 0, 1, 1)).eval_at == (0, 1, 5)
+
+
+def test_nan_training_raises_ttterror_and_still_resets():
+    tok = byte_tokenizer()
+    model = tiny_llama()
+    trainer = TestTimeTrainer(model, tok, cfg())
+    clean = params_of(model)
+    with torch.no_grad():  # corrupt a weight after the snapshot: training must fail loudly
+        model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
+    with pytest.raises(TTTError, match="non-finite training loss"):
+        trainer.run(TEXT, *pack(tok, NEIGHBORS, 48))
+    for name, p in model.named_parameters():
+        assert torch.equal(p, clean[name]), name
+
+
+@pytest.mark.slow
+def test_smollm2_bpb_goes_down_after_training_on_its_own_windows():
+    from tttnn.models import load_causal_lm
+
+    model, tok = load_causal_lm("smollm2-135m", device="cpu")
+    text = (
+        "In the small harbour town of Vellmoor, the lighthouse keeper Ansgar Thole kept a ledger "
+        "of every ship that passed: the Merel on Mondays, the Kittiwake on Thursdays, and the "
+        "old ferry Grosse Liese whenever the fog allowed. Ansgar wrote each entry in green ink, "
+        "because his grandfather, the first keeper of Vellmoor light, had done the same."
+    )
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    width = 48
+    rows = [ids[s : s + width] for s in range(0, len(ids), width)]
+    wins = np.zeros((len(rows), width), np.int64)
+    for i, r in enumerate(rows):
+        wins[i, : len(r)] = r
+    lengths = np.array([len(r) for r in rows], np.int64)
+    # the text's own windows as neighbors 0 and 1 (two passes)
+    wins2 = np.concatenate([wins, wins])
+    out = TestTimeTrainer(
+        model, tok, TTTConfig(lr=1e-4, max_length=64, eval_at=(0, 1, 2), autocast_dtype="bf16")
+    ).run(text, wins2, np.concatenate([lengths, lengths]), np.repeat([0, 1], len(rows)))
+    assert out.bpb[1] < out.bpb[0]
+    assert out.bpb[2] < 0.8 * out.bpb[0], out.bpb
