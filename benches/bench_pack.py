@@ -90,6 +90,7 @@ def numpy_pack(
         ids = np.concatenate(parts).reshape(-1, L)
         return ids, np.concatenate(lengths).astype(np.int64), np.concatenate(doc_index)
     # pack_short: list of windows, each a list of (doc, start, stop).
+    assert eos_id is not None, "pack_short needs eos_id"
     plan: list[list[tuple[int, int, int]]] = []
     used: list[int] = []
     starts: list[int] = []

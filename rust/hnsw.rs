@@ -287,6 +287,11 @@ impl HnswIndex {
         self.metric
     }
 
+    /// The SIMD backend usearch dispatched to for distances (e.g. "skylake", "sapphire", "serial").
+    pub fn hardware_acceleration(&self) -> String {
+        self.index.hardware_acceleration()
+    }
+
     /// Bytes the index occupies in memory (for a view: the mapped file is not counted by usearch).
     pub fn memory_usage(&self) -> usize {
         self.index.memory_usage()
@@ -521,8 +526,15 @@ mod recall_tests {
         };
         eprintln!("data {:?}", t.elapsed());
         let t = std::time::Instant::now();
-        let idx = HnswIndex::build(v, Metric::Cosine, &HnswParams::default(), 0).unwrap();
-        eprintln!("build {:?}", t.elapsed());
+        let mut params = HnswParams::default();
+        if let Some(e) = std::env::var("TTTNN_RECALL_EF_ADD")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            params.expansion_add = e;
+        }
+        let idx = HnswIndex::build(v, Metric::Cosine, &params, 0).unwrap();
+        eprintln!("build {:?} ({})", t.elapsed(), idx.hardware_acceleration());
         let t = std::time::Instant::now();
         let exact = exact_search(&[(0, v)], q, k, Metric::Cosine).unwrap();
         eprintln!("exact {:?}", t.elapsed());

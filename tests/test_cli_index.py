@@ -92,3 +92,22 @@ def test_errors_are_one_line_without_traceback(built, tmp_path: Path) -> None:
     )
     assert res.exit_code == 1
     assert res.output.startswith("Error: bad.jsonl:2: malformed JSON")
+
+
+def test_build_without_hnsw_or_tokens_in_i8(built, tmp_path: Path) -> None:
+    _, corpus, rows = built
+    out = tmp_path / "lean"
+    args = ["index", "build", str(corpus), "--out", str(out), "--no-hnsw", "--dtype", "i8"]
+    res = CliRunner().invoke(main, [*args, "--tokenizer", "none", "--limit", "3", "-q"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(CliRunner().invoke(main, ["index", "info", str(out), "--json"]).stdout)
+    assert (info["documents"], info["hnsw"], info["dtype"], info["tokenizer"]) == (
+        3,
+        False,
+        "i8",
+        None,
+    )
+    # without HNSW graphs the search is exact
+    res = CliRunner().invoke(main, ["search", str(out), rows[1]["text"], "-k", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["neighbors"][0]["doc_id"] == "docs.jsonl.zst:2"

@@ -61,22 +61,29 @@ def built(rows, encoder, lm_tokenizer, tmp_path_factory) -> tuple[Index, Path]:
 def test_encoder_matches_sentence_transformers(rows, encoder) -> None:
     from sentence_transformers import SentenceTransformer
 
-    texts = [r["text"] for r in rows[::5]] + [
+    assert encoder.precision in ("fp32", "bf16")
+    texts = [r["text"] for r in rows[::10]] + [
         "A short sentence.",
         "x",
         "word " + " " * 20_000 + "after a long run of spaces the text goes on " * 10,
     ]
-    ours = encoder.encode(texts, batch_size=4)
     st = SentenceTransformer(str(default_encoder_path()), device="cpu")
     ref = st.encode(texts, batch_size=4, normalize_embeddings=True, convert_to_numpy=True)
-    assert ours.shape == (len(texts), 384) and ours.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
-    cos = (ours * ref).sum(axis=1)
-    assert cos.min() > 0.999, cos
-    # rows come back in input order whatever the length sorting did
-    perm = np.random.default_rng(0).permutation(len(texts))
-    again = encoder.encode([texts[i] for i in perm], batch_size=7)
-    np.testing.assert_allclose(again, ours[perm], atol=1e-4)
+    default = encoder.precision  # "auto": bf16 on a CPU with native bf16, else fp32
+    try:
+        for precision, bar in (("fp32", 0.99999), ("bf16", 0.999)):
+            encoder.precision = precision
+            ours = encoder.encode(texts, batch_size=4)
+            assert ours.shape == (len(texts), 384) and ours.dtype == np.float32
+            np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+            cos = (ours * ref).sum(axis=1)
+            assert cos.min() > bar, (precision, cos)
+            # rows come back in input order whatever the length sorting did
+            perm = np.random.default_rng(0).permutation(len(texts))
+            again = encoder.encode([texts[i] for i in perm], batch_size=7)
+            assert (again * ours[perm]).sum(axis=1).min() > bar
+    finally:
+        encoder.precision = default
     assert encoder.encode([]).shape == (0, 384)
 
 

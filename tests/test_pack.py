@@ -340,6 +340,8 @@ def test_bytes_and_invalid_utf8() -> None:
         tttnn.dedup_neighbors("q", ["ok", b"\xff\xfe bad"])
     with pytest.raises(ValueError, match="query is not valid UTF-8"):
         tttnn.dedup_neighbors(b"\xc3", ["ok"])
+    with pytest.raises(ValueError, match="candidate 0 is not valid UTF-8"):
+        tttnn.dedup_neighbors("q", ["lone surrogate \ud800"])
     with pytest.raises(ValueError, match="threshold"):
         tttnn.dedup_neighbors("q", ["x"], threshold=0.0)
     with pytest.raises(ValueError, match="threshold"):

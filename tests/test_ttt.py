@@ -305,10 +305,10 @@ def test_smollm2_bpb_goes_down_after_training_on_its_own_windows():
     for i, r in enumerate(rows):
         wins[i, : len(r)] = r
     lengths = np.array([len(r) for r in rows], np.int64)
-    # the text's own windows as neighbors 0 and 1 (two passes)
-    wins2 = np.concatenate([wins, wins])
-    out = TestTimeTrainer(
-        model, tok, TTTConfig(lr=1e-4, max_length=64, eval_at=(0, 1, 2), autocast_dtype="bf16")
-    ).run(text, wins2, np.concatenate([lengths, lengths]), np.repeat([0, 1], len(rows)))
-    assert out.bpb[1] < out.bpb[0]
-    assert out.bpb[2] < 0.8 * out.bpb[0], out.bpb
+    # the text's own windows as its one neighbor: one step per window, then score again
+    trainer = TestTimeTrainer(
+        model, tok, TTTConfig(lr=1e-4, max_length=64, eval_at=(0, 1), autocast_dtype="bf16")
+    )
+    out = trainer.run(text, wins, lengths, np.zeros(len(rows), np.int64))
+    assert out.windows_trained == len(rows) == 2
+    assert out.bpb[1] < 0.85 * out.bpb[0], out.bpb

@@ -11,13 +11,23 @@ from tttnn._tttnn import (
     EmbeddingStore,
     __version__,
     dedup_neighbors,
+    exact_search,
     pack_windows,
 )
+from tttnn.corpus import Document
+from tttnn.embed import Encoder
+from tttnn.index import Index, Neighbor, SearchResult
 
 __all__ = [
     "CorruptIndexError",
+    "Document",
     "EmbeddingStore",
+    "Encoder",
+    "Index",
+    "Neighbor",
+    "SearchResult",
     "__version__",
     "dedup_neighbors",
+    "exact_search",
     "pack_windows",
 ]

@@ -111,7 +111,14 @@ def exact_search(
     *,
     metric: str = "cosine",
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-    """Exact top-k over an in-memory `(n, dim)` f32 array (same kernels as the store)."""
+    """Exact top-k over an in-memory `(n, dim)` f32 array (same kernels as the store).
+
+    `queries` is `(nq, dim)` or `(dim,)`; returns `(ids int64 (nq, k), scores float32 (nq, k))`,
+    best first: cosine and "ip" scores are similarities, "l2" scores squared distances. Rows with
+    fewer than k hits are padded with id -1 and score NaN."""
+
+def _simd_kernels() -> str:
+    """The SIMD kernel set chosen at runtime for exact search ("avx512", "avx2" or "scalar")."""
 
 def pack_windows(
     docs: Sequence[npt.NDArray[np.integer] | Sequence[int]] | npt.NDArray[np.integer],

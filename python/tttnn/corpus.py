@@ -41,7 +41,7 @@ ERROR_KINDS = ("malformed_json", "missing_text", "empty_text", "invalid_utf8", "
 
 _MAX_EXAMPLES = 5  # examples kept per error kind
 _LOG_FIRST = 3  # bad documents logged per kind (the rest are only counted)
-_JSONL_SUFFIXES = (".jsonl.zst", ".jsonl.zstd", ".jsonl", ".json.zst", ".json")
+_JSONL_SUFFIXES = (".jsonl.zst", ".jsonl.zstd", ".jsonl")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 
 

@@ -52,7 +52,8 @@ DEFAULT_TOKENIZER = "smollm2-135m"
 DEFAULT_SHARD_SIZE = 10_000
 _BUFFER_BYTES = 256 * 1024 * 1024  # seal a shard early when its pending text reaches this
 _EMBED_GROUP = 512  # entries embedded per call (sorted by length inside), progress in between
-_TOKENIZE_GROUP = 64  # documents tokenized per tokenizer call
+_TOKENIZE_GROUP = 64  # documents tokenized per tokenizer call...
+_TOKENIZE_BYTES = 4 * 1024 * 1024  # ...or fewer when they are long (token lists are big in Python)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -250,6 +251,7 @@ class Index:
             "format": INDEX_FORMAT,
             "encoder": enc.name,
             "encoder_max_length": enc.max_length,
+            "encoder_precision": enc.precision,
             "dim": enc.dim,
             "pooling": "mean",
             "normalized": True,
@@ -354,6 +356,7 @@ class Index:
         # resumption: entries [0, done) are stored; walk their records alongside the corpus
         cursor = 0
         tail: list[Document] = []  # documents waiting to be tokenized
+        tail_chars = 0
 
         def add_entries(docs: list[Document], skip_first: int = 0) -> None:
             """Queue the entries of `docs` (minus the first `skip_first` of the first one)."""
@@ -397,9 +400,10 @@ class Index:
                     bar.update(max(0, corpus.bytes_read - bar.n))
                     continue
                 tail.append(doc)
-                if len(tail) >= _TOKENIZE_GROUP:
+                tail_chars += len(doc.text)
+                if len(tail) >= _TOKENIZE_GROUP or tail_chars >= _TOKENIZE_BYTES:
                     add_entries(tail)
-                    tail = []
+                    tail, tail_chars = [], 0
                 while len(pending) >= shard_size or (pending and pending_bytes >= _BUFFER_BYTES):
                     flush(min(shard_size, len(pending)))
             if tail:
@@ -483,7 +487,8 @@ class Index:
         n = len(self.store)
         if nq == 0 or n == 0:
             return [SearchResult(q, [], 0) for q in range(nq)]
-        kw: dict[str, Any] = {"exact": exact}
+        # an index built without HNSW graphs is searched exactly
+        kw: dict[str, Any] = {"exact": exact or not self.store.has_hnsw}
         if ef is not None:
             kw["ef"] = ef
         if guard_texts is None:

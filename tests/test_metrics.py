@@ -1,0 +1,229 @@
+"""Bits per byte as lm-evaluation-harness defines it, checked against independent implementations."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from tttnn.metrics import (
+    bits_per_byte,
+    document_loglikelihood,
+    get_rolling_token_windows,
+    make_disjoint_window,
+    rolling_windows,
+)
+
+# --- window logic: lm-eval's own test cases (tests/test_utils.py) -------------------------------
+
+
+def _collect(x, max_seq_len, context_len):
+    out = list(get_rolling_token_windows(x, -100, max_seq_len, context_len))
+    assert sum(len(p) for _, p in out) == len(x)
+    return out
+
+
+def test_rolling_windows_lm_eval_v1_context_1():
+    gold = [
+        ([-100, 0, 1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
+        ([9, 10, 11, 12, 13, 14, 15, 16, 17, 18], [10, 11, 12, 13, 14, 15, 16, 17, 18, 19]),
+        ([19, 20, 21, 22, 23, 24, 25, 26, 27, 28], [20, 21, 22, 23, 24, 25, 26, 27, 28, 29]),
+        ([23, 24, 25, 26, 27, 28, 29, 30, 31, 32], [30, 31, 32, 33]),
+    ]
+    assert _collect(list(range(34)), 10, 1) == gold
+
+
+def test_rolling_windows_lm_eval_v2_context_8():
+    gold = [([-100, 0, 1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])]
+    gold += [
+        (list(range(s - 8, s + 2)), [s, s + 1, s + 2]) for s in range(10, 32, 3)
+    ]  # ([2..11], [10, 11, 12]), ([5..14], [13, 14, 15]), ...
+    assert _collect(list(range(34)), 10, 8) == gold
+
+
+def test_rolling_windows_lm_eval_v3_v4_context_10():
+    for n in (34, 30):
+        gold = [([-100, 0, 1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])]
+        gold += [(list(range(t - 10, t)), [t]) for t in range(10, n)]
+        assert _collect(list(range(n)), 10, 10) == gold
+
+
+def test_rolling_windows_lm_eval_v5_exact_multiple():
+    gold = [
+        ([-100, 0, 1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
+        ([9, 10, 11, 12, 13, 14, 15, 16, 17, 18], [10, 11, 12, 13, 14, 15, 16, 17, 18, 19]),
+        ([19, 20, 21, 22, 23, 24, 25, 26, 27, 28], [20, 21, 22, 23, 24, 25, 26, 27, 28, 29]),
+    ]
+    assert _collect(list(range(30)), 10, 1) == gold
+
+
+def test_rolling_windows_lm_eval_v6_tiny_windows_and_empty():
+    gold = [
+        ([-100, 0], [0, 1]),
+        ([1, 2], [2, 3]),
+        ([3, 4], [4, 5]),
+        ([5, 6], [6, 7]),
+        ([6, 7], [8]),
+    ]
+    assert _collect(list(range(9)), 2, 1) == gold
+    assert list(get_rolling_token_windows([], -100, 2, 1)) == []
+    assert rolling_windows([], -100, 2) == []
+
+
+def test_make_disjoint_window_lm_eval():
+    assert make_disjoint_window(([1, 2, 3, 4, 5], [2, 3, 4, 5, 6])) == ([1], [2, 3, 4, 5, 6])
+    assert make_disjoint_window(([1, 2, 3, 4, 5], [4, 5, 6])) == ([1, 2, 3], [4, 5, 6])
+    assert make_disjoint_window(([1, 2, 3, 4, 5], [6])) == ([1, 2, 3, 4, 5], [6])
+
+
+def test_rolling_windows_hand_worked():
+    # 7 tokens, windows of 3: [EOT a b]->[a b c], [c d e]->[d e f] (context c), [e f]->[g]
+    a, b, c, d, e, f, g = range(10, 17)
+    got = rolling_windows([a, b, c, d, e, f, g], 0, 3)
+    assert got == [([0], [a, b, c]), ([c], [d, e, f]), ([d, e, f], [g])]
+    # model inputs: (ctx + cont)[-(L + 1):][:-1]
+    inputs = [(x + y)[-4:][:-1] for x, y in got]
+    assert inputs == [[0, a, b], [c, d, e], [d, e, f]]
+
+
+@pytest.mark.parametrize("n", [1, 2, 9, 10, 11, 19, 20, 21, 57])
+def test_rolling_windows_partition_and_fit(n):
+    toks = list(range(100, 100 + n))
+    wins = rolling_windows(toks, 7, 10)
+    assert [t for _, cont in wins for t in cont] == toks  # every token once, in order
+    for ctx, cont in wins:
+        inp = (ctx + cont)[-11:][:-1]
+        assert 1 <= len(cont) <= len(inp) <= 10
+    with pytest.raises(ValueError):
+        rolling_windows(toks, 7, 0)
+    with pytest.raises(ValueError):
+        list(get_rolling_token_windows(toks, 7, 5, 6))
+
+
+# --- scoring ------------------------------------------------------------------------------------
+
+
+def reference_loglikelihood(model, tokens, prefix, max_length) -> float:
+    """Σ log p token by token (one forward pass each), from the definition stated independently:
+    token t sees [prefix] + tokens[:t] while t < L; later tokens come in chunks of L starting at
+    L; a complete chunk [s, s+L) sees tokens from s-1, the final incomplete one from n-L-1."""
+    n, L = len(tokens), max_length
+    total = 0.0
+    model.eval()
+    with torch.no_grad():
+        for t in range(n):
+            if t < L:
+                ctx = [prefix, *tokens[:t]]
+            else:
+                s = L + ((t - L) // L) * L
+                start = s - 1 if s + L <= n else n - L - 1
+                ctx = tokens[start:t]
+            assert 1 <= len(ctx) <= L
+            logits = model(input_ids=torch.tensor([ctx])).logits[0, -1].double()
+            total += float(logits.log_softmax(-1)[tokens[t]])
+    return total
+
+
+def labels_loss_reference(model, tokens, prefix, max_length) -> float:
+    """Σ log p from HF's own `labels=` loss on each disjoint window (causal: the extra last input
+    token of `seq` never conditions a scored position)."""
+    total = 0.0
+    model.eval()
+    with torch.no_grad():
+        for ctx, cont in rolling_windows(tokens, prefix, max_length):
+            seq = (ctx + cont)[-(max_length + 1) :]
+            labels = [-100] * (len(seq) - len(cont)) + cont
+            out = model(input_ids=torch.tensor([seq]), labels=torch.tensor([labels]))
+            total += -float(out.loss) * len(cont)
+    return total
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    vocab["<eos>"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=260,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    return LlamaForCausalLM(cfg).eval(), byte_tokenizer()
+
+
+@pytest.mark.parametrize("n", [1, 5, 16, 17, 32, 33, 50])
+def test_document_loglikelihood_matches_token_by_token_tiny(tiny, n):
+    model, _ = tiny
+    rng = random.Random(n)
+    toks = [rng.randrange(256) for _ in range(n)]
+    for batch_size in (1, 3):
+        lp, count = document_loglikelihood(model, toks, 256, 16, batch_size=batch_size)
+        assert count == n
+        assert lp == pytest.approx(reference_loglikelihood(model, toks, 256, 16), rel=1e-6)
+
+
+def test_bits_per_byte_counts_utf8_bytes_and_restores_mode(tiny):
+    model, tok = tiny
+    text = "naïve café — 東京 " * 5
+    model.train()
+    r = bits_per_byte(model, tok, text, 16)
+    assert model.training  # mode restored
+    model.eval()
+    assert r.n_bytes == len(text.encode("utf-8")) > len(text)
+    assert r.n_tokens == r.n_bytes  # byte tokenizer
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    # byte tokenizer has no BOS: lm-eval's prefix falls back to EOS (256)
+    ref = reference_loglikelihood(model, ids, 256, 16)
+    assert r.nll_nats == pytest.approx(-ref, rel=1e-6)
+    assert r.bpb == pytest.approx(-ref / r.n_bytes / math.log(2), rel=1e-6)
+    assert bits_per_byte(model, tok, text, 16, tokens=ids) == r
+
+
+def test_bits_per_byte_bad_input(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="empty"):
+        bits_per_byte(model, tok, "", 16)
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        bits_per_byte(model, tok, "abc", 4096)
+    with pytest.raises(ValueError, match="autocast"):
+        bits_per_byte(model, tok, "abc", 16, autocast_dtype="int8")
+
+
+@pytest.mark.slow
+def test_smollm2_bpb_matches_independent_references_fp32():
+    import textwrap
+
+    from tttnn.models import load_causal_lm, prefix_token_id
+
+    model, tok = load_causal_lm("smollm2-135m", device="cpu")
+    assert prefix_token_id(tok) == tok.bos_token_id == 1  # <|im_start|>, lm-eval's choice
+    # a real text: the opening of the stdlib's textwrap module documentation
+    text = textwrap.__doc__ + "\n" + textwrap.dedent(textwrap.TextWrapper.__doc__ or "")[:700]
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    max_length = 64
+    assert len(ids) > 2 * max_length + 10  # several windows, the last one partial
+    r = bits_per_byte(model, tok, text, max_length, autocast_dtype="fp32")
+    assert r.n_tokens == len(ids) and r.n_bytes == len(text.encode("utf-8"))
+
+    ref_tokenwise = reference_loglikelihood(model, ids, 1, max_length)
+    assert -r.nll_nats == pytest.approx(ref_tokenwise, rel=1e-6)
+    ref_labels = labels_loss_reference(model, ids, 1, max_length)
+    assert -r.nll_nats == pytest.approx(ref_labels, rel=1e-6)
+    assert r.bpb == pytest.approx(-ref_tokenwise / r.n_bytes / math.log(2), rel=1e-6)
+    assert 0.3 < r.bpb < 2.0
