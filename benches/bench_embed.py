@@ -51,7 +51,7 @@ def main() -> None:
     short = [next((ln for ln in t.splitlines() if ln.strip()), t)[:200] for t in all_docs[::step]]
     short = short[: args.short]
 
-    ours = Encoder(progress=False)
+    ours = Encoder(progress=False, precision="fp32")
     ours_bf16 = Encoder(progress=False, precision="bf16")
     st = SentenceTransformer(str(default_encoder_path()), device="cpu")
     bs = args.batch_size

@@ -63,7 +63,7 @@ def numpy_search(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
     q = np.atleast_2d(q)
     best_s = np.full((len(q), 0), -np.inf, np.float32)
     best_i = np.zeros((len(q), 0), np.int64)
-    step = 200_000
+    step = 50_000
     for s in range(0, len(x), step):
         sc = q @ x[s : s + step].T
         part = np.argpartition(-sc, k - 1, axis=1)[:, :k]
@@ -116,17 +116,15 @@ def exact_section(
         )
         store.append(x)
         record(n, f"store append {dtype}", "tttnn", n / (time.perf_counter() - t), "vec/s")
-        del store
         t = time.perf_counter()
         store = tttnn.EmbeddingStore.open(str(path))
         record(n, f"store open {dtype}", "tttnn", time.perf_counter() - t)
-        record(n, "exact 1 query", f"tttnn {dtype}", single(lambda v: store.search(v, K)))
+        record(n, "exact 1 query", f"tttnn {dtype}", single(lambda v, s=store: s.search(v, K)))
         t = time.perf_counter()
         ids, _ = store.search(qb, K)
         record(n, f"exact {nq_batch} queries", f"tttnn {dtype}", time.perf_counter() - t)
         if dtype == "f32":
             truth = ids
-        del store
     record(n, "exact 1 query", "numpy", single(lambda v: numpy_search(x, v, K)))
     t = time.perf_counter()
     np_ids = numpy_search(x, qb, K)
@@ -140,7 +138,6 @@ def exact_section(
     t = time.perf_counter()
     fi.search(qb, K)
     record(n, f"exact {nq_batch} queries", "faiss IndexFlatIP", time.perf_counter() - t)
-    del fi
 
     def us(v: np.ndarray) -> Any:
         return usearch_search(x, v, K, MetricKind.IP, exact=True, threads=os.cpu_count() or 1)
@@ -179,12 +176,10 @@ def hnsw_section(n: int, x: np.ndarray, q: np.ndarray, truth: np.ndarray, tmp: P
     t = time.perf_counter()
     store.build_hnsw()
     record(n, "hnsw build", "tttnn", n / (time.perf_counter() - t), "vec/s")
-    del store
     t = time.perf_counter()
     store = tttnn.EmbeddingStore.open(str(path))
     record(n, "hnsw open", "tttnn", time.perf_counter() - t)
     sweep("tttnn", lambda ef: store.search(qb, K, exact=False, ef=ef)[0])
-    del store
 
     fi = faiss.IndexHNSWFlat(DIM, 16, faiss.METRIC_INNER_PRODUCT)
     fi.hnsw.efConstruction = 128
@@ -192,7 +187,6 @@ def hnsw_section(n: int, x: np.ndarray, q: np.ndarray, truth: np.ndarray, tmp: P
     fi.add(x)
     record(n, "hnsw build", "faiss HNSWFlat", n / (time.perf_counter() - t), "vec/s")
     faiss.write_index(fi, str(tmp / "faiss.index"))
-    del fi
     t = time.perf_counter()
     fi = faiss.read_index(str(tmp / "faiss.index"), faiss.IO_FLAG_MMAP)
     record(n, "hnsw open", "faiss HNSWFlat", time.perf_counter() - t)
@@ -202,14 +196,12 @@ def hnsw_section(n: int, x: np.ndarray, q: np.ndarray, truth: np.ndarray, tmp: P
         return fi.search(qb, K)[1]
 
     sweep("faiss", faiss_search)
-    del fi
 
     ui = Index(ndim=DIM, metric="cos", dtype="f32", connectivity=16, expansion_add=128)
     t = time.perf_counter()
     ui.add(np.arange(n), x, threads=os.cpu_count() or 1)
     record(n, "hnsw build", "usearch", n / (time.perf_counter() - t), "vec/s")
     ui.save(str(tmp / "u.usearch"))
-    del ui
     t = time.perf_counter()
     ui = Index.restore(str(tmp / "u.usearch"), view=True)
     record(n, "hnsw open", "usearch", time.perf_counter() - t)
@@ -252,7 +244,9 @@ def main() -> None:
     import faiss
 
     faiss.omp_set_num_threads(os.cpu_count() or 1)
-    print(f"tttnn {tttnn.__version__}, kernels {tttnn._tttnn._simd_kernels()}, cpus {os.cpu_count()}")
+    print(
+        f"tttnn {tttnn.__version__}, kernels {tttnn._tttnn._simd_kernels()}, cpus {os.cpu_count()}"
+    )
     print(f"numpy {np.__version__} BLAS: {blas_info()}")
     print(
         "OPENBLAS_CORETYPE="

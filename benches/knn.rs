@@ -166,7 +166,9 @@ fn bench(c: &mut Criterion) {
     g.bench_function("search/nq1", |b| {
         b.iter(|| idx.search(black_box(&q[..DIM]), K, None))
     });
-    g.bench_function("search/nq64", |b| b.iter(|| idx.search(black_box(q), K, None)));
+    g.bench_function("search/nq64", |b| {
+        b.iter(|| idx.search(black_box(q), K, None))
+    });
     g.finish();
 }
 

@@ -14,10 +14,12 @@
 //! inner product `a = scale`; cosine `a = scale / |x|` (the query norm is applied at the end);
 //! L2 `a = 2 scale`, `b = -|x|²` (the final distance is `|q|² - key`). Two scanning strategies:
 //! - few queries (< [`GEMM_MIN_QUERIES`]): each row is read once from memory and dotted with every
-//!   query by a SIMD kernel (AVX-512 or AVX2+FMA+F16C, runtime dispatch, portable fallback). This
-//!   path is memory-bandwidth bound.
+//!   query by a SIMD kernel (AVX2+FMA+F16C with runtime dispatch, portable fallback). This path is
+//!   memory-bandwidth bound, so 512-bit kernels would not pay (and their intrinsics need Rust 1.89,
+//!   above the crate's MSRV 1.80).
 //! - many queries: tiles of rows (f16/i8 converted to f32 tile by tile) against tiles of queries
-//!   as an sgemm (`gemm` crate), then a top-k pass over the score tile. Compute bound.
+//!   as an sgemm (`gemm` crate, its own AVX-512 kernels), then a top-k pass over the score tile.
+//!   Compute bound.
 //!
 //! Both run in parallel over chunks of rows of all blocks (rayon `fold` + `reduce`), with one
 //! bounded min-heap per query per worker, merged at the end.
@@ -491,8 +493,6 @@ enum SimdLevel {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
 }
 
 fn simd_level() -> SimdLevel {
@@ -502,9 +502,6 @@ fn simd_level() -> SimdLevel {
         {
             if std::env::var_os("TTTNN_NO_SIMD").is_some() {
                 return SimdLevel::Scalar;
-            }
-            if is_x86_feature_detected!("avx512f") {
-                return SimdLevel::Avx512;
             }
             if is_x86_feature_detected!("avx2")
                 && is_x86_feature_detected!("fma")
@@ -517,14 +514,12 @@ fn simd_level() -> SimdLevel {
     })
 }
 
-/// Name of the kernel set chosen at runtime ("avx512", "avx2", "scalar").
+/// Name of the kernel set chosen at runtime ("avx2" or "scalar").
 pub fn simd_kernel_name() -> &'static str {
     match simd_level() {
         SimdLevel::Scalar => "scalar",
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx2 => "avx2",
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => "avx512",
     }
 }
 
@@ -533,8 +528,6 @@ fn dot_f32(level: SimdLevel, q: &[f32], x: &[f32]) -> f32 {
     debug_assert_eq!(q.len(), x.len());
     match level {
         // SAFETY: the level was detected at runtime; slices have equal length.
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { x86::dot_f32_avx512(q, x) },
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx2 => unsafe { x86::dot_f32_avx2(q, x) },
         SimdLevel::Scalar => scalar_dot(q, x.iter().copied()),
@@ -547,8 +540,6 @@ fn dot_f16(level: SimdLevel, q: &[f32], x: &[f16]) -> f32 {
     match level {
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { x86::dot_f16_avx512(q, x) },
-        #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx2 => unsafe { x86::dot_f16_avx2(q, x) },
         SimdLevel::Scalar => scalar_dot(q, x.iter().map(|v| v.to_f32())),
     }
@@ -560,8 +551,6 @@ fn dot_i8(level: SimdLevel, q: &[f32], x: &[i8]) -> f32 {
     match level {
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => unsafe { x86::dot_i8_avx512(q, x) },
-        #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx2 => unsafe { x86::dot_i8_avx2(q, x) },
         SimdLevel::Scalar => scalar_dot(q, x.iter().map(|&v| f32::from(v))),
     }
@@ -571,7 +560,7 @@ fn f16_to_f32(level: SimdLevel, x: &[f16], out: &mut [f32]) {
     match level {
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 | SimdLevel::Avx2 => unsafe { x86::f16_to_f32_f16c(x, out) },
+        SimdLevel::Avx2 => unsafe { x86::f16_to_f32_f16c(x, out) },
         SimdLevel::Scalar => {
             for (o, v) in out.iter_mut().zip(x) {
                 *o = v.to_f32();
@@ -605,99 +594,6 @@ pub fn naive_dot(a: &[f32], b: &[f32]) -> f32 {
 mod x86 {
     use half::f16;
     use std::arch::x86_64::*;
-
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn dot_f32_avx512(q: &[f32], x: &[f32]) -> f32 {
-        let n = q.len().min(x.len());
-        let (qp, xp) = (q.as_ptr(), x.as_ptr());
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 64 <= n {
-            for (u, a) in acc.iter_mut().enumerate() {
-                let o = i + 16 * u;
-                *a = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(o)), _mm512_loadu_ps(xp.add(o)), *a);
-            }
-            i += 64;
-        }
-        while i + 16 <= n {
-            acc[0] = _mm512_fmadd_ps(
-                _mm512_loadu_ps(qp.add(i)),
-                _mm512_loadu_ps(xp.add(i)),
-                acc[0],
-            );
-            i += 16;
-        }
-        if i < n {
-            let m: __mmask16 = (1u32 << (n - i)).wrapping_sub(1) as __mmask16;
-            let a = _mm512_maskz_loadu_ps(m, qp.add(i));
-            let b = _mm512_maskz_loadu_ps(m, xp.add(i));
-            acc[1] = _mm512_fmadd_ps(a, b, acc[1]);
-        }
-        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-        _mm512_reduce_add_ps(s)
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn dot_f16_avx512(q: &[f32], x: &[f16]) -> f32 {
-        let n = q.len().min(x.len());
-        let (qp, xp) = (q.as_ptr(), x.as_ptr() as *const u16);
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 64 <= n {
-            for (u, a) in acc.iter_mut().enumerate() {
-                let o = i + 16 * u;
-                let h = _mm256_loadu_si256(xp.add(o) as *const __m256i);
-                *a = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(o)), _mm512_cvtph_ps(h), *a);
-            }
-            i += 64;
-        }
-        while i + 16 <= n {
-            let h = _mm256_loadu_si256(xp.add(i) as *const __m256i);
-            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(i)), _mm512_cvtph_ps(h), acc[0]);
-            i += 16;
-        }
-        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(
-            _mm512_add_ps(acc[0], acc[1]),
-            _mm512_add_ps(acc[2], acc[3]),
-        ));
-        while i < n {
-            s += *qp.add(i) * (*x.get_unchecked(i)).to_f32();
-            i += 1;
-        }
-        s
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn dot_i8_avx512(q: &[f32], x: &[i8]) -> f32 {
-        let n = q.len().min(x.len());
-        let (qp, xp) = (q.as_ptr(), x.as_ptr());
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 64 <= n {
-            for (u, a) in acc.iter_mut().enumerate() {
-                let o = i + 16 * u;
-                let b = _mm_loadu_si128(xp.add(o) as *const __m128i);
-                let f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
-                *a = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(o)), f, *a);
-            }
-            i += 64;
-        }
-        while i + 16 <= n {
-            let b = _mm_loadu_si128(xp.add(i) as *const __m128i);
-            let f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
-            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(i)), f, acc[0]);
-            i += 16;
-        }
-        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(
-            _mm512_add_ps(acc[0], acc[1]),
-            _mm512_add_ps(acc[2], acc[3]),
-        ));
-        while i < n {
-            s += *qp.add(i) * f32::from(*xp.add(i));
-            i += 1;
-        }
-        s
-    }
 
     #[target_feature(enable = "avx2,fma")]
     unsafe fn hsum256(v: __m256) -> f32 {

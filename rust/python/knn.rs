@@ -31,7 +31,9 @@ fn f32_matrix<'py>(
         }
         np.call_method1("ascontiguousarray", (arr, &f32_dtype))?
     } else if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() {
-        return Err(PyTypeError::new_err(format!("{name} must be a float array")));
+        return Err(PyTypeError::new_err(format!(
+            "{name} must be a float array"
+        )));
     } else {
         np.call_method1("asarray", (obj, &f32_dtype)).map_err(|e| {
             PyValueError::new_err(format!(
@@ -91,14 +93,13 @@ fn exact_search<'py>(
     let k = k as usize;
     let r = py
         .detach(|| {
-            if let Some(pos) = xs.iter().position(|v| !v.is_finite()) {
+            // One pass: a norm is finite exactly when its row is (barring |x| > 1e19).
+            let norms = knn::row_norms(xs, dim);
+            if let Some(row) = norms.iter().position(|v| !v.is_finite()) {
                 return Err(crate::Error::DType(format!(
-                    "vector {} has a non-finite value at position {}",
-                    pos / dim.max(1),
-                    pos % dim.max(1)
+                    "vector {row} has a non-finite value (or one too large for float32 norms)"
                 )));
             }
-            let norms = knn::row_norms(xs, dim);
             let block = VectorsRef {
                 dim,
                 count: n,
@@ -113,7 +114,7 @@ fn exact_search<'py>(
     Ok((ids, scores))
 }
 
-/// The SIMD kernel set chosen at runtime for exact search ("avx512", "avx2" or "scalar").
+/// The SIMD kernel set chosen at runtime for exact search ("avx2" or "scalar").
 #[pyfunction]
 fn _simd_kernels() -> &'static str {
     knn::simd_kernel_name()
