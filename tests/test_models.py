@@ -46,7 +46,12 @@ def test_resolve_passes_paths_and_hub_ids_through(tmp_path):
     assert resolve_model("someorg/some-model") == "someorg/some-model"
 
 
-def test_bad_paths_give_clear_errors(tmp_path):
+def test_bad_paths_give_clear_errors(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    # offline, as CI runs (otherwise the hub lookup below retries the network for a minute)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelLoadError, match="does not exist"):
         resolve_model(tmp_path / "nope" / "model")
     with pytest.raises(ModelLoadError, match=r"no config\.json"):

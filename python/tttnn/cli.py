@@ -308,3 +308,115 @@ def _format_result(res: SearchResult, text: str) -> str:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+def _int_list(value: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(sorted({int(v) for v in value.split(",") if v.strip()}))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated integers, e.g. 0,1,2,5") from None
+    if not ks or ks[0] < 0:
+        raise click.BadParameter(f"{value!r}: expected non-negative integers")
+    return ks
+
+
+@main.command("eval")
+@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--data", required=True, multiple=True, type=click.Path(exists=True, path_type=Path),
+    help="Test corpus (jsonl, jsonl.zst, parquet, txt folder); repeatable.",
+)  # fmt: skip
+@click.option("--model", default="smollm2-135m", show_default=True, help="HF causal LM id or path.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory.")
+@click.option("-k", "--neighbors", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("--eval-at", default="0,1,2,5,10,20,50", show_default=True, help="Score after k neighbors.")
+@click.option("--max-length", type=click.IntRange(min=2), default=1024, show_default=True)
+@click.option("--lr", type=float, default=2e-5, show_default=True)
+@click.option("--windows-per-neighbor", type=click.IntRange(min=1), default=None, help="Cap (paper: none).")
+@click.option("--pack-short", is_flag=True, help="Pack short neighbors into shared windows (EOS-separated).")
+@click.option("--lora", "lora_r", type=click.IntRange(min=1), default=None, help="LoRA rank instead of full fine-tuning.")
+@click.option("--split-text", is_flag=True, help="Query = first half, score the rest (no overlap).")
+@click.option("--dtype", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit-per-domain", type=click.IntRange(min=1), default=None)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many documents.")
+@click.option("--domain", "domains", multiple=True, help="Only these domains (repeatable).")
+@click.option("--exact", is_flag=True, help="Exact kNN instead of HNSW.")
+@click.option("--guard/--no-guard", default=True, show_default=True, help="Drop neighbors that copy the test text.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def eval_cmd(
+    index_dir: Path, data: tuple[Path, ...], model: str, out: Path, neighbors: int, eval_at: str,
+    max_length: int, lr: float, windows_per_neighbor: int | None, pack_short: bool,
+    lora_r: int | None, split_text: bool, dtype: str, seed: int, limit_per_domain: int | None,
+    limit: int | None, domains: tuple[str, ...], exact: bool, guard: bool, device: str | None,
+    quiet: bool,
+) -> None:  # fmt: skip
+    """Test-time train on each test document's neighbors and score it (resumable)."""
+    from tttnn.evaluate import EvalConfig, run_eval
+    from tttnn.report import make_report, render
+
+    _quiet_transformers()
+    with _errors():
+        cfg = EvalConfig(
+            index=str(index_dir), data=[str(d) for d in data], out=str(out), model=model,
+            neighbors=neighbors, eval_at=_int_list(eval_at), max_length=max_length, lr=lr,
+            windows_per_neighbor=windows_per_neighbor, pack_short=pack_short, lora_r=lora_r,
+            split_text=split_text, dtype=dtype, seed=seed, limit_per_domain=limit_per_domain,
+            limit=limit, exact=exact, guard=guard, device=device, progress=not quiet,
+            domains=list(domains),
+        )  # fmt: skip
+        try:
+            run_dir = run_eval(cfg)
+        except KeyboardInterrupt:
+            click.echo(f"\ninterrupted: rerun the same command to resume ({out})", err=True)
+            sys.exit(130)
+        click.echo(render(make_report(run_dir), "md"))
+
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
+@click.option("--no-plot", is_flag=True, help="Do not write curve.png / change.png.")
+def report_cmd(run_dir: Path, fmt: str, no_plot: bool) -> None:
+    """Per-domain bits per byte at each k, relative change, weighted average, plots."""
+    from tttnn.report import make_report, plot_report, render
+
+    with _errors():
+        rep = make_report(run_dir)
+        click.echo(render(rep, fmt))
+        if not no_plot:
+            for p in plot_report(rep):
+                click.echo(f"wrote {p}", err=True)
+
+
+@main.command("demo")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None, help="Default: ~/.cache/tttnn/demo.")
+@click.option("-k", "--neighbors", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--docs-per-domain", type=click.IntRange(min=1, max=3), default=2, show_default=True)
+@click.option("--max-length", type=click.IntRange(min=16), default=512, show_default=True)
+@click.option("--lr", type=float, default=2e-5, show_default=True)
+@click.option("--model", default="smollm2-135m", show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def demo_cmd(
+    workdir: Path | None, neighbors: int, docs_per_domain: int, max_length: int, lr: float,
+    model: str, quiet: bool,
+) -> None:  # fmt: skip
+    """The whole job on the built-in sample corpus and default models, offline."""
+    from tttnn.demo import DemoConfig, default_workdir, run_demo
+
+    _quiet_transformers()
+    eval_at = tuple(k for k in (0, 1, 2, 5, 10, 20, 50) if k <= neighbors)
+    if neighbors not in eval_at:
+        eval_at = (*eval_at, neighbors)
+    with _errors():
+        cfg = DemoConfig(
+            workdir=workdir or default_workdir(), model=model, neighbors=neighbors,
+            eval_at=eval_at, max_length=max_length, docs_per_domain=docs_per_domain, lr=lr,
+            progress=not quiet,
+        )  # fmt: skip
+        try:
+            click.echo(run_demo(cfg, echo=click.echo))
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: run `tttnn demo` again to resume", err=True)
+            sys.exit(130)

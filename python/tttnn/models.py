@@ -186,7 +186,7 @@ def load_causal_lm(
         raise _load_error("causal LM", name, resolved, err) from err
     tokenizer = load_tokenizer(resolved if gguf is None else str(Path(where) / gguf))
     prefix_token_id(tokenizer)  # fail now, not in the middle of an evaluation
-    model.to(dev)
+    model.to(dev)  # type: ignore[arg-type]
     model.eval()
     return model, tokenizer
 

@@ -50,7 +50,7 @@ class TTTConfig:
     eval_at: tuple[int, ...] = (0, 1, 2, 5, 10, 20, 50)  # score after the first k neighbors
     autocast_dtype: str = "bf16"  # "bf16" or "fp32"; weights stay fp32 either way
     lora_r: Optional[int] = None  # None: full fine-tuning; r: peft LoRA of rank r
-    lora_alpha: float = 32.0
+    lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: Optional[tuple[str, ...]] = None  # None: peft's default for the model
     score_batch_size: int = 4
