@@ -139,6 +139,7 @@ def test_cli_eval_errors_are_one_line(tmp_path: Path) -> None:
     assert res.exit_code == 1
     assert "no results" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(
-        main, ["eval", "--index", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "r")]
+        main,
+        ["eval", "--index", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "r")],
     )
     assert res.exit_code == 1 and "Traceback" not in res.output

@@ -10,6 +10,16 @@ from typing import final
 import numpy as np
 import numpy.typing as npt
 
+__all__ = [
+    "CorruptIndexError",
+    "EmbeddingStore",
+    "__version__",
+    "_simd_kernels",
+    "dedup_neighbors",
+    "exact_search",
+    "pack_windows",
+]
+
 __version__: str
 
 class CorruptIndexError(ValueError):

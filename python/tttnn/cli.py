@@ -314,7 +314,9 @@ def _int_list(value: str) -> tuple[int, ...]:
     try:
         ks = tuple(sorted({int(v) for v in value.split(",") if v.strip()}))
     except ValueError:
-        raise click.BadParameter(f"{value!r}: expected comma-separated integers, e.g. 0,1,2,5") from None
+        raise click.BadParameter(
+            f"{value!r}: expected comma-separated integers, e.g. 0,1,2,5"
+        ) from None
     if not ks or ks[0] < 0:
         raise click.BadParameter(f"{value!r}: expected non-negative integers")
     return ks
@@ -329,20 +331,39 @@ def _int_list(value: str) -> tuple[int, ...]:
 @click.option("--model", default="smollm2-135m", show_default=True, help="HF causal LM id or path.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory.")
 @click.option("-k", "--neighbors", type=click.IntRange(min=0), default=20, show_default=True)
-@click.option("--eval-at", default="0,1,2,5,10,20,50", show_default=True, help="Score after k neighbors.")
+@click.option(
+    "--eval-at", default="0,1,2,5,10,20,50", show_default=True, help="Score after k neighbors."
+)
 @click.option("--max-length", type=click.IntRange(min=2), default=1024, show_default=True)
 @click.option("--lr", type=float, default=2e-5, show_default=True)
-@click.option("--windows-per-neighbor", type=click.IntRange(min=1), default=None, help="Cap (paper: none).")
-@click.option("--pack-short", is_flag=True, help="Pack short neighbors into shared windows (EOS-separated).")
-@click.option("--lora", "lora_r", type=click.IntRange(min=1), default=None, help="LoRA rank instead of full fine-tuning.")
+@click.option(
+    "--windows-per-neighbor", type=click.IntRange(min=1), default=None, help="Cap (paper: none)."
+)
+@click.option(
+    "--pack-short", is_flag=True, help="Pack short neighbors into shared windows (EOS-separated)."
+)
+@click.option(
+    "--lora",
+    "lora_r",
+    type=click.IntRange(min=1),
+    default=None,
+    help="LoRA rank instead of full fine-tuning.",
+)
 @click.option("--split-text", is_flag=True, help="Query = first half, score the rest (no overlap).")
 @click.option("--dtype", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit-per-domain", type=click.IntRange(min=1), default=None)
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many documents.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="At most this many documents."
+)
 @click.option("--domain", "domains", multiple=True, help="Only these domains (repeatable).")
 @click.option("--exact", is_flag=True, help="Exact kNN instead of HNSW.")
-@click.option("--guard/--no-guard", default=True, show_default=True, help="Drop neighbors that copy the test text.")
+@click.option(
+    "--guard/--no-guard",
+    default=True,
+    show_default=True,
+    help="Drop neighbors that copy the test text.",
+)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def eval_cmd(
@@ -376,7 +397,9 @@ def eval_cmd(
 
 @main.command("report")
 @click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True
+)
 @click.option("--no-plot", is_flag=True, help="Do not write curve.png / change.png.")
 def report_cmd(run_dir: Path, fmt: str, no_plot: bool) -> None:
     """Per-domain bits per byte at each k, relative change, weighted average, plots."""
@@ -391,7 +414,9 @@ def report_cmd(run_dir: Path, fmt: str, no_plot: bool) -> None:
 
 
 @main.command("demo")
-@click.option("--workdir", type=click.Path(path_type=Path), default=None, help="Default: ~/.cache/tttnn/demo.")
+@click.option(
+    "--workdir", type=click.Path(path_type=Path), default=None, help="Default: ~/.cache/tttnn/demo."
+)
 @click.option("-k", "--neighbors", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--docs-per-domain", type=click.IntRange(min=1, max=3), default=2, show_default=True)
 @click.option("--max-length", type=click.IntRange(min=16), default=512, show_default=True)

@@ -64,7 +64,10 @@ def iter_test_documents(cfg: EvalConfig) -> Iterator[Document]:
     for doc in read_corpus(cfg.data, on_error="skip"):
         if cfg.domains and doc.domain not in cfg.domains:
             continue
-        if cfg.limit_per_domain is not None and per_domain.get(doc.domain, 0) >= cfg.limit_per_domain:
+        if (
+            cfg.limit_per_domain is not None
+            and per_domain.get(doc.domain, 0) >= cfg.limit_per_domain
+        ):
             continue
         per_domain[doc.domain] = per_domain.get(doc.domain, 0) + 1
         yield doc

@@ -129,7 +129,9 @@ def render(report: Report, fmt: str = "md") -> str:
     header = ["domain", "docs", *[f"k={k}" for k in ks], f"change@{kmax}"]
     body: list[list[str]] = []
     for row in [*report.rows, report.weighted]:
-        name = "**average (byte-weighted)**" if row is report.weighted and fmt == "md" else row.domain
+        name = (
+            "**average (byte-weighted)**" if row is report.weighted and fmt == "md" else row.domain
+        )
         body.append(
             [
                 name,
@@ -214,6 +216,10 @@ def plot_report(report: Report, out_dir: str | Path | None = None) -> list[Path]
     for y, v in enumerate(vals):
         ax.text(v, y, f" {v:+.1f}% ", va="center", ha="right" if v < 0 else "left", fontsize=8)
     ax.axvline(0, color="black", lw=0.8)
+    # Room for the value labels beyond the longest bars on either side.
+    lo, hi = min(0.0, *vals), max(0.0, *vals)
+    pad = 0.2 * max(hi - lo, 1e-9)
+    ax.set_xlim(lo - (pad if lo < 0 else 0), hi + (pad if hi > 0 else pad / 4))
     ax.invert_yaxis()
     ax.set_xlabel(f"relative change in bits per byte at k = {kmax} vs k = 0 (%)")
     ax.set_title("Per-domain change from test-time training")
