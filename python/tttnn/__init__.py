@@ -17,8 +17,11 @@ from tttnn._tttnn import (
 from tttnn.corpus import Document
 from tttnn.embed import Encoder
 from tttnn.index import Index, Neighbor, SearchResult
+from tttnn.metrics import BPBResult, bits_per_byte
+from tttnn.ttt import TestTimeTrainer, TTTConfig, TTTOutcome
 
 __all__ = [
+    "BPBResult",
     "CorruptIndexError",
     "Document",
     "EmbeddingStore",
@@ -26,7 +29,11 @@ __all__ = [
     "Index",
     "Neighbor",
     "SearchResult",
+    "TTTConfig",
+    "TTTOutcome",
+    "TestTimeTrainer",
     "__version__",
+    "bits_per_byte",
     "dedup_neighbors",
     "exact_search",
     "pack_windows",

@@ -1,62 +1,12 @@
 //! Bindings for `crate::knn`: `exact_search` over an in-memory float32 matrix.
 
-use numpy::{
-    PyArray1, PyArray2, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray2, PyUntypedArray,
-    PyUntypedArrayMethods,
-};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString};
 
-use super::to_py;
+use super::{f32_matrix, to_py};
 use crate::knn;
 use crate::vectors::{Metric, VectorData, VectorsRef};
-
-/// A C-contiguous float32 2-D array from `obj` (float arrays of other widths and nested lists are
-/// converted; a 1-D array becomes one row when `allow_1d`).
-fn f32_matrix<'py>(
-    obj: &Bound<'py, PyAny>,
-    name: &str,
-    allow_1d: bool,
-) -> PyResult<PyReadonlyArray2<'py, f32>> {
-    let py = obj.py();
-    let np = py.import("numpy")?;
-    let f32_dtype = np.getattr("float32")?;
-    let arr = if let Ok(arr) = obj.cast::<PyUntypedArray>() {
-        if arr.dtype().kind() != b'f' {
-            return Err(PyValueError::new_err(format!(
-                "{name} must be a floating-point array, got dtype {}",
-                arr.dtype()
-            )));
-        }
-        np.call_method1("ascontiguousarray", (arr, &f32_dtype))?
-    } else if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() {
-        return Err(PyTypeError::new_err(format!(
-            "{name} must be a float array"
-        )));
-    } else {
-        np.call_method1("asarray", (obj, &f32_dtype)).map_err(|e| {
-            PyValueError::new_err(format!(
-                "{name} must be a float array or a nested list of numbers: {e}"
-            ))
-        })?
-    };
-    let arr = arr.cast_into::<PyUntypedArray>()?;
-    let arr = match arr.ndim() {
-        2 => arr.into_any(),
-        1 if allow_1d => arr.call_method1("reshape", ((1, arr.shape()[0]),))?,
-        _ => {
-            return Err(PyValueError::new_err(format!(
-                "{name} must be a 2-D array{}, got shape {:?}",
-                if allow_1d { " or a 1-D vector" } else { "" },
-                arr.shape()
-            )))
-        }
-    };
-    let arr = arr.cast_into::<PyArray2<f32>>()?;
-    arr.try_readonly()
-        .map_err(|e| PyValueError::new_err(format!("cannot borrow {name}: {e}")))
-}
 
 /// Exact top-k over an in-memory `(n, dim)` f32 array (same kernels as the store).
 ///
@@ -79,8 +29,8 @@ fn exact_search<'py>(
             "k must be positive, got {k}"
         )));
     }
-    let x = f32_matrix(vectors, "vectors", false)?;
-    let q = f32_matrix(queries, "queries", true)?;
+    let x = f32_matrix(vectors, "vectors", None, false)?;
+    let q = f32_matrix(queries, "queries", None, true)?;
     let (n, dim) = (x.shape()[0], x.shape()[1]);
     if q.shape()[1] != dim {
         return Err(PyValueError::new_err(format!(

@@ -8,15 +8,15 @@ use std::path::PathBuf;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use numpy::{
-    PyArray1, PyArray2, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
-    PyUntypedArray, PyUntypedArrayMethods,
+    PyArray1, PyArray2, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray1, PyUntypedArray,
+    PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
 use super::pack::{pack_options, packed_to_numpy, PackedArrays};
-use super::to_py;
+use super::{dtype_str, f32_matrix, to_py, type_name};
 use crate::hnsw::HnswParams;
 use crate::store::{EmbeddingStore as Core, StoreOptions};
 use crate::vectors::{DType, Metric};
@@ -48,76 +48,8 @@ const _: fn() = || {
     assert_send_sync::<Core>();
 };
 
-fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_default()
-}
-
-fn dtype_str(arr: &Bound<'_, PyUntypedArray>) -> String {
-    arr.dtype().str().map(|s| s.to_string()).unwrap_or_default()
-}
-
 /// `(ids (nq, k) int64, scores (nq, k) float32)`.
 type SearchArrays<'py> = (Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>);
-
-/// A C-contiguous float32 `(n, dim)` array from `obj`: float32 arrays are borrowed as they are,
-/// float16/float64 arrays and nested lists of numbers are converted; other dtypes are rejected.
-fn f32_matrix<'py>(
-    obj: &Bound<'py, PyAny>,
-    name: &str,
-    dim: usize,
-    allow_1d: bool,
-) -> PyResult<PyReadonlyArray2<'py, f32>> {
-    let py = obj.py();
-    let np = py.import("numpy")?;
-    let f32_dtype = np.getattr("float32")?;
-    let arr = if let Ok(arr) = obj.cast::<PyUntypedArray>() {
-        let kind = arr.dtype().kind();
-        if kind != b'f' {
-            return Err(PyValueError::new_err(format!(
-                "{name} must be a floating-point array (float32, float16 or float64 are \
-                 converted to float32), got dtype {}",
-                dtype_str(arr)
-            )));
-        }
-        np.call_method1("ascontiguousarray", (arr, &f32_dtype))?
-    } else if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() {
-        return Err(PyTypeError::new_err(format!(
-            "{name} must be a float array, got {}",
-            type_name(obj)
-        )));
-    } else {
-        np.call_method1("asarray", (obj, &f32_dtype)).map_err(|e| {
-            PyValueError::new_err(format!(
-                "{name} must be a float array or a nested list of numbers: {e}"
-            ))
-        })?
-    };
-    let arr = arr.cast_into::<PyUntypedArray>()?;
-    let arr = match arr.ndim() {
-        2 => arr.into_any(),
-        1 if allow_1d => arr.call_method1("reshape", ((1, arr.shape()[0]),))?,
-        _ => {
-            return Err(PyValueError::new_err(format!(
-                "{name} must be a 2-D array (n, {dim}){}, got shape {:?}",
-                if allow_1d { " or 1-D (dim,)" } else { "" },
-                arr.shape()
-            )))
-        }
-    };
-    let arr = arr.cast_into::<PyArray2<f32>>()?;
-    let shape = arr.shape();
-    if shape[1] != dim {
-        return Err(PyValueError::new_err(format!(
-            "{name} have dimension {}, the store has dim {dim} (shape {:?})",
-            shape[1], shape
-        )));
-    }
-    arr.try_readonly()
-        .map_err(|e| PyValueError::new_err(format!("cannot borrow {name}: {e}")))
-}
 
 /// A 1-D int64 array of ids from a sequence of ints or an integer array.
 fn id_array<'py>(obj: &Bound<'py, PyAny>, len: u64) -> PyResult<PyReadonlyArray1<'py, i64>> {
@@ -378,7 +310,7 @@ impl EmbeddingStore {
         tokens: Option<&Bound<'_, PyAny>>,
         records: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<u32>> {
-        let arr = f32_matrix(vectors, "vectors", self.dim, false)?;
+        let arr = f32_matrix(vectors, "vectors", Some(self.dim), false)?;
         let x = arr.as_slice()?;
         let text_objs = sequence("texts", texts)?;
         let text_b = text_objs
@@ -446,7 +378,7 @@ impl EmbeddingStore {
                 )))
             }
         };
-        let arr = f32_matrix(queries, "queries", self.dim, true)?;
+        let arr = f32_matrix(queries, "queries", Some(self.dim), true)?;
         let q = arr.as_slice()?;
         let k = k as usize;
         let r = py.detach(|| {
