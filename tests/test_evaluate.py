@@ -143,3 +143,39 @@ def test_cli_eval_errors_are_one_line(tmp_path: Path) -> None:
         ["eval", "--index", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "r")],
     )
     assert res.exit_code == 1 and "Traceback" not in res.output
+
+
+def test_in_context_scoring_matches_a_single_forward_pass(tiny_lm: Path) -> None:
+    """With room for everything in one window, the in-context score of the text is the plain
+    conditional log-likelihood log p(text | EOT, neighbors) from one forward pass."""
+    from tttnn.metrics import document_loglikelihood
+    from tttnn.models import load_causal_lm
+
+    model, tok = load_causal_lm(str(tiny_lm), device="cpu")
+    ctx = tok("def neighbor(x):\n    return x + 1\n", add_special_tokens=False)["input_ids"]
+    doc = tok("def text(y):\n    return y * 2\n", add_special_tokens=False)["input_ids"]
+    eot = tok.bos_token_id
+    got, n = document_loglikelihood(model, doc, eot, 128, None, context_tokens=ctx)
+    assert n == len(doc)
+    with torch.no_grad():
+        inp = torch.tensor([[eot, *ctx, *doc[:-1]]])
+        logp = model(input_ids=inp).logits[0].double().log_softmax(-1)
+        pos = torch.arange(len(ctx), len(ctx) + len(doc))
+        want = float(logp[pos, torch.tensor(doc)].sum())
+    assert got == pytest.approx(want, rel=1e-6)
+    plain, _ = document_loglikelihood(model, doc, eot, 128, None)
+    assert plain != pytest.approx(got, rel=1e-9)  # the context changes the score
+    # A context longer than the window: still every document token scored exactly once.
+    long_ctx = ctx * 20
+    got_long, n_long = document_loglikelihood(model, doc, eot, 32, None, context_tokens=long_ctx)
+    assert n_long == len(doc) and got_long < 0
+
+
+def test_in_context_baseline_column(sample_index: Path, tiny_lm: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run_eval(config(sample_index, tiny_lm, run, limit=2, baseline_in_context=True))
+    rows = rows_of(run)
+    assert all(r["status"] == "ok" and r["bpb_in_context"] > 0 for r in rows), rows
+    rep = make_report(run)
+    assert rep.weighted.in_context is not None
+    assert "in-context" in render(rep, "md").splitlines()[0]

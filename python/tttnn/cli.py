@@ -364,13 +364,21 @@ def _int_list(value: str) -> tuple[int, ...]:
     show_default=True,
     help="Drop neighbors that copy the test text.",
 )
+@click.option(
+    "--baseline",
+    "baselines",
+    type=click.Choice(["in-context"]),
+    multiple=True,
+    help="Also score with the neighbors prepended to the context (the paper's baseline).",
+)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def eval_cmd(
     index_dir: Path, data: tuple[Path, ...], model: str, out: Path, neighbors: int, eval_at: str,
     max_length: int, lr: float, windows_per_neighbor: int | None, pack_short: bool,
     lora_r: int | None, split_text: bool, dtype: str, seed: int, limit_per_domain: int | None,
-    limit: int | None, domains: tuple[str, ...], exact: bool, guard: bool, device: str | None,
+    limit: int | None, domains: tuple[str, ...], exact: bool, guard: bool,
+    baselines: tuple[str, ...], device: str | None,
     quiet: bool,
 ) -> None:  # fmt: skip
     """Test-time train on each test document's neighbors and score it (resumable)."""
@@ -385,7 +393,7 @@ def eval_cmd(
             windows_per_neighbor=windows_per_neighbor, pack_short=pack_short, lora_r=lora_r,
             split_text=split_text, dtype=dtype, seed=seed, limit_per_domain=limit_per_domain,
             limit=limit, exact=exact, guard=guard, device=device, progress=not quiet,
-            domains=list(domains),
+            domains=list(domains), baseline_in_context="in-context" in baselines,
         )  # fmt: skip
         try:
             run_dir = run_eval(cfg)

@@ -169,6 +169,35 @@ def split_document(text: str, tokenizer: Any, max_length: int) -> tuple[str, str
     return query, rest
 
 
+def _in_context_bpb(trainer: Any, text: str, index: Any, ids: list[int], cfg: EvalConfig) -> float:
+    """The paper's in-context baseline: the neighbors' tokens (nearest last, next to the text,
+    EOS-separated, at most half the context) precede the text in the model's rolling context; the
+    weights are θ0 (the trainer has reset them)."""
+    import math
+
+    from tttnn.metrics import document_loglikelihood, encode_document
+
+    budget = cfg.max_length // 2
+    ctx: list[int] = []
+    eos = trainer.tokenizer.eos_token_id
+    for i in ids:  # nearest first; each goes in front of the ones nearer to the text
+        piece = [int(t) for t in index.store.tokens(i)[-budget:]]
+        ctx = piece + ([eos] if eos is not None else []) + ctx
+        if len(ctx) >= budget:
+            break
+    ctx = ctx[-budget:]
+    tokens = encode_document(trainer.tokenizer, text)
+    logprob, _ = document_loglikelihood(
+        trainer.model,
+        tokens,
+        trainer.prefix_token,
+        cfg.max_length,
+        cfg.dtype,
+        context_tokens=ctx,
+    )
+    return -logprob / len(text.encode("utf-8")) / math.log(2)
+
+
 def run_eval(cfg: EvalConfig) -> Path:
     """Run (or resume) an evaluation; returns the run directory."""
     from tqdm.auto import tqdm
@@ -240,13 +269,15 @@ def run_eval(cfg: EvalConfig) -> Path:
                 max_windows_per_doc=cfg.windows_per_neighbor,
             )
             row["pack_s"] = time.perf_counter() - t
-            outcome = trainer.run(scored, windows, lengths, doc_index)
+            outcome = trainer.run(scored, windows, lengths, doc_index, n_neighbors=len(ids))
             row["tokens"] = outcome.n_tokens
             row["bpb"] = {str(k): v for k, v in outcome.bpb.items()}
             row["windows_trained"] = outcome.windows_trained
             row["train_s"] = outcome.train_s
             row["score_s"] = outcome.score_s
             row["reset_s"] = outcome.reset_s
+            if cfg.baseline_in_context:
+                row["bpb_in_context"] = _in_context_bpb(trainer, scored, index, ids, cfg)
             row["status"] = "ok"
         except (KeyboardInterrupt, SystemExit):
             raise

@@ -144,18 +144,31 @@ def document_loglikelihood(
     autocast_dtype: AutocastDtype = None,
     *,
     batch_size: int = 4,
+    context_tokens: Sequence[int] = (),
 ) -> tuple[float, int]:
     """`(Σ log p, number of tokens)` of a whole token sequence, lm-eval's rolling definition.
 
     Windows of equal input length are scored `batch_size` at a time; log-softmax runs in fp32 on the
     scored positions only. The model is put in eval mode for scoring and its mode restored after.
+
+    `context_tokens` (the in-context baseline) precede `tokens` in the rolling stream: the windows
+    run over `context_tokens + tokens` and only the positions of `tokens` are scored, so each token
+    sees up to `max_length` tokens of context, neighbors included.
     """
     import torch
 
     _check_max_length(model, max_length)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    windows = rolling_windows(tokens, eot_id, max_length)
+    n_ctx = len(context_tokens)
+    windows = []
+    pos = 0
+    for ctx, cont in rolling_windows([*context_tokens, *tokens], eot_id, max_length):
+        skip = max(0, n_ctx - pos)  # leading positions of this window that belong to the context
+        pos += len(cont)
+        if skip < len(cont):
+            # keep the full input (ctx + cont) but score only the document's positions
+            windows.append((ctx + cont[:skip], cont[skip:]))
     # model inputs and the number of (final) positions scored in each
     inputs = [(ctx + cont)[-(max_length + 1) :][:-1] for ctx, cont in windows]
     by_len: dict[int, list[int]] = {}

@@ -27,6 +27,7 @@ class DomainRow:
     bytes: int
     bpb: dict[int, float]
     failed: int = 0
+    in_context: float | None = None  # the in-context baseline (neighbors in the context, θ0)
 
     def change(self, k: int) -> float | None:
         """Relative change of bits per byte at k against k = 0 (negative is better)."""
@@ -80,7 +81,12 @@ def _aggregate(domain: str, rows: list[dict[str, Any]], ks: list[int]) -> Domain
         if have and len(have) == len(ok):
             nbytes = sum(int(r["bytes"]) for r in have)
             bpb[k] = sum(float(r["bpb"][str(k)]) * int(r["bytes"]) for r in have) / nbytes
-    return DomainRow(domain, len(ok), total_bytes, bpb, failed=len(rows) - len(ok))
+    in_context = None
+    if ok and all("bpb_in_context" in r for r in ok):
+        in_context = sum(float(r["bpb_in_context"]) * int(r["bytes"]) for r in ok) / total_bytes
+    return DomainRow(
+        domain, len(ok), total_bytes, bpb, failed=len(rows) - len(ok), in_context=in_context
+    )
 
 
 def make_report(run_dir: str | Path) -> Report:
@@ -126,7 +132,10 @@ def render(report: Report, fmt: str = "md") -> str:
             },
             indent=2,
         )
+    with_ic = report.weighted.in_context is not None
     header = ["domain", "docs", *[f"k={k}" for k in ks], f"change@{kmax}"]
+    if with_ic:
+        header.append("in-context")
     body: list[list[str]] = []
     for row in [*report.rows, report.weighted]:
         name = (
@@ -138,6 +147,7 @@ def render(report: Report, fmt: str = "md") -> str:
                 str(row.documents) + (f" (+{row.failed} failed)" if row.failed else ""),
                 *[_fmt(row.bpb.get(k)) for k in ks],
                 _fmt(row.change(kmax), pct=True),
+                *([_fmt(row.in_context)] if with_ic else []),
             ]
         )
     if report.macro:
@@ -149,6 +159,7 @@ def render(report: Report, fmt: str = "md") -> str:
                 "",
                 *[_fmt(report.macro.get(k)) for k in ks],
                 _fmt(change, pct=True),
+                *([""] if with_ic else []),
             ]
         )
     if fmt == "csv":
