@@ -179,3 +179,21 @@ def test_in_context_baseline_column(sample_index: Path, tiny_lm: Path, tmp_path:
     rep = make_report(run)
     assert rep.weighted.in_context is not None
     assert "in-context" in render(rep, "md").splitlines()[0]
+
+
+def test_split_text_scores_only_the_second_half(
+    sample_index: Path, tiny_lm: Path, tmp_path: Path
+) -> None:
+    from tttnn.evaluate import iter_test_documents, split_document
+    from tttnn.models import load_tokenizer
+
+    cfg = config(sample_index, tiny_lm, tmp_path / "run", limit=2, split_text=True)
+    run_eval(cfg)
+    docs = list(iter_test_documents(cfg))
+    tok = load_tokenizer(str(tiny_lm))
+    for row, doc in zip(rows_of(tmp_path / "run"), docs):
+        query, rest = split_document(doc.text, tok, cfg.max_length)
+        assert query + rest != query and doc.text.startswith(query)
+        assert len(tok(query, add_special_tokens=False)["input_ids"]) <= cfg.max_length
+        assert row["status"] == "ok" and row["bytes"] == len(rest.encode("utf-8"))
+        assert row["bytes"] < len(doc.text.encode("utf-8"))
