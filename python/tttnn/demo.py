@@ -60,10 +60,9 @@ def run_demo(cfg: DemoConfig, echo=print) -> str:
     index_dir = work / "index"
     t0 = time.perf_counter()
     if (index_dir / "manifest.json").exists():
-        try:
-            Index.open(index_dir)
+        if Index.open(index_dir).meta.get("status") == "complete":
             echo(f"[1/3] index: reusing {index_dir}")
-        except Exception:
+        else:
             echo(f"[1/3] index: resuming the interrupted build in {index_dir}")
             Index.build([train], index_dir, tokenizer=cfg.model, resume=True, progress=cfg.progress)
     else:

@@ -209,6 +209,11 @@ def run_eval(cfg: EvalConfig) -> Path:
     if cfg.neighbors < 0:
         raise ValueError("--neighbors must be >= 0")
     index = Index.open(cfg.index)
+    if index.meta.get("status") != "complete":
+        raise ValueError(
+            f"the index at {cfg.index} is incomplete (status {index.meta.get('status')!r}): "
+            "finish it with `tttnn index build ... --resume` first"
+        )
     resolved = resolve_model(cfg.model)
     out, done = _prepare_run_dir(cfg, resolved)
     docs = [d for d in iter_test_documents(cfg)]
