@@ -195,7 +195,7 @@ def plot_report(report: Report, out_dir: str | Path | None = None) -> list[Path]
     if not ks:
         return []
     xs = {k: i for i, k in enumerate(ks)}  # categorical x: k = 0, 1, 2, 5, ... evenly spaced
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
     cmap = plt.get_cmap("tab10")
     for i, row in enumerate(report.rows):
         pts = [(xs[k], v) for k, v in sorted(row.bpb.items())]
@@ -209,7 +209,8 @@ def plot_report(report: Report, out_dir: str | Path | None = None) -> list[Path]
     ax.set_ylabel("bits per byte (lower is better)")
     ax.set_title("Test-time training on nearest neighbors")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    # Outside the axes: lines of many domains leave no free corner inside.
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     curve = out / "curve.png"
     fig.savefig(curve)
