@@ -92,25 +92,8 @@ impl HnswIndex {
             VectorData::F32(_) => ScalarKind::F32,
             VectorData::F16(_) | VectorData::I8 { .. } => ScalarKind::F16,
         };
+        vectors.check_payload()?;
         let n = vectors.count;
-        let payload = match vectors.data {
-            VectorData::F32(x) => x.len(),
-            VectorData::F16(x) => x.len(),
-            VectorData::I8 { q, scales } => {
-                if scales.len() != n {
-                    return Err(Error::Shape(format!(
-                        "{} scales for {n} vectors",
-                        scales.len()
-                    )));
-                }
-                q.len()
-            }
-        };
-        if payload != n * d {
-            return Err(Error::Shape(format!(
-                "{payload} values for {n} vectors of dimension {d}"
-            )));
-        }
         let options = IndexOptions {
             dimensions: d,
             metric: metric_kind(metric),

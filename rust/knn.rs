@@ -116,6 +116,14 @@ pub fn exact_search_dim(
     Ok(heaps.finish(queries, dim, k, metric))
 }
 
+/// The message of a shape error without its "shape error: " prefix, to re-prefix it.
+fn shape_msg(e: Error) -> String {
+    match e {
+        Error::Shape(m) => m,
+        other => other.to_string(),
+    }
+}
+
 fn check_block(i: usize, b: &VectorsRef<'_>, dim: usize) -> Result<()> {
     if b.dim != dim {
         return Err(Error::Shape(format!(
@@ -123,25 +131,9 @@ fn check_block(i: usize, b: &VectorsRef<'_>, dim: usize) -> Result<()> {
             b.dim
         )));
     }
+    b.check_payload()
+        .map_err(|e| Error::Shape(format!("block {i}: {}", shape_msg(e))))?;
     let n = b.count;
-    let payload = match b.data {
-        VectorData::F32(x) => x.len(),
-        VectorData::F16(x) => x.len(),
-        VectorData::I8 { q, scales } => {
-            if scales.len() != n {
-                return Err(Error::Shape(format!(
-                    "block {i}: {} scales for {n} vectors",
-                    scales.len()
-                )));
-            }
-            q.len()
-        }
-    };
-    if payload != n * dim {
-        return Err(Error::Shape(format!(
-            "block {i}: {payload} values for {n} vectors of dimension {dim}"
-        )));
-    }
     if b.norms.len() != n {
         return Err(Error::Shape(format!(
             "block {i}: {} norms for {n} vectors",

@@ -131,6 +131,31 @@ impl VectorsRef<'_> {
         }
     }
 
+    /// Check that the payload holds `count × dim` values (and, for i8, one scale per vector).
+    pub fn check_payload(&self) -> Result<()> {
+        let n = self.count;
+        let payload = match self.data {
+            VectorData::F32(x) => x.len(),
+            VectorData::F16(x) => x.len(),
+            VectorData::I8 { q, scales } => {
+                if scales.len() != n {
+                    return Err(Error::Shape(format!(
+                        "{} scales for {n} vectors",
+                        scales.len()
+                    )));
+                }
+                q.len()
+            }
+        };
+        if payload != n * self.dim {
+            return Err(Error::Shape(format!(
+                "{payload} values for {n} vectors of dimension {}",
+                self.dim
+            )));
+        }
+        Ok(())
+    }
+
     /// Row `i` dequantized to f32 (slow path: tests, HNSW build, re-ranking).
     pub fn row_f32(&self, i: usize, out: &mut [f32]) {
         let d = self.dim;
