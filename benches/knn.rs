@@ -156,18 +156,18 @@ fn bench(c: &mut Criterion) {
     );
     let q = &data.queries[..64 * DIM];
     let exact = exact_search(&[(0, v)], q, K, Metric::Cosine).expect("exact");
-    let approx = idx.search(q, K, None).expect("search");
+    let approx = idx.search(v, q, K, None).expect("search");
     println!("hnsw recall@{K} = {:.4}", recall_at_k(&approx, &exact));
-    let ours = time(5, || idx.search(&q[..DIM], K, None));
+    let ours = time(5, || idx.search(v, &q[..DIM], K, None));
     let peer = time(5, || exact_search(&[(0, v)], &q[..DIM], K, Metric::Cosine));
     report("hnsw search nq=1", ours, peer, "exact");
     let mut g = c.benchmark_group("hnsw");
     g.sample_size(10).measurement_time(Duration::from_secs(3));
     g.bench_function("search/nq1", |b| {
-        b.iter(|| idx.search(black_box(&q[..DIM]), K, None))
+        b.iter(|| idx.search(v, black_box(&q[..DIM]), K, None))
     });
     g.bench_function("search/nq64", |b| {
-        b.iter(|| idx.search(black_box(q), K, None))
+        b.iter(|| idx.search(v, black_box(q), K, None))
     });
     g.finish();
 }

@@ -1,30 +1,41 @@
-//! Approximate search: usearch HNSW, built in parallel, saved, reopened as a memory-mapped view.
+//! Approximate search: usearch HNSW over i8 codes, exact re-ranking from the store's vectors.
 //!
-//! CONTRACT (owned by the knn helper; relied on by `store` and the bindings):
-//! - [`HnswIndex::build`] over one block (keys = local rows), [`HnswIndex::save`],
-//!   [`HnswIndex::view`] (memory-mapped, no copy), [`HnswIndex::search`] (local ids, scores per
-//!   [`Metric`], best first, padded with -1 / NaN).
+//! How it works:
+//! - **Graph on i8 codes.** The graph stores each row as 8-bit codes with one scale for the
+//!   whole block: `code = round(row × 127 / max|row|)`, the maximum taken over the block. For
+//!   cosine, rows are first normalised (cosine becomes an inner product). Distances are then the
+//!   integer dot product (cosine, inner product) or squared L2 in usearch's SIMD kernels. A
+//!   common scale preserves the order of inner products and L2 distances. usearch's own f32→i8
+//!   cast rescales every vector by its norm, which is wrong for inner product and L2. The codes
+//!   take a quarter of the memory of f32, and the graph walk reads a quarter of the bytes.
+//! - **Exact re-ranking.** A search walks the graph with a beam of `ef` (at least `k`) and takes
+//!   all `ef` candidates. It scores them exactly against the store's own rows (f32, f16 or i8,
+//!   with the stored norms) and returns the best `k`. Scores equal [`crate::knn::exact_search`]'s
+//!   in convention and value. Recall is that of the candidate list, which is why `ef` is the one
+//!   knob.
+//! - Graphs written by earlier versions (f32 or f16 codes, cosine metric) still open and search
+//!   the same way: their candidates are re-ranked too.
 //!
-//! Scalar kind: f32 stores keep f32 in the graph; f16 and i8 stores are indexed as f16 (half the
-//! memory of f32; for i8 the dequantized rows, because usearch's own i8 cast assumes unit-range
-//! values and has no per-vector scale).
+//! [`HnswIndex::build`] returns the block scale, and the store records it in its manifest. A view
+//! of an i8 graph needs that scale back ([`HnswIndex::view`]).
 //!
 //! Thread safety: `usearch::Index` is `Send + Sync` (the crate says so with `unsafe impl`; the C++
 //! index takes a per-call thread slot under its own lock), so `HnswIndex` is `Send + Sync` too and
-//! can sit in a `#[pyclass]` that releases the GIL. The one piece of shared mutable state is the
-//! search expansion (`ef`), a field of the index: searches with the default `ef` share a read
-//! lock, a search with another `ef` takes the write lock, changes it, searches, and restores it.
+//! can sit in a `#[pyclass]` that releases the GIL. The index's own expansion setting is pinned
+//! to 1: usearch explores `max(expansion, wanted)` candidates, so asking for `ef` candidates
+//! explores exactly `ef`. Searches with different `ef` share no mutable state.
 
 use std::path::Path;
-use std::sync::RwLock;
 
 use rayon::prelude::*;
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use crate::error::{Error, Result};
-use crate::vectors::{check_queries, Metric, SearchResult, VectorData, VectorsRef};
+use crate::knn::rerank_one;
+use crate::vectors::{check_queries, Metric, SearchResult, VectorsRef};
 
-/// HNSW construction and search settings (usearch names).
+/// HNSW construction and search settings (usearch names). `expansion_search` is the default
+/// `ef`: the beam width of a search, which is also the number of candidates re-ranked exactly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HnswParams {
     pub connectivity: usize,
@@ -37,7 +48,7 @@ impl Default for HnswParams {
         HnswParams {
             connectivity: 16,
             expansion_add: 128,
-            expansion_search: 128,
+            expansion_search: 64,
         }
     }
 }
@@ -58,11 +69,21 @@ pub struct HnswIndex {
     metric: Metric,
     dim: usize,
     default_ef: usize,
-    /// Guards the index's expansion_search (see the module docs).
-    ef_lock: RwLock<()>,
+    /// `Some(s)`: i8 codes of the rows (normalised for cosine) times `s`. `None`: a float graph
+    /// from an earlier version, searched with the raw query.
+    scale: Option<f32>,
 }
 
-fn metric_kind(metric: Metric) -> MetricKind {
+/// The usearch metric over i8 codes: cosine rows are normalised first, so an inner product.
+fn code_metric(metric: Metric) -> MetricKind {
+    match metric {
+        Metric::Cosine | Metric::InnerProduct => MetricKind::IP,
+        Metric::L2 => MetricKind::L2sq,
+    }
+}
+
+/// The usearch metric of float graphs written by earlier versions.
+fn legacy_metric(metric: Metric) -> MetricKind {
     match metric {
         Metric::Cosine => MetricKind::Cos,
         Metric::InnerProduct => MetricKind::IP,
@@ -72,6 +93,23 @@ fn metric_kind(metric: Metric) -> MetricKind {
 
 fn index_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Index(format!("usearch {what}: {e}"))
+}
+
+/// Row `i` of `v` as f32, normalised when the metric is cosine (a zero row stays zero).
+fn prepared_row(v: &VectorsRef<'_>, metric: Metric, i: usize, out: &mut [f32]) {
+    v.row_f32(i, out);
+    if metric == Metric::Cosine {
+        let n = v.norms[i];
+        let f = if n > 0.0 { 1.0 / n } else { 0.0 };
+        out.iter_mut().for_each(|x| *x *= f);
+    }
+}
+
+/// i8 codes of `x` at `scale` (clamped to ±127, so a query outside the block's range still maps).
+fn encode(x: &[f32], scale: f32, out: &mut [i8]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v * scale).round().clamp(-127.0, 127.0) as i8;
+    }
 }
 
 impl HnswIndex {
@@ -88,22 +126,15 @@ impl HnswIndex {
         if d == 0 {
             return Err(Error::Shape("dimension must be positive".into()));
         }
-        let quantization = match vectors.data {
-            VectorData::F32(_) => ScalarKind::F32,
-            VectorData::F16(_) | VectorData::I8 { .. } => ScalarKind::F16,
-        };
         vectors.check_payload()?;
+        if vectors.norms.len() != vectors.count {
+            return Err(Error::Shape(format!(
+                "{} norms for {} vectors",
+                vectors.norms.len(),
+                vectors.count
+            )));
+        }
         let n = vectors.count;
-        let options = IndexOptions {
-            dimensions: d,
-            metric: metric_kind(metric),
-            quantization,
-            connectivity: params.connectivity,
-            expansion_add: params.expansion_add,
-            expansion_search: params.expansion_search,
-            multi: false,
-        };
-        let index = Index::new(&options).map_err(|e| index_err("new", e))?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(if threads == 0 {
                 rayon::current_num_threads()
@@ -112,36 +143,67 @@ impl HnswIndex {
             })
             .build()
             .map_err(|e| Error::Index(format!("thread pool: {e}")))?;
+        // One scale for the block: the largest magnitude of any (prepared) component maps to 127.
+        let max_abs = pool.install(|| {
+            (0..n)
+                .into_par_iter()
+                .with_min_len(256)
+                .fold(
+                    || (vec![0f32; d], 0f32),
+                    |(mut buf, m), i| {
+                        prepared_row(&vectors, metric, i, &mut buf);
+                        let r = buf.iter().fold(m, |m, v| m.max(v.abs()));
+                        (buf, r)
+                    },
+                )
+                .map(|(_, m)| m)
+                .reduce(|| 0.0, f32::max)
+        });
+        let scale = if max_abs > 0.0 && max_abs.is_finite() {
+            127.0 / max_abs
+        } else {
+            1.0
+        };
+        let options = IndexOptions {
+            dimensions: d,
+            metric: code_metric(metric),
+            quantization: ScalarKind::I8,
+            connectivity: params.connectivity,
+            expansion_add: params.expansion_add,
+            expansion_search: params.expansion_search,
+            multi: false,
+        };
+        let index = Index::new(&options).map_err(|e| index_err("new", e))?;
         // Thread slots must cover every thread that may call `add` concurrently.
         index
             .reserve_capacity_and_threads(n.max(1), pool.current_num_threads())
             .map_err(|e| index_err("reserve", e))?;
         pool.install(|| {
             (0..n).into_par_iter().with_min_len(64).try_for_each_init(
-                || vec![0f32; d],
-                |buf, i| {
-                    let r = match vectors.data {
-                        VectorData::F32(x) => index.add(i as u64, &x[i * d..(i + 1) * d]),
-                        VectorData::F16(x) => {
-                            let bits: &[i16] = bytemuck::cast_slice(&x[i * d..(i + 1) * d]);
-                            index.add(i as u64, usearch::f16::from_i16s(bits))
-                        }
-                        VectorData::I8 { .. } => {
-                            vectors.row_f32(i, buf);
-                            index.add(i as u64, &buf[..])
-                        }
-                    };
-                    r.map_err(|e| index_err("add", e))
+                || (vec![0f32; d], vec![0i8; d]),
+                |(buf, code), i| {
+                    prepared_row(&vectors, metric, i, buf);
+                    encode(buf, scale, code);
+                    index
+                        .add(i as u64, &code[..])
+                        .map_err(|e| index_err("add", e))
                 },
             )
         })?;
+        index.change_expansion_search(1);
         Ok(HnswIndex {
             index,
             metric,
             dim: d,
             default_ef: params.expansion_search,
-            ef_lock: RwLock::new(()),
+            scale: Some(scale),
         })
+    }
+
+    /// The block scale of the i8 codes (`None` for a float graph of an earlier version); the
+    /// store keeps it in its manifest and passes it back to [`HnswIndex::view`].
+    pub fn scale(&self) -> Option<f32> {
+        self.scale
     }
 
     /// Save to `path` (the caller writes to a temp path and renames).
@@ -153,8 +215,15 @@ impl HnswIndex {
         })
     }
 
-    /// Open a saved index as a memory-mapped view (no copy of the graph into memory).
-    pub fn view(path: &Path, dim: usize, metric: Metric, params: &HnswParams) -> Result<Self> {
+    /// Open a saved index as a memory-mapped view (no copy of the graph into memory). `scale` is
+    /// what [`HnswIndex::scale`] returned at build time; it is required for an i8 graph.
+    pub fn view(
+        path: &Path,
+        dim: usize,
+        metric: Metric,
+        params: &HnswParams,
+        scale: Option<f32>,
+    ) -> Result<Self> {
         params.check()?;
         let p = path_str(path)?;
         if let Err(e) = std::fs::metadata(path) {
@@ -171,7 +240,24 @@ impl HnswIndex {
                 ),
             ));
         }
-        if meta.metric != metric_kind(metric) {
+        let (expected, scale) =
+            match meta.quantization {
+                ScalarKind::I8 => match scale {
+                    Some(s) if s.is_finite() && s > 0.0 => (code_metric(metric), Some(s)),
+                    _ => return Err(Error::corrupt(
+                        path,
+                        "HNSW graph holds i8 codes but the manifest has no valid scale for them",
+                    )),
+                },
+                ScalarKind::F32 | ScalarKind::F16 => (legacy_metric(metric), None),
+                other => {
+                    return Err(Error::corrupt(
+                        path,
+                        format!("HNSW graph has an unsupported scalar kind {other:?}"),
+                    ))
+                }
+            };
+        if meta.metric != expected {
             return Err(Error::corrupt(
                 path,
                 format!(
@@ -194,19 +280,27 @@ impl HnswIndex {
         index
             .view(p)
             .map_err(|e| Error::corrupt(path, format!("cannot map the HNSW index: {e}")))?;
-        index.change_expansion_search(params.expansion_search);
+        index.change_expansion_search(1);
         Ok(HnswIndex {
             index,
             metric,
             dim,
             default_ef: params.expansion_search,
-            ef_lock: RwLock::new(()),
+            scale,
         })
     }
 
-    /// Search `nq × dim` queries; local ids (row numbers), scores per [`Metric`], best first.
-    /// `ef` overrides the search expansion for this call (`None`: the index's setting).
-    pub fn search(&self, queries: &[f32], k: usize, ef: Option<usize>) -> Result<SearchResult> {
+    /// Search `nq × dim` queries over the graph of `vectors` (the block it was built from):
+    /// walk with a beam of `max(ef, k)` candidates, re-rank them exactly against `vectors`,
+    /// return local ids (row numbers) and scores per [`Metric`], best first. `ef` overrides the
+    /// default beam width for this call (`None`: the index's setting).
+    pub fn search(
+        &self,
+        vectors: VectorsRef<'_>,
+        queries: &[f32],
+        k: usize,
+        ef: Option<usize>,
+    ) -> Result<SearchResult> {
         if k == 0 {
             return Err(Error::InvalidArgument("k must be at least 1".into()));
         }
@@ -214,43 +308,48 @@ impl HnswIndex {
             return Err(Error::InvalidArgument("ef must be at least 1".into()));
         }
         let nq = check_queries(queries, self.dim)?;
+        if vectors.dim != self.dim || vectors.count != self.index.size() {
+            return Err(Error::Shape(format!(
+                "the HNSW graph holds {} vectors of dimension {}, the block {} of dimension {}",
+                self.index.size(),
+                self.dim,
+                vectors.count,
+                vectors.dim
+            )));
+        }
         let mut out = SearchResult::empty(nq, k);
         if nq == 0 || self.index.size() == 0 {
             return Ok(out);
         }
-        let run = |out: &mut SearchResult| -> Result<()> {
-            out.ids
-                .par_chunks_mut(k)
-                .zip(out.scores.par_chunks_mut(k))
-                .zip(queries.par_chunks(self.dim))
-                .try_for_each(|((ids, scores), q)| {
-                    let m = self
-                        .index
-                        .search(q, k)
-                        .map_err(|e| index_err("search", e))?;
-                    for (j, (&key, &dist)) in m.keys.iter().zip(&m.distances).enumerate() {
-                        ids[j] = key as i64;
-                        scores[j] = match self.metric {
-                            Metric::Cosine | Metric::InnerProduct => 1.0 - dist,
-                            Metric::L2 => dist,
-                        };
+        let wanted = ef.unwrap_or(self.default_ef).max(k);
+        let d = self.dim;
+        out.ids
+            .par_chunks_mut(k)
+            .zip(out.scores.par_chunks_mut(k))
+            .zip(queries.par_chunks(d))
+            .try_for_each_init(
+                || (vec![0f32; d], vec![0i8; d], Vec::with_capacity(wanted)),
+                |(buf, code, cands), ((ids, scores), q)| {
+                    let m = match self.scale {
+                        Some(s) => {
+                            buf.copy_from_slice(q);
+                            if self.metric == Metric::Cosine {
+                                let n = q.iter().map(|v| v * v).sum::<f32>().sqrt();
+                                let f = if n > 0.0 { 1.0 / n } else { 0.0 };
+                                buf.iter_mut().for_each(|x| *x *= f);
+                            }
+                            encode(buf, s, code);
+                            self.index.search(&code[..], wanted)
+                        }
+                        None => self.index.search(q, wanted),
                     }
+                    .map_err(|e| index_err("search", e))?;
+                    cands.clear();
+                    cands.extend(m.keys.iter().map(|&key| key as i64));
+                    rerank_one(&vectors, 0, q, cands, self.metric, ids, scores);
                     Ok(())
-                })
-        };
-        match ef {
-            Some(e) if e != self.default_ef => {
-                let _w = self.ef_lock.write().unwrap_or_else(|p| p.into_inner());
-                self.index.change_expansion_search(e);
-                let r = run(&mut out);
-                self.index.change_expansion_search(self.default_ef);
-                r?;
-            }
-            _ => {
-                let _r = self.ef_lock.read().unwrap_or_else(|p| p.into_inner());
-                run(&mut out)?;
-            }
-        }
+                },
+            )?;
         Ok(out)
     }
 
@@ -375,6 +474,7 @@ impl Gauss {
 mod tests {
     use super::*;
     use crate::knn::{exact_search, row_norms};
+    use crate::vectors::VectorData;
     use half::f16;
 
     fn assert_send_sync<T: Send + Sync>() {}
@@ -405,27 +505,58 @@ mod tests {
             let idx = HnswIndex::build(v, metric, &HnswParams::default(), 2).unwrap();
             assert_eq!(idx.len(), n);
             let exact = exact_search(&[(0, v)], q, 10, metric).unwrap();
-            let approx = idx.search(q, 10, None).unwrap();
+            let approx = idx.search(v, q, 10, None).unwrap();
             assert!(recall_at_k(&approx, &exact) > 0.95);
-            // Scores follow our convention: compare with exact on the common top-1.
+            // Candidates are re-ranked exactly: wherever an id is found, its score is the exact
+            // one, and each row is sorted best first.
             for qi in 0..50 {
-                if approx.ids[qi * 10] == exact.ids[qi * 10] {
-                    assert!((approx.scores[qi * 10] - exact.scores[qi * 10]).abs() < 1e-3);
+                for j in 0..10 {
+                    let id = approx.ids[qi * 10 + j];
+                    if let Some(e) = exact.ids[qi * 10..qi * 10 + 10]
+                        .iter()
+                        .position(|&x| x == id)
+                    {
+                        let (a, b) = (approx.scores[qi * 10 + j], exact.scores[qi * 10 + e]);
+                        assert!(
+                            (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                            "{metric:?} {a} {b}"
+                        );
+                    }
+                    if j > 0 {
+                        let (prev, cur) =
+                            (approx.scores[qi * 10 + j - 1], approx.scores[qi * 10 + j]);
+                        assert!(if metric.higher_is_better() {
+                            prev >= cur
+                        } else {
+                            prev <= cur
+                        });
+                    }
                 }
             }
             let path = dir.path().join(format!("{}.usearch", metric.as_str()));
             idx.save(&path).unwrap();
-            let viewed = HnswIndex::view(&path, dim, metric, &HnswParams::default()).unwrap();
+            let p = HnswParams::default();
+            let viewed = HnswIndex::view(&path, dim, metric, &p, idx.scale()).unwrap();
             assert_eq!(viewed.len(), n);
-            assert_eq!(viewed.search(q, 10, None).unwrap().ids, approx.ids);
-            // A different ef works and is restored afterwards.
-            let wide = viewed.search(q, 10, Some(400)).unwrap();
+            assert_eq!(viewed.search(v, q, 10, None).unwrap().ids, approx.ids);
+            // A wider beam finds at least as much, and the default is unaffected afterwards.
+            let wide = viewed.search(v, q, 10, Some(400)).unwrap();
             assert!(recall_at_k(&wide, &exact) >= recall_at_k(&approx, &exact) - 0.01);
-            assert_eq!(viewed.search(q, 10, None).unwrap().ids, approx.ids);
-            // Wrong dimension / metric on reopen are corrupt-index errors.
+            assert!(recall_at_k(&wide, &exact) > 0.99);
+            assert_eq!(viewed.search(v, q, 10, None).unwrap().ids, approx.ids);
+            // Wrong dimension, a missing scale, or the wrong block are clear errors.
             assert!(matches!(
-                HnswIndex::view(&path, dim + 1, metric, &HnswParams::default()),
+                HnswIndex::view(&path, dim + 1, metric, &p, idx.scale()),
                 Err(Error::Corrupt { .. })
+            ));
+            assert!(matches!(
+                HnswIndex::view(&path, dim, metric, &p, None),
+                Err(Error::Corrupt { .. })
+            ));
+            let short = f32_block(&x[..dim * 10], &norms[..10], dim);
+            assert!(matches!(
+                viewed.search(short, q, 10, None),
+                Err(Error::Shape(_))
             ));
         }
         assert!(matches!(
@@ -433,7 +564,8 @@ mod tests {
                 &dir.path().join("missing"),
                 dim,
                 Metric::L2,
-                &HnswParams::default()
+                &HnswParams::default(),
+                Some(1.0)
             ),
             Err(Error::Io { .. })
         ));
@@ -462,19 +594,20 @@ mod tests {
             };
             let idx = HnswIndex::build(v, Metric::Cosine, &HnswParams::default(), 0).unwrap();
             let exact = exact_search(&[(0, v)], &x[..10 * dim], 5, Metric::Cosine).unwrap();
-            let approx = idx.search(&x[..10 * dim], 5, None).unwrap();
+            let approx = idx.search(v, &x[..10 * dim], 5, None).unwrap();
             assert!(recall_at_k(&approx, &exact) > 0.9);
         }
         // k larger than the index: padded.
         let small = &x[..3 * dim];
         let v = f32_block(small, &norms[..3], dim);
         let idx = HnswIndex::build(v, Metric::L2, &HnswParams::default(), 1).unwrap();
-        let r = idx.search(&x[..dim], 5, None).unwrap();
+        let r = idx.search(v, &x[..dim], 5, None).unwrap();
         assert_eq!(r.ids[0], 0);
         assert_eq!(&r.ids[3..], &[-1, -1]);
         assert!(r.scores[4].is_nan());
-        assert!(idx.search(&x[..dim - 1], 5, None).is_err());
-        assert!(idx.search(&x[..dim], 0, None).is_err());
+        assert!(idx.search(v, &x[..dim - 1], 5, None).is_err());
+        assert!(idx.search(v, &x[..dim], 0, None).is_err());
+        assert!(idx.search(v, &x[..dim], 5, Some(0)).is_err());
     }
 }
 
@@ -482,6 +615,7 @@ mod tests {
 mod recall_tests {
     use super::*;
     use crate::knn::{exact_search, row_norms};
+    use crate::vectors::VectorData;
 
     /// recall@20 on 200,000 × 384 clustered unit vectors (2,000 Gaussian clusters, 100 points
     /// each, fixed seed) at the default search settings, expansion_add 64 to halve the build.
@@ -533,7 +667,7 @@ mod recall_tests {
         let exact = exact_search(&[(0, v)], q, k, Metric::Cosine).unwrap();
         eprintln!("exact {:?}", t.elapsed());
         let t = std::time::Instant::now();
-        let approx = idx.search(q, k, None).unwrap();
+        let approx = idx.search(v, q, k, None).unwrap();
         eprintln!("search {:?}", t.elapsed());
         let r = recall_at_k(&approx, &exact);
         eprintln!("recall@{k} = {r:.4} (n = {n}, spread = {spread})");

@@ -263,22 +263,69 @@ impl TopKSet {
             let qv = &queries[q * dim..(q + 1) * dim];
             let qq: f32 = qv.iter().map(|v| v * v).sum();
             for (j, &(key, id)) in row.iter().enumerate() {
-                let score = match metric {
-                    Metric::InnerProduct => key,
-                    Metric::Cosine => {
-                        if qq > 0.0 {
-                            key / qq.sqrt()
-                        } else {
-                            0.0
-                        }
-                    }
-                    Metric::L2 => (qq - key).max(0.0),
-                };
                 out.ids[q * k_out + j] = id;
-                out.scores[q * k_out + j] = score;
+                out.scores[q * k_out + j] = key_to_score(metric, key, qq);
             }
         }
         out
+    }
+}
+
+/// The reported score of a key, given the query's squared norm `qq` (see the module docs).
+#[inline]
+fn key_to_score(metric: Metric, key: f32, qq: f32) -> f32 {
+    match metric {
+        Metric::InnerProduct => key,
+        Metric::Cosine => {
+            if qq > 0.0 {
+                key / qq.sqrt()
+            } else {
+                0.0
+            }
+        }
+        Metric::L2 => (qq - key).max(0.0),
+    }
+}
+
+/// Exact re-ranking of one query's candidate rows (local row numbers of `block`; negative or
+/// out-of-range entries are skipped): the best `ids.len()` are written as `start + row` with
+/// their exact scores, best first, in [`exact_search`]'s order and score convention (padding:
+/// id -1, score NaN). This is what turns an approximate candidate list into exact scores.
+pub fn rerank_one(
+    block: &VectorsRef<'_>,
+    start: u64,
+    query: &[f32],
+    cands: &[i64],
+    metric: Metric,
+    ids: &mut [i64],
+    scores: &mut [f32],
+) {
+    let d = block.dim;
+    let level = simd_level();
+    let mut row: Vec<(f32, i64)> = cands
+        .iter()
+        .filter(|&&r| r >= 0 && (r as usize) < block.count)
+        .map(|&r| {
+            let i = r as usize;
+            let (dot, scale) = match block.data {
+                VectorData::F32(x) => (dot_f32(level, query, &x[i * d..(i + 1) * d]), 1.0),
+                VectorData::F16(x) => (dot_f16(level, query, &x[i * d..(i + 1) * d]), 1.0),
+                VectorData::I8 { q, scales } => {
+                    (dot_i8(level, query, &q[i * d..(i + 1) * d]), scales[i])
+                }
+            };
+            let (a, c) = row_factors(metric, block.norms[i], scale);
+            (dot.mul_add(a, c), start as i64 + r)
+        })
+        .collect();
+    row.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    row.dedup_by_key(|e| e.1);
+    let qq: f32 = query.iter().map(|v| v * v).sum();
+    ids.fill(-1);
+    scores.fill(f32::NAN);
+    for ((id, score), &(key, i)) in ids.iter_mut().zip(scores.iter_mut()).zip(&row) {
+        *id = i;
+        *score = key_to_score(metric, key, qq);
     }
 }
 
@@ -461,14 +508,13 @@ fn scan_gemm(
                 for qi in 0..m {
                     let srow = &dst[qi * n..(qi + 1) * n];
                     let gq = q0 + qi;
-                    let mut thr = acc.threshold(gq);
-                    for j in 0..n {
-                        let key = srow[j].mul_add(a[j], c[j]);
-                        if key > thr {
-                            acc.push(gq, key, start as i64 + (t0 + j) as i64);
-                            thr = acc.threshold(gq);
-                        }
-                    }
+                    let base = start as i64 + t0 as i64;
+                    let thr = acc.threshold(gq);
+                    let mut hit = |j: usize, key: f32| {
+                        acc.push(gq, key, base + j as i64);
+                        acc.threshold(gq)
+                    };
+                    scan_keys(level, srow, &a[..n], &c[..n], thr, &mut hit);
                 }
                 q0 = q1;
             }
@@ -548,6 +594,44 @@ fn dot_i8(level: SimdLevel, q: &[f32], x: &[i8]) -> f32 {
     }
 }
 
+/// Keys `s[j]·a[j] + c[j]` (one rounding, as `f32::mul_add`) of a row of scores; `hit(j, key)`
+/// is called for every key above the running threshold and returns the new threshold. Most
+/// keys fall below it, so the kernel compares eight at a time and rarely leaves SIMD.
+#[inline]
+fn scan_keys(
+    level: SimdLevel,
+    s: &[f32],
+    a: &[f32],
+    c: &[f32],
+    thr: f32,
+    hit: &mut dyn FnMut(usize, f32) -> f32,
+) -> f32 {
+    debug_assert!(s.len() == a.len() && s.len() == c.len());
+    match level {
+        // SAFETY: as above; the three slices have equal length.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { x86::scan_keys_avx2(s, a, c, thr, hit) },
+        SimdLevel::Scalar => scan_keys_scalar(s, a, c, 0, thr, hit),
+    }
+}
+
+fn scan_keys_scalar(
+    s: &[f32],
+    a: &[f32],
+    c: &[f32],
+    from: usize,
+    mut thr: f32,
+    hit: &mut dyn FnMut(usize, f32) -> f32,
+) -> f32 {
+    for j in from..s.len().min(a.len()).min(c.len()) {
+        let key = s[j].mul_add(a[j], c[j]);
+        if key > thr {
+            thr = hit(j, key);
+        }
+    }
+    thr
+}
+
 fn f16_to_f32(level: SimdLevel, x: &[f16], out: &mut [f32]) {
     match level {
         // SAFETY: as above.
@@ -595,6 +679,43 @@ mod x86 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
         _mm_cvtss_f32(s)
+    }
+
+    /// See `scan_keys`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scan_keys_avx2(
+        s: &[f32],
+        a: &[f32],
+        c: &[f32],
+        mut thr: f32,
+        hit: &mut dyn FnMut(usize, f32) -> f32,
+    ) -> f32 {
+        let n = s.len().min(a.len()).min(c.len());
+        let (sp, ap, cp) = (s.as_ptr(), a.as_ptr(), c.as_ptr());
+        let mut t8 = _mm256_set1_ps(thr);
+        let mut keys = [0f32; 8];
+        let mut j = 0;
+        while j + 8 <= n {
+            let k8 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(sp.add(j)),
+                _mm256_loadu_ps(ap.add(j)),
+                _mm256_loadu_ps(cp.add(j)),
+            );
+            let mut m = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(k8, t8)) as u32;
+            if m != 0 {
+                _mm256_storeu_ps(keys.as_mut_ptr(), k8);
+                while m != 0 {
+                    let b = m.trailing_zeros() as usize;
+                    if keys[b] > thr {
+                        thr = hit(j + b, keys[b]);
+                    }
+                    m &= m - 1;
+                }
+                t8 = _mm256_set1_ps(thr);
+            }
+            j += 8;
+        }
+        super::scan_keys_scalar(s, a, c, j, thr, hit)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -965,6 +1086,18 @@ mod tests {
             let mut out = vec![0f32; n];
             f16_to_f32(level, &h, &mut out);
             assert_eq!(out, hf);
+            // The threshold scan sees exactly the hits of a plain loop, with the same keys.
+            let thr0 = if n > 8 { 0.2 } else { f32::NEG_INFINITY };
+            let record = |v: &mut Vec<(usize, f32)>, j: usize, key: f32| {
+                v.push((j, key));
+                // Raise the bar after each hit, as a filling heap does.
+                key.min(0.5)
+            };
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            let t1 = scan_keys(level, &a, &b, &cf, thr0, &mut |j, k| record(&mut got, j, k));
+            let t2 = scan_keys_scalar(&a, &b, &cf, 0, thr0, &mut |j, k| record(&mut want, j, k));
+            assert_eq!(got, want);
+            assert_eq!(t1, t2);
         }
     }
 }

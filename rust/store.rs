@@ -91,6 +91,10 @@ struct ShardEntry {
     start: u64,
     count: u64,
     files: BTreeMap<String, FileSum>,
+    /// Scale of the HNSW graph's i8 codes (see `hnsw.rs`); absent without a graph and for the
+    /// float graphs of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hnsw_scale: Option<f32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -600,7 +604,13 @@ impl EmbeddingStore {
         let tokens = column::<u32>(m.has_tokens, "tokens", &entry, &need)?;
         let records = column::<u8>(m.has_records, "records", &entry, &need)?;
         let hnsw = match (&m.hnsw, entry.files.contains_key(HNSW_FILE)) {
-            (Some(p), true) => Some(HnswIndex::view(&dir.join(HNSW_FILE), m.dim, m.metric, p)?),
+            (Some(p), true) => Some(HnswIndex::view(
+                &dir.join(HNSW_FILE),
+                m.dim,
+                m.metric,
+                p,
+                entry.hnsw_scale,
+            )?),
             _ => None,
         };
         Ok(Shard {
@@ -749,12 +759,14 @@ impl EmbeddingStore {
             files.insert(b, bs);
             files.insert(o, os);
         }
+        let mut hnsw_scale = None;
         if let Some(params) = &m.hnsw {
             let view = enc.view(m.dim, &norms);
             let index = HnswIndex::build(view, m.metric, params, 0)?;
             let p = tmp_dir.join(HNSW_FILE);
             index.save(&p)?;
             files.insert(HNSW_FILE.to_string(), sum_existing(&p)?);
+            hnsw_scale = index.scale();
         }
         fsync_dir(&tmp_dir)?;
         std::fs::rename(&tmp_dir, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
@@ -765,6 +777,7 @@ impl EmbeddingStore {
             start: m.count,
             count: norms.len() as u64,
             files,
+            hnsw_scale,
         };
         let mut next = m.clone();
         next.count += entry.count;
@@ -797,6 +810,7 @@ impl EmbeddingStore {
             let tmp = shard.dir.join(format!("{HNSW_FILE}.tmp"));
             let dst = shard.dir.join(HNSW_FILE);
             index.save(&tmp)?;
+            let scale = index.scale();
             drop(index);
             let sum = sum_existing(&tmp)?;
             std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
@@ -804,8 +818,9 @@ impl EmbeddingStore {
             let mut next = self.manifest.clone();
             next.hnsw = Some(params);
             next.shards[i].files.insert(HNSW_FILE.to_string(), sum);
+            next.shards[i].hnsw_scale = scale;
             self.write_manifest(&next)?;
-            let view = HnswIndex::view(&dst, next.dim, next.metric, &params)?;
+            let view = HnswIndex::view(&dst, next.dim, next.metric, &params, scale)?;
             self.shards[i].entry = next.shards[i].clone();
             self.shards[i].hnsw = Some(view);
             self.manifest = next;
@@ -984,7 +999,7 @@ impl EmbeddingStore {
             .iter()
             .map(|s| match &s.hnsw {
                 Some(h) => {
-                    let mut r = h.search(queries, k, ef)?;
+                    let mut r = h.search(s.vectors.view()?, queries, k, ef)?;
                     let start = s.entry.start as i64;
                     for id in r.ids.iter_mut().filter(|id| **id >= 0) {
                         *id += start;
