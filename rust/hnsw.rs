@@ -619,7 +619,7 @@ mod recall_tests {
 
     /// recall@20 on 200,000 × 384 clustered unit vectors (2,000 Gaussian clusters, 100 points
     /// each, fixed seed) at the default search settings, expansion_add 64 to halve the build.
-    /// Sized for `cargo test --release` (about 100 s on 2 idle cores: the graph build is C++ at
+    /// Sized for `cargo test --release` (about 20 s on 2 idle cores: the graph build is C++ at
     /// -O3 in every profile, but data generation and the exact ground truth are Rust). A debug
     /// build runs the same density (100 points per cluster) at 20,000 vectors to stay bounded;
     /// `TTTNN_RECALL_N` overrides. The 200k figure is also asserted by tests/test_knn.py (slow).

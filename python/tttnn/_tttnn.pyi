@@ -41,7 +41,7 @@ class EmbeddingStore:
         hnsw: bool = False,
         hnsw_connectivity: int = 16,
         hnsw_expansion_add: int = 128,
-        hnsw_expansion_search: int = 128,
+        hnsw_expansion_search: int = 64,
         with_text: bool = False,
         with_tokens: bool = False,
         with_records: bool = False,
@@ -70,7 +70,10 @@ class EmbeddingStore:
         ef: int | None = None,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """`queries` is `(nq, dim)` or `(dim,)`; returns `(ids, scores)` of shape `(nq, k)`, best
-        first; missing hits are id -1 / score NaN. `exact=False` uses the HNSW graphs."""
+        first; missing hits are id -1 / score NaN. `exact=False` walks the HNSW graphs (i8 codes)
+        with a beam of `max(ef, k)` candidates (default `ef`: the store's `expansion_search`, 64)
+        and re-ranks them exactly against the stored vectors: the scores are exact, recall grows
+        with `ef`."""
     def build_hnsw(self, *, threads: int = 0) -> int:
         """Build the HNSW graph of every shard that lacks one (resumable); returns how many."""
     def verify(self) -> None:

@@ -239,7 +239,7 @@ impl EmbeddingStore {
     /// `append` requires. `meta`: a JSON object string kept in the manifest.
     #[staticmethod]
     #[pyo3(signature = (path, dim, *, dtype="f32", metric="cosine", shard_size=100_000, hnsw=false,
-        hnsw_connectivity=16, hnsw_expansion_add=128, hnsw_expansion_search=128,
+        hnsw_connectivity=16, hnsw_expansion_add=128, hnsw_expansion_search=64,
         with_text=false, with_tokens=false, with_records=false, meta="{}"))]
     #[allow(clippy::too_many_arguments)]
     fn create(
