@@ -59,6 +59,11 @@ def main() -> None:
     ap.add_argument("--lora", type=int, default=None, help="also run LoRA of this rank")
     ap.add_argument("--lora-lr", type=float, default=None, help="LoRA lr (default: --lr)")
     ap.add_argument("--lora-docs-per-domain", type=int, default=None)
+    ap.add_argument(
+        "--baseline-in-context",
+        action="store_true",
+        help="also score the paper's in-context baseline (full fine-tuning run)",
+    )
     args = ap.parse_args()
 
     if not (args.index / "manifest.json").exists() or not _complete(args.index):
@@ -85,6 +90,7 @@ def main() -> None:
             lr=(args.lora_lr or args.lr) if lora else args.lr,
             windows_per_neighbor=args.windows_per_neighbor,
             lora_r=args.lora if lora else None,
+            baseline_in_context=args.baseline_in_context and not lora,
             limit_per_domain=(args.lora_docs_per_domain or args.docs_per_domain)
             if lora
             else args.docs_per_domain,

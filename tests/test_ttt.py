@@ -198,6 +198,50 @@ def test_matches_an_independent_plain_loop():
         assert out.bpb[k] == pytest.approx(expected[k], rel=1e-5), k
 
 
+@pytest.mark.parametrize("weight_decay", [0.01, 0.0])
+def test_fused_restore_is_bit_identical_to_copy_then_step(weight_decay: float):
+    """After a reset the parameters point at θ0 and the first step writes θ0 · (1 − lr·wd) into
+    the training buffers: the weights after each step equal, bit for bit, a model trained from a
+    plain copy of θ0 with torch's own fused AdamW, also on a second document after a reset."""
+    tok = byte_tokenizer()
+    wins, lengths, _ = pack(tok, NEIGHBORS, 32)
+    config = cfg(weight_decay=weight_decay)
+    trainer = TestTimeTrainer(tiny_llama(), tok, config)
+    reference = tiny_llama()
+    theta0 = params_of(reference)
+
+    def ref_step(opt: torch.optim.Optimizer, ids: torch.Tensor) -> None:
+        logits = reference(input_ids=ids).logits
+        loss = torch.nn.functional.cross_entropy(logits[0, :-1].float(), ids[0, 1:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(reference.parameters()), config.grad_clip)
+        opt.step()
+
+    for doc in range(2):
+        with torch.no_grad():  # the reference restores θ0 by copying
+            for n, p in reference.named_parameters():
+                p.copy_(theta0[n])
+        ref_opt = torch.optim.AdamW(
+            reference.parameters(), lr=config.lr, betas=config.betas, eps=config.eps,
+            weight_decay=weight_decay, fused=True,
+        )  # fmt: skip
+        opt = trainer._new_optimizer()
+        trainer.model.train()
+        reference.train()
+        for i in range(3):
+            ids = torch.from_numpy(wins[doc + i, : lengths[doc + i]]).unsqueeze(0)
+            trainer._train_step(opt, ids)
+            ref_step(ref_opt, ids)
+            assert opt.param_groups[0]["weight_decay"] == weight_decay  # restored
+            got = dict(trainer.model.named_parameters())
+            for n, p in reference.named_parameters():
+                assert torch.equal(got[n], p), (doc, i, n)
+        trainer.reset()
+        for n, p in trainer.model.named_parameters():
+            assert torch.equal(p, theta0[n]), n
+
+
 def test_lora_reset_leaves_base_untouched_and_outputs_equal_original():
     tok = byte_tokenizer()
     model = tiny_llama()
@@ -279,12 +323,44 @@ def test_nan_training_raises_ttterror_and_still_resets():
     model = tiny_llama()
     trainer = TestTimeTrainer(model, tok, cfg())
     clean = params_of(model)
-    with torch.no_grad():  # corrupt a weight after the snapshot: training must fail loudly
-        model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
+    wins = pack(tok, NEIGHBORS, 48)
+    calls = []
+
+    def poison(module, args, output):  # NaN activations from the second training forward on
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) >= 2:
+                return output * float("nan")
+        return output
+
+    handle = model.model.layers[0].mlp.register_forward_hook(poison)
     with pytest.raises(TTTError, match="non-finite training loss"):
-        trainer.run(TEXT, *pack(tok, NEIGHBORS, 48))
+        trainer.run(TEXT, *wins)
+    handle.remove()
+    assert len(calls) == 2  # one step was taken before the failure
     for name, p in model.named_parameters():
         assert torch.equal(p, clean[name]), name
+    # and the next document runs as if nothing had happened
+    assert (
+        trainer.run(TEXT, *wins).bpb
+        == TestTimeTrainer(tiny_llama(), tok, cfg()).run(TEXT, *wins).bpb
+    )
+
+
+def test_weights_changed_in_place_between_documents_become_theta0():
+    """Between documents the parameters are θ0 itself: loading other weights into the model
+    (in place) changes what every later document starts from, and is never silently undone."""
+    tok = byte_tokenizer()
+    model = tiny_llama()
+    trainer = TestTimeTrainer(model, tok, cfg())
+    wins = pack(tok, NEIGHBORS, 48)
+    trainer.run(TEXT, *wins)
+    other = tiny_llama(seed=1)
+    model.load_state_dict(other.state_dict())
+    out = trainer.run(TEXT, *wins)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, dict(other.named_parameters())[name]), name
+    assert out.bpb == TestTimeTrainer(tiny_llama(seed=1), tok, cfg()).run(TEXT, *wins).bpb
 
 
 @pytest.mark.slow
