@@ -265,7 +265,7 @@ def plot_curves(path: Path, n: int) -> None:
         ax.axvline(t, color="grey", lw=0.6, ls=":")
     ax.set_xlabel(f"recall@{K}")
     ax.set_ylabel("queries / s (2 threads)")
-    ax.set_title(f"HNSW, {n:,} x {DIM} clustered unit vectors: higher and further right is better")
+    ax.set_title(f"HNSW on {n:,} x {DIM} clustered unit vectors (up and right is better)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
