@@ -52,6 +52,15 @@ def test_search_texts_and_query_file(built, tmp_path: Path) -> None:
     row = json.loads(res.stdout)
     assert [n["rank"] for n in row["neighbors"]] == [1, 2, 3]
     assert row["neighbors"][0]["doc_id"] == "docs.jsonl.zst:3"
+    # HNSW with an explicit beam: candidates are re-ranked exactly, so the scores are exact ones
+    res = runner.invoke(
+        main, ["search", str(out), rows[2]["text"], "-k", "3", "--ef", "50", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    hnsw_row = json.loads(res.stdout)
+    assert hnsw_row["neighbors"] == row["neighbors"]
+    res = runner.invoke(main, ["search", str(out), rows[2]["text"], "--ef", "0"])
+    assert res.exit_code != 0 and "--ef" in res.output
     res = runner.invoke(main, ["search", str(out), rows[2]["text"], "-k", "2", "--guard"])
     assert res.exit_code == 0, res.output
     assert (

@@ -204,6 +204,12 @@ def _format_info(info: dict[str, Any]) -> str:
 @click.option("-k", "k", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--exact", is_flag=True, help="Exact search instead of HNSW.")
 @click.option(
+    "--ef",
+    type=click.IntRange(min=1),
+    default=None,
+    help="HNSW beam width: candidates walked and re-ranked exactly (default: the index's, 64).",
+)
+@click.option(
     "--guard/--no-guard",
     default=False,
     show_default=True,
@@ -222,6 +228,7 @@ def search(
     query: tuple[str, ...],
     k: int,
     exact: bool,
+    ef: int | None,
     guard: bool,
     queries_file: Path | None,
     out: Path | None,
@@ -240,7 +247,7 @@ def search(
             n = 0
             for batch in _query_batches(query, queries_file):
                 texts = [t for _, _, t in batch]
-                results = index.search(texts, k=k, exact=exact, guard=guard or None)
+                results = index.search(texts, k=k, exact=exact, ef=ef, guard=guard or None)
                 for (qid, domain, text), res in zip(batch, results):
                     res.query_index = n
                     n += 1
