@@ -30,7 +30,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 def overhead(rows: list[dict]) -> dict[str, float]:
     ok = [r for r in rows if r["status"] == "ok"]
     total = sum(r["total_s"] for r in ok)
-    compute = sum(r["train_s"] + r["score_s"] for r in ok)
+    # forward/backward passes: training, scoring, and the in-context baseline's scoring
+    compute = sum(r["train_s"] + r["score_s"] + r.get("in_context_s", 0.0) for r in ok)
     steps = sum(r["windows_trained"] for r in ok)
     step_s = sum(r["train_s"] for r in ok) / max(steps, 1)
     return {

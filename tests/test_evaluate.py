@@ -176,6 +176,7 @@ def test_in_context_baseline_column(sample_index: Path, tiny_lm: Path, tmp_path:
     run_eval(config(sample_index, tiny_lm, run, limit=2, baseline_in_context=True))
     rows = rows_of(run)
     assert all(r["status"] == "ok" and r["bpb_in_context"] > 0 for r in rows), rows
+    assert all(0 < r["in_context_s"] < r["total_s"] for r in rows)
     rep = make_report(run)
     assert rep.weighted.in_context is not None
     assert "in-context" in render(rep, "md").splitlines()[0]

@@ -282,7 +282,9 @@ def run_eval(cfg: EvalConfig) -> Path:
             row["score_s"] = outcome.score_s
             row["reset_s"] = outcome.reset_s
             if cfg.baseline_in_context:
+                t_ic = time.perf_counter()
                 row["bpb_in_context"] = _in_context_bpb(trainer, scored, index, ids, cfg)
+                row["in_context_s"] = time.perf_counter() - t_ic
             row["status"] = "ok"
         except (KeyboardInterrupt, SystemExit):
             raise
