@@ -99,10 +99,14 @@ fn index_err(what: &str, e: impl std::fmt::Display) -> Error {
 fn prepared_row(v: &VectorsRef<'_>, metric: Metric, i: usize, out: &mut [f32]) {
     v.row_f32(i, out);
     if metric == Metric::Cosine {
-        let n = v.norms[i];
-        let f = if n > 0.0 { 1.0 / n } else { 0.0 };
-        out.iter_mut().for_each(|x| *x *= f);
+        divide_by_norm(out, v.norms[i]);
     }
+}
+
+/// `x / norm` in place; a zero norm gives a zero vector.
+fn divide_by_norm(x: &mut [f32], norm: f32) {
+    let f = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+    x.iter_mut().for_each(|v| *v *= f);
 }
 
 /// i8 codes of `x` at `scale` (clamped to ±127, so a query outside the block's range still maps).
@@ -335,8 +339,7 @@ impl HnswIndex {
                             buf.copy_from_slice(q);
                             if self.metric == Metric::Cosine {
                                 let n = q.iter().map(|v| v * v).sum::<f32>().sqrt();
-                                let f = if n > 0.0 { 1.0 / n } else { 0.0 };
-                                buf.iter_mut().for_each(|x| *x *= f);
+                                divide_by_norm(buf, n);
                             }
                             encode(buf, s, code);
                             self.index.search(&code[..], wanted)
