@@ -95,6 +95,9 @@ struct ShardEntry {
     /// float graphs of earlier versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     hnsw_scale: Option<f32>,
+    /// Rows of the shard no walk of its HNSW graph reaches; searches score them exactly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    hnsw_stranded: Vec<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -610,6 +613,7 @@ impl EmbeddingStore {
                 m.metric,
                 p,
                 entry.hnsw_scale,
+                &entry.hnsw_stranded,
             )?),
             _ => None,
         };
@@ -759,7 +763,7 @@ impl EmbeddingStore {
             files.insert(b, bs);
             files.insert(o, os);
         }
-        let mut hnsw_scale = None;
+        let (mut hnsw_scale, mut hnsw_stranded) = (None, Vec::new());
         if let Some(params) = &m.hnsw {
             let view = enc.view(m.dim, &norms);
             let index = HnswIndex::build(view, m.metric, params, 0)?;
@@ -767,6 +771,7 @@ impl EmbeddingStore {
             index.save(&p)?;
             files.insert(HNSW_FILE.to_string(), sum_existing(&p)?);
             hnsw_scale = index.scale();
+            hnsw_stranded = index.stranded().to_vec();
         }
         fsync_dir(&tmp_dir)?;
         std::fs::rename(&tmp_dir, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
@@ -778,6 +783,7 @@ impl EmbeddingStore {
             count: norms.len() as u64,
             files,
             hnsw_scale,
+            hnsw_stranded,
         };
         let mut next = m.clone();
         next.count += entry.count;
@@ -811,6 +817,7 @@ impl EmbeddingStore {
             let dst = shard.dir.join(HNSW_FILE);
             index.save(&tmp)?;
             let scale = index.scale();
+            let stranded = index.stranded().to_vec();
             drop(index);
             let sum = sum_existing(&tmp)?;
             std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
@@ -819,8 +826,16 @@ impl EmbeddingStore {
             next.hnsw = Some(params);
             next.shards[i].files.insert(HNSW_FILE.to_string(), sum);
             next.shards[i].hnsw_scale = scale;
+            next.shards[i].hnsw_stranded = stranded;
             self.write_manifest(&next)?;
-            let view = HnswIndex::view(&dst, next.dim, next.metric, &params, scale)?;
+            let view = HnswIndex::view(
+                &dst,
+                next.dim,
+                next.metric,
+                &params,
+                scale,
+                &next.shards[i].hnsw_stranded,
+            )?;
             self.shards[i].entry = next.shards[i].clone();
             self.shards[i].hnsw = Some(view);
             self.manifest = next;

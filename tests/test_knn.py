@@ -227,12 +227,13 @@ def test_hnsw_small_store_every_metric(tmp_path: Path, dtype: str) -> None:
                     np.testing.assert_allclose(sc, exact_of[r, i], rtol=1e-5, atol=1e-6)
             order = np.diff(scores[r])
             assert (order <= 1e-6).all() if metric != "l2" else (order >= -1e-6).all()
-        # A narrow beam finds less than a wide one, never more. (Not 1.0 even at ef = shard
-        # size: a graph built in parallel can leave a few nodes unreachable; measured 0.97-0.99.)
+        # A narrow beam finds less than a wide one, never more. A beam as wide as the shard
+        # explores everything a walk reaches, and the rows no walk reaches (the graph's
+        # stranded nodes) are scored by every search: the wide search is exact.
         narrow, _ = reopened.search(q, 10, exact=False, ef=10)
-        wide, _ = reopened.search(q, 10, exact=False, ef=300)
+        wide, _ = reopened.search(q, 10, exact=False, ef=1000)
         assert recall_at_k(narrow, eids) <= recall_at_k(wide, eids) + 1e-9
-        assert recall_at_k(wide, eids) >= 0.95
+        assert recall_at_k(wide, eids) == 1.0, metric
 
 
 def test_hnsw_scale_missing_from_manifest_is_a_corrupt_index(tmp_path: Path) -> None:
