@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -16,7 +17,7 @@ from tttnn.cli import main
 from tttnn.demo import sample_corpus
 from tttnn.evaluate import EvalConfig, run_eval
 from tttnn.index import Index
-from tttnn.report import make_report, plot_report, render
+from tttnn.report import bootstrap_change, make_report, plot_report, render
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +125,11 @@ def test_report_aggregates_by_bytes_and_plots(
     md = render(rep, "md")
     for r in rows:
         assert r["domain"] in md
+    # One document per domain: nothing to resample within a domain, so no intervals; the
+    # improved counts are those of the rows.
+    assert rep.weighted.change_ci is None and all(d.change_ci is None for d in rep.rows)
+    assert rep.weighted.improved == sum(r["bpb"]["3"] < r["bpb"]["0"] for r in rows)
+    assert "95% CI" in md.splitlines()[0]
     assert json.loads(render(rep, "json"))["ks"] == [0, 1, 3]
     assert render(rep, "csv").splitlines()[0].startswith("domain,docs,k=0")
     for p in plot_report(rep):
@@ -132,6 +138,31 @@ def test_report_aggregates_by_bytes_and_plots(
     res = CliRunner().invoke(main, ["report", str(run), "--format", "csv", "--no-plot"])
     assert res.exit_code == 0, res.output
     assert "weighted" in res.output
+
+
+def test_bootstrap_interval_of_the_change() -> None:
+    """The paired bootstrap on cases whose answer is known."""
+    nbytes = np.array([100.0, 300.0])
+    b0 = np.array([1.0, 2.0])
+    # Every document improves by exactly 10%: no spread, whichever documents are drawn.
+    same, same_macro = bootstrap_change([(nbytes, b0, 0.9 * b0), (nbytes, b0, 0.9 * b0)])
+    assert same == pytest.approx((-0.1, -0.1)) and same_macro == pytest.approx((-0.1, -0.1))
+    # Two documents: a replicate draws A twice, B twice (a quarter of the time each) or both,
+    # whose change lies between; so the 95% interval is exactly [change of one, of the other].
+    bk = np.array([0.5, 1.9])
+    (lo, hi), _ = bootstrap_change([(nbytes, b0, bk)])
+    assert (lo, hi) == pytest.approx((-0.5, -0.05))
+    # Resampling within strata of one document each leaves nothing to vary.
+    assert bootstrap_change([(nbytes[:1], b0[:1], bk[:1]), (nbytes[1:], b0[1:], bk[1:])]) == (
+        None,
+        None,
+    )
+    # Pairing matters: a change shared by every document is certain even when the documents'
+    # own bits per byte vary a lot (an unpaired bootstrap would spread it).
+    rng = np.random.default_rng(0)
+    b0 = rng.uniform(0.3, 3.0, 50)
+    ci, _ = bootstrap_change([(rng.uniform(1e3, 1e5, 50), b0, 0.8 * b0)])
+    assert ci == pytest.approx((-0.2, -0.2))
 
 
 def test_cli_eval_errors_are_one_line(tmp_path: Path) -> None:

@@ -5,6 +5,11 @@ byte-weighted mean (Σ nll / Σ bytes / ln 2), so a domain's figure is not moved
 documents it has. The overall average is reported two ways: weighted by each domain's test bytes
 (what one bpb over all documents would be, as the Pile paper's "weighted by size") and the plain
 mean over domains (each domain counts once).
+
+Uncertainty: a handful of test documents per domain is the usual budget for TTT-NN, so every
+change at the largest k comes with a 95% interval from a paired bootstrap over documents (the same
+resampled documents at k = 0 and at k; for the averages, resampled within each domain so the
+domain mix stays that of the test set) and the count of documents that improved.
 """
 
 from __future__ import annotations
@@ -17,7 +22,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DomainRow", "Report", "load_results", "make_report", "plot_report", "render"]
+import numpy as np
+
+__all__ = [
+    "DomainRow",
+    "Report",
+    "bootstrap_change",
+    "load_results",
+    "make_report",
+    "plot_report",
+    "render",
+]
+
+BOOTSTRAP_REPS = 4000
+CI_LEVEL = 0.95
 
 
 @dataclass
@@ -28,6 +46,8 @@ class DomainRow:
     bpb: dict[int, float]
     failed: int = 0
     in_context: float | None = None  # the in-context baseline (neighbors in the context, θ0)
+    improved: int = 0  # documents whose bits per byte at the largest k is below that at k = 0
+    change_ci: tuple[float, float] | None = None  # 95% bootstrap interval of the change there
 
     def change(self, k: int) -> float | None:
         """Relative change of bits per byte at k against k = 0 (negative is better)."""
@@ -44,6 +64,7 @@ class Report:
     weighted: DomainRow
     macro: dict[int, float]
     failed_docs: list[dict[str, Any]] = field(default_factory=list)
+    macro_change_ci: tuple[float, float] | None = None
 
     @property
     def k_max(self) -> int:
@@ -70,8 +91,55 @@ def load_results(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+Stratum = tuple[np.ndarray, np.ndarray, np.ndarray]  # bytes, bpb at k = 0, bpb at k, per doc
+
+
+def bootstrap_change(
+    strata: list[Stratum], reps: int = BOOTSTRAP_REPS, level: float = CI_LEVEL, seed: int = 0
+) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    """Percentile intervals of the relative change bpb(k) / bpb(0) - 1, byte-weighted over all
+    documents and averaged over strata (domains equal), by a paired bootstrap: each replicate
+    resamples the documents of every stratum with replacement, keeping each document's two
+    scores together. `None` where nothing varies (fewer than two documents in every stratum)."""
+    strata = [s for s in strata if len(s[0])]
+    if not strata or all(len(s[0]) < 2 for s in strata):
+        return None, None
+    rng = np.random.default_rng(seed)
+    nll0 = np.zeros(reps)
+    nllk = np.zeros(reps)
+    macro0 = np.zeros(reps)
+    macrok = np.zeros(reps)
+    for nbytes, b0, bk in strata:
+        idx = rng.integers(0, len(nbytes), (reps, len(nbytes)))
+        tot = nbytes[idx].sum(axis=1)
+        s0, sk = (nbytes * b0)[idx].sum(axis=1), (nbytes * bk)[idx].sum(axis=1)
+        nll0 += s0
+        nllk += sk
+        macro0 += s0 / tot
+        macrok += sk / tot
+    q = [(1 - level) / 2, (1 + level) / 2]
+
+    def interval(ratio: np.ndarray) -> tuple[float, float]:
+        lo, hi = np.quantile(ratio - 1.0, q)
+        return float(lo), float(hi)
+
+    return interval(nllk / nll0), interval(macrok / macro0)
+
+
+def _stratum(ok: list[dict[str, Any]], k: int) -> Stratum:
+    return (
+        np.array([float(r["bytes"]) for r in ok]),
+        np.array([float(r["bpb"]["0"]) for r in ok]),
+        np.array([float(r["bpb"][str(k)]) for r in ok]),
+    )
+
+
+def _ok(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("status") == "ok"]
+
+
 def _aggregate(domain: str, rows: list[dict[str, Any]], ks: list[int]) -> DomainRow:
-    ok = [r for r in rows if r.get("status") == "ok"]
+    ok = _ok(rows)
     total_bytes = sum(int(r["bytes"]) for r in ok)
     bpb: dict[int, float] = {}
     for k in ks:
@@ -84,9 +152,15 @@ def _aggregate(domain: str, rows: list[dict[str, Any]], ks: list[int]) -> Domain
     in_context = None
     if ok and all("bpb_in_context" in r for r in ok):
         in_context = sum(float(r["bpb_in_context"]) * int(r["bytes"]) for r in ok) / total_bytes
-    return DomainRow(
+    row = DomainRow(
         domain, len(ok), total_bytes, bpb, failed=len(rows) - len(ok), in_context=in_context
     )
+    kmax = max(ks) if ks else 0
+    if kmax in bpb and 0 in bpb:
+        nbytes, b0, bk = _stratum(ok, kmax)
+        row.improved = int((bk < b0).sum())
+        row.change_ci, _ = bootstrap_change([(nbytes, b0, bk)])
+    return row
 
 
 def make_report(run_dir: str | Path) -> Report:
@@ -102,18 +176,27 @@ def make_report(run_dir: str | Path) -> Report:
         vals = [row.bpb[k] for row in rows if k in row.bpb]
         if vals and len(vals) == len([row for row in rows if row.documents]):
             macro[k] = sum(vals) / len(vals)
+    macro_ci = None
+    if ks and 0 in weighted.bpb and max(ks) in weighted.bpb:
+        # The averages resample within each domain: the test set's domain mix is fixed.
+        strata = [_stratum(_ok(by_domain[d]), max(ks)) for d in sorted(by_domain)]
+        weighted.change_ci, macro_ci = bootstrap_change(strata)
     failed = [
         {"doc_id": r.get("doc_id"), "domain": r.get("domain"), "error": r.get("error")}
         for r in results
         if r.get("status") != "ok"
     ]
-    return Report(str(run_dir), ks, rows, weighted, macro, failed)
+    return Report(str(run_dir), ks, rows, weighted, macro, failed, macro_ci)
 
 
 def _fmt(x: float | None, pct: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return f"{x * 100:+.1f}%" if pct else f"{x:.4f}"
+
+
+def _fmt_ci(ci: tuple[float, float] | None) -> str:
+    return "–" if ci is None else f"[{ci[0] * 100:+.1f}%, {ci[1] * 100:+.1f}%]"
 
 
 def render(report: Report, fmt: str = "md") -> str:
@@ -128,12 +211,17 @@ def render(report: Report, fmt: str = "md") -> str:
                 "domains": [asdict(r) for r in report.rows],
                 "weighted": asdict(report.weighted),
                 "macro": report.macro,
+                "macro_change_ci": report.macro_change_ci,
+                "ci_level": CI_LEVEL,
                 "failed": report.failed_docs,
             },
             indent=2,
         )
     with_ic = report.weighted.in_context is not None
-    header = ["domain", "docs", *[f"k={k}" for k in ks], f"change@{kmax}"]
+    header = [
+        "domain", "docs", *[f"k={k}" for k in ks], f"change@{kmax}",
+        f"{CI_LEVEL:.0%} CI", "improved",
+    ]  # fmt: skip
     if with_ic:
         header.append("in-context")
     body: list[list[str]] = []
@@ -147,6 +235,8 @@ def render(report: Report, fmt: str = "md") -> str:
                 str(row.documents) + (f" (+{row.failed} failed)" if row.failed else ""),
                 *[_fmt(row.bpb.get(k)) for k in ks],
                 _fmt(row.change(kmax), pct=True),
+                _fmt_ci(row.change_ci),
+                f"{row.improved}/{row.documents}" if kmax in row.bpb else "–",
                 *([_fmt(row.in_context)] if with_ic else []),
             ]
         )
@@ -159,6 +249,8 @@ def render(report: Report, fmt: str = "md") -> str:
                 "",
                 *[_fmt(report.macro.get(k)) for k in ks],
                 _fmt(change, pct=True),
+                _fmt_ci(report.macro_change_ci),
+                "",
                 *([""] if with_ic else []),
             ]
         )
@@ -179,6 +271,12 @@ def render(report: Report, fmt: str = "md") -> str:
         lines.append("")
         lines.append(f"{len(report.failed_docs)} document(s) failed:")
         lines += [f"- {f['doc_id']} ({f['domain']}): {f['error']}" for f in report.failed_docs]
+    lines.append("")
+    lines.append(
+        f"{CI_LEVEL:.0%} CI: paired bootstrap over documents ({BOOTSTRAP_REPS} replicates; "
+        "the averages resample within each domain). improved: documents whose bits per byte "
+        f"at k = {kmax} is below k = 0."
+    )
     return "\n".join(lines)
 
 
@@ -223,17 +321,28 @@ def plot_report(report: Report, out_dir: str | Path | None = None) -> list[Path]
     vals = [(r.change(kmax) or 0.0) * 100 for r in rows] + [
         (report.weighted.change(kmax) or 0.0) * 100
     ]
+    cis = [r.change_ci for r in rows] + [report.weighted.change_ci]
     colors = ["tab:green" if v < 0 else "tab:red" for v in vals]
-    ax.barh(names, vals, color=colors)
-    for y, v in enumerate(vals):
-        ax.text(v, y, f" {v:+.1f}% ", va="center", ha="right" if v < 0 else "left", fontsize=8)
+    ax.barh(names, vals, color=colors, alpha=0.85)
+    for y, (v, ci) in enumerate(zip(vals, cis)):
+        if ci is not None:
+            ax.errorbar(v, y, xerr=[[v - ci[0] * 100], [ci[1] * 100 - v]], fmt="none",
+                        ecolor="black", elinewidth=1, capsize=3)  # fmt: skip
+    ends = [(ci[0] * 100, ci[1] * 100) if ci else (v, v) for v, ci in zip(vals, cis)]
+    for y, (v, (e0, e1)) in enumerate(zip(vals, ends)):
+        x = min(v, e0) if v < 0 else max(v, e1)
+        ax.text(x, y, f" {v:+.1f}% ", va="center", ha="right" if v < 0 else "left", fontsize=8)
     ax.axvline(0, color="black", lw=0.8)
-    # Room for the value labels beyond the longest bars on either side.
-    lo, hi = min(0.0, *vals), max(0.0, *vals)
+    # Room for the value labels beyond the longest bars and intervals on either side.
+    lo = min(0.0, *vals, *(e[0] for e in ends))
+    hi = max(0.0, *vals, *(e[1] for e in ends))
     pad = 0.2 * max(hi - lo, 1e-9)
     ax.set_xlim(lo - (pad if lo < 0 else 0), hi + (pad if hi > 0 else pad / 4))
     ax.invert_yaxis()
-    ax.set_xlabel(f"relative change in bits per byte at k = {kmax} vs k = 0 (%)")
+    ax.set_xlabel(
+        f"relative change in bits per byte at k = {kmax} vs k = 0 (%), "
+        f"{CI_LEVEL:.0%} bootstrap interval"
+    )
     ax.set_title("Per-domain change from test-time training")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
