@@ -14,6 +14,7 @@ lint:
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --features python -- -D warnings
 	ruff check python tests benches
+	$(PY) -m mypy python/tttnn
 	ruff format --check python tests benches
 
 stubtest:

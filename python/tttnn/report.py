@@ -157,9 +157,9 @@ def _aggregate(domain: str, rows: list[dict[str, Any]], ks: list[int]) -> Domain
     )
     kmax = max(ks) if ks else 0
     if kmax in bpb and 0 in bpb:
-        nbytes, b0, bk = _stratum(ok, kmax)
+        sizes, b0, bk = _stratum(ok, kmax)
         row.improved = int((bk < b0).sum())
-        row.change_ci, _ = bootstrap_change([(nbytes, b0, bk)])
+        row.change_ci, _ = bootstrap_change([(sizes, b0, bk)])
     return row
 
 
