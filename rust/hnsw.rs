@@ -441,8 +441,37 @@ impl HnswIndex {
                     cands.clear();
                     cands.extend(m.keys.iter().map(|&key| key as i64));
                     // No walk returns a stranded key, so they cannot repeat a candidate.
-                    cands.extend(self.stranded.iter().map(|&key| key as i64));
+                    if self.metric != Metric::InnerProduct || self.stranded.is_empty() {
+                        cands.extend(self.stranded.iter().map(|&key| key as i64));
+                        rerank_one(&vectors, 0, q, cands, self.metric, ids, scores);
+                        return Ok(());
+                    }
+                    // Inner product strands rows of small norm by the thousand (HNSW's
+                    // neighbour heuristic under a non-metric). q·x ≤ |q|·|x| bounds what each
+                    // can score, so only those that could beat the k-th best are scored.
                     rerank_one(&vectors, 0, q, cands, self.metric, ids, scores);
+                    let qn = q.iter().map(|v| v * v).sum::<f32>().sqrt();
+                    let bar = if ids[k - 1] >= 0 {
+                        scores[k - 1]
+                    } else {
+                        f32::NEG_INFINITY
+                    };
+                    cands.clear();
+                    cands.extend(ids.iter().copied().filter(|&i| i >= 0));
+                    let found = cands.len();
+                    cands.extend(
+                        self.stranded
+                            .iter()
+                            .filter(|&&s| {
+                                // The norms are those of the stored rows (dequantised), so
+                                // the bound holds up to float rounding; 1e-4 covers that.
+                                (1.0 + 1e-4) * qn * vectors.norms[s as usize] + 1e-6 >= bar
+                            })
+                            .map(|&s| s as i64),
+                    );
+                    if cands.len() > found {
+                        rerank_one(&vectors, 0, q, cands, self.metric, ids, scores);
+                    }
                     Ok(())
                 },
             )?;
@@ -681,6 +710,50 @@ mod tests {
             ),
             Err(Error::Io { .. })
         ));
+    }
+
+    /// Under inner product with rows of different norms, HNSW's neighbour heuristic strands
+    /// many small rows. Searches stay exact where the walk is exhaustive: the stranded rows that
+    /// can still make the top k (by the Cauchy–Schwarz bound) are scored, the rest skipped.
+    #[test]
+    fn inner_product_stranded_rows_keep_search_exact() {
+        let (n, dim, nq, k) = (5000, 64, 100, 10);
+        let mut x = clustered_unit_vectors(n + nq, dim, 50, 0.7, 11);
+        for (i, r) in x.chunks_mut(dim).enumerate() {
+            let f = 0.5
+                + 2.5 * ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f32
+                    / (1u64 << 24) as f32;
+            r.iter_mut().for_each(|v| *v *= f);
+        }
+        let (x, q) = x.split_at(n * dim);
+        let norms = row_norms(x, dim);
+        let v = f32_block(x, &norms, dim);
+        let idx = HnswIndex::build(v, Metric::InnerProduct, &HnswParams::default(), 2).unwrap();
+        assert!(!idx.stranded().is_empty(), "the case this test is about");
+        assert_eq!(idx.unreachable(), idx.stranded());
+        let exact = exact_search(&[(0, v)], q, k, Metric::InnerProduct).unwrap();
+        let all = idx.search(v, q, k, Some(n)).unwrap();
+        assert_eq!(all.ids, exact.ids);
+        // The default beam: stranded rows may be among the results, with exact scores.
+        let approx = idx.search(v, q, k, None).unwrap();
+        assert!(recall_at_k(&approx, &exact) > 0.95);
+        // A deep top k reaches into the stranded rows: the bound must let in exactly those
+        // that belong, at any depth, and for queries against the data (negative products).
+        let neg: Vec<f32> = q.iter().map(|v| -v).collect();
+        for (qs, deep) in [(q, 1000), (&neg[..], 1000), (q, n)] {
+            let exact = exact_search(&[(0, v)], qs, deep, Metric::InnerProduct).unwrap();
+            let st: std::collections::HashSet<i64> =
+                idx.stranded().iter().map(|&s| s as i64).collect();
+            assert!(exact.ids.iter().any(|i| st.contains(i)));
+            // Rank by rank the same scores (ids may swap where two scores differ by rounding).
+            let got = idx.search(v, qs, deep, Some(n)).unwrap();
+            for (a, b) in got.scores.iter().zip(&exact.scores) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "{deep}: {a} vs {b}"
+                );
+            }
+        }
     }
 
     #[test]
