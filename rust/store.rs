@@ -953,6 +953,15 @@ impl EmbeddingStore {
         self.shards.iter().map(|s| s.entry.count).collect()
     }
 
+    /// Ids of the rows no walk of their shard's HNSW graph reaches; every HNSW search scores
+    /// them exactly (for inner product, those that can still make the top k).
+    pub fn hnsw_stranded(&self) -> Vec<u64> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.entry.hnsw_stranded.iter().map(|&k| s.entry.start + k))
+            .collect()
+    }
+
     pub fn has_text(&self) -> bool {
         self.manifest.has_text
     }

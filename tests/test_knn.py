@@ -236,6 +236,28 @@ def test_hnsw_small_store_every_metric(tmp_path: Path, dtype: str) -> None:
         assert recall_at_k(wide, eids) == 1.0, metric
 
 
+def test_hnsw_stranded_rows_are_kept_and_scored(tmp_path: Path) -> None:
+    """Inner product over rows of different norms: the graph strands many small rows. They are
+    listed in the manifest (they survive a reopen), and a deep search with a beam as wide as the
+    store gives the exact scores rank by rank, so every stranded row that belongs is found."""
+    n, dim = 5000, 64
+    x = clustered_unit_vectors(n, dim, 50, 0.7, seed=11)
+    x *= np.random.default_rng(3).uniform(0.5, 3.0, (n, 1)).astype(np.float32)
+    q = clustered_unit_vectors(20, dim, 50, 0.7, seed=11)
+    path = str(tmp_path / "ip")
+    store = tttnn.EmbeddingStore.create(path, dim, metric="ip", shard_size=n, hnsw=True)
+    store.append(x)
+    stranded = store.hnsw_stranded()
+    assert stranded and all(0 <= i < n for i in stranded)
+    reopened = tttnn.EmbeddingStore.open(path)
+    assert reopened.hnsw_stranded() == stranded
+    for queries in (q, -q):
+        eids, escores = reopened.search(queries, 1000)
+        assert np.isin(eids, stranded).any()
+        _, scores = reopened.search(queries, 1000, exact=False, ef=n)
+        np.testing.assert_allclose(scores, escores, rtol=1e-5, atol=1e-5)
+
+
 def test_hnsw_scale_missing_from_manifest_is_a_corrupt_index(tmp_path: Path) -> None:
     import json
 

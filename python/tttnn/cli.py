@@ -182,6 +182,11 @@ def _format_info(info: dict[str, Any]) -> str:
         + ")",
         f"encoder     {info['encoder']} ({info['dim']}-d, {info['dtype']}, {info['metric']}"
         + (", HNSW" if info["hnsw"] else "")
+        + (
+            f" with {info['hnsw_stranded']} rows outside the graph, scored exactly"
+            if info.get("hnsw_stranded")
+            else ""
+        )
         + ")",
         f"tokenizer   {info['tokenizer']}",
         f"size        {_size(info['size_bytes'])}",

@@ -548,6 +548,7 @@ class Index:
             "dtype": self.store.dtype,
             "metric": self.store.metric,
             "hnsw": bool(self.store.has_hnsw),
+            "hnsw_stranded": len(self.store.hnsw_stranded()),
             "chunk_tokens": m.get("chunk_tokens"),
             "size_bytes": _dir_size(self.path),
             "corpus": m.get("corpus", []),

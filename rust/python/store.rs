@@ -541,6 +541,11 @@ impl EmbeddingStore {
         Ok(self.read()?.shard_counts())
     }
 
+    /// Ids of the rows no HNSW walk reaches; HNSW searches score them exactly.
+    fn hnsw_stranded(&self) -> PyResult<Vec<u64>> {
+        Ok(self.read()?.hnsw_stranded())
+    }
+
     fn __len__(&self) -> PyResult<usize> {
         Ok(self.read()?.len() as usize)
     }
