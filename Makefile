@@ -36,6 +36,7 @@ fmt:
 bench:              ## criterion benches + Python peers (takes a while)
 	cargo bench
 	$(PY) benches/bench_knn.py --quick
+	$(PY) benches/bench_hnsw_metrics.py
 	$(PY) benches/bench_pack.py
 
 demo:
