@@ -72,8 +72,8 @@ pub struct HnswIndex {
     /// `Some(s)`: i8 codes of the rows (normalised for cosine) times `s`. `None`: a float graph
     /// from an earlier version, searched with the raw query.
     scale: Option<f32>,
-    /// Sorted keys no graph walk reaches (see [`HnswIndex::build`]); added to every search's
-    /// candidates.
+    /// Sorted keys no graph walk reaches (see [`HnswIndex::build`]); every search scores them
+    /// (for inner product, those whose `|q|·|x|` can beat the k-th best).
     stranded: Vec<u64>,
 }
 
