@@ -112,6 +112,21 @@ fn divide_by_norm(x: &mut [f32], norm: f32) {
     x.iter_mut().for_each(|v| *v *= f);
 }
 
+/// Add row `i` of `v` to the graph under key `i`, as i8 codes at `scale` (`buf`, `code`: scratch).
+fn add_row(
+    index: &Index,
+    v: &VectorsRef<'_>,
+    metric: Metric,
+    scale: f32,
+    i: usize,
+    buf: &mut [f32],
+    code: &mut [i8],
+) -> Result<()> {
+    prepared_row(v, metric, i, buf);
+    encode(buf, scale, code);
+    index.add(i as u64, code).map_err(|e| index_err("add", e))
+}
+
 /// i8 codes of `x` at `scale` (clamped to ±127, so a query outside the block's range still maps).
 fn encode(x: &[f32], scale: f32, out: &mut [i8]) {
     for (o, &v) in out.iter_mut().zip(x) {
@@ -218,13 +233,7 @@ impl HnswIndex {
         pool.install(|| {
             (0..n).into_par_iter().with_min_len(64).try_for_each_init(
                 || (vec![0f32; d], vec![0i8; d]),
-                |(buf, code), i| {
-                    prepared_row(&vectors, metric, i, buf);
-                    encode(buf, scale, code);
-                    index
-                        .add(i as u64, &code[..])
-                        .map_err(|e| index_err("add", e))
-                },
+                |(buf, code), i| add_row(&index, &vectors, metric, scale, i, buf, code),
             )
         })?;
         // Some nodes end up with no link leading to them, so no search can return them:
@@ -235,15 +244,19 @@ impl HnswIndex {
         // unreachable is kept in `stranded` and scored exactly by every search.
         let lost = unreachable_keys(&index, n);
         if !lost.is_empty() {
-            let mut buf = (vec![0f32; d], vec![0i8; d]);
+            let (mut buf, mut code) = (vec![0f32; d], vec![0i8; d]);
             for &key in &lost {
                 // `remove` frees the slot and `add` reuses it, forming fresh links both ways.
                 index.remove(key).map_err(|e| index_err("remove", e))?;
-                prepared_row(&vectors, metric, key as usize, &mut buf.0);
-                encode(&buf.0, scale, &mut buf.1);
-                index
-                    .add(key, &buf.1[..])
-                    .map_err(|e| index_err("add", e))?;
+                add_row(
+                    &index,
+                    &vectors,
+                    metric,
+                    scale,
+                    key as usize,
+                    &mut buf,
+                    &mut code,
+                )?;
             }
         }
         let stranded = if lost.is_empty() {
