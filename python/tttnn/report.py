@@ -138,7 +138,11 @@ def _ok(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if r.get("status") == "ok"]
 
 
-def _aggregate(domain: str, rows: list[dict[str, Any]], ks: list[int]) -> DomainRow:
+def _aggregate(
+    domain: str, rows: list[dict[str, Any]], ks: list[int], interval: bool = True
+) -> DomainRow:
+    """Byte-weighted figures of `rows`; `interval=False` leaves `change_ci` to the caller (the
+    overall row, whose interval resamples within domains)."""
     ok = _ok(rows)
     total_bytes = sum(int(r["bytes"]) for r in ok)
     bpb: dict[int, float] = {}
@@ -159,7 +163,8 @@ def _aggregate(domain: str, rows: list[dict[str, Any]], ks: list[int]) -> Domain
     if kmax in bpb and 0 in bpb:
         sizes, b0, bk = _stratum(ok, kmax)
         row.improved = int((bk < b0).sum())
-        row.change_ci, _ = bootstrap_change([(sizes, b0, bk)])
+        if interval:
+            row.change_ci, _ = bootstrap_change([(sizes, b0, bk)])
     return row
 
 
@@ -170,7 +175,7 @@ def make_report(run_dir: str | Path) -> Report:
     for r in results:
         by_domain.setdefault(r["domain"], []).append(r)
     rows = [_aggregate(d, by_domain[d], ks) for d in sorted(by_domain)]
-    weighted = _aggregate("weighted", results, ks)
+    weighted = _aggregate("weighted", results, ks, interval=False)
     macro: dict[int, float] = {}
     for k in ks:
         vals = [row.bpb[k] for row in rows if k in row.bpb]
