@@ -270,6 +270,12 @@ def test_hnsw_scale_missing_from_manifest_is_a_corrupt_index(tmp_path: Path) -> 
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(tttnn.CorruptIndexError, match="i8 codes"):
         tttnn.EmbeddingStore.open(str(path))
+    # A stranded-row id outside the shard is a corrupt index too, not a crash at search time.
+    manifest["shards"][0]["hnsw_scale"] = 1.0
+    manifest["shards"][0]["hnsw_stranded"] = [500]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(tttnn.CorruptIndexError, match="stranded key 500"):
+        tttnn.EmbeddingStore.open(str(path))
 
 
 @pytest.mark.slow
