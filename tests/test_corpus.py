@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from tttnn.corpus import ERROR_KINDS, Corpus, CorpusError, CorpusStats, Document, read_corpus
+import tttnn
+from tttnn.corpus import (
+    ERROR_KINDS,
+    Corpus,
+    CorpusError,
+    CorpusStats,
+    Document,
+    EmptyCorpusError,
+    read_corpus,
+)
 
 SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 TRAIN = SHARED_CORPUS / "train.jsonl.zst"
@@ -249,3 +258,84 @@ def test_same_file_name_in_two_folders_gets_distinct_ids(tmp_path: Path) -> None
         (tmp_path / sub / "part.jsonl").write_text('{"text": "same"}\n')
     docs = list(Corpus([tmp_path / "a" / "part.jsonl", tmp_path / "b" / "part.jsonl"]))
     assert len({d.doc_id for d in docs}) == 2
+
+
+# -- damaged compressed files: an error naming the file, whatever on_error says -------------------
+
+SAMPLE_TRAIN = Path(tttnn.__file__).parent / "data" / "sample" / "train.jsonl.zst"
+
+
+def _small_zst(n: int = 300, *, checksum: bool = True) -> bytes:
+    lines = "".join(json.dumps({"text": f"document number {i} " * 5}) + "\n" for i in range(n))
+    return zstandard.ZstdCompressor(level=3, write_checksum=checksum).compress(lines.encode())
+
+
+@pytest.mark.parametrize("on_error", ["skip", "fail"])
+@pytest.mark.parametrize("cut", [1, 4, 50, "half"])
+def test_truncated_zst_is_an_error_naming_the_file(tmp_path: Path, on_error: str, cut) -> None:
+    data = _small_zst()
+    assert len(list(Corpus(_write(tmp_path / "whole.jsonl.zst", data)))) == 300
+    keep = len(data) // 2 if cut == "half" else len(data) - cut
+    path = _write(tmp_path / "cut.jsonl.zst", data[:keep])
+    with pytest.raises(CorpusError, match=r"^cut\.jsonl\.zst:\d+: cannot decompress .*truncated"):
+        list(Corpus(path, on_error=on_error))
+
+
+def test_truncated_packaged_sample_is_an_error(tmp_path: Path) -> None:
+    whole = list(Corpus(SAMPLE_TRAIN))
+    assert len(whole) == 600
+    path = _write(tmp_path / "train.jsonl.zst", SAMPLE_TRAIN.read_bytes()[:-100])
+    seen: list[Document] = []
+    with pytest.raises(CorpusError, match=r"train\.jsonl\.zst:\d+: .*ends inside zstd frame 1"):
+        seen.extend(Corpus(path, on_error="fail"))
+    # what came before the damage is intact (and is all the caller got before the error)
+    assert 0 < len(seen) < 600 and seen == whole[: len(seen)]
+
+
+def test_zst_checksum_is_verified(tmp_path: Path) -> None:
+    data = _small_zst()
+    assert zstandard.get_frame_parameters(data).has_checksum
+    # the last 4 bytes of the frame are the content checksum: change one bit of it
+    bad = data[:-1] + bytes([data[-1] ^ 1])
+    path = _write(tmp_path / "sum.jsonl.zst", bad)
+    with pytest.raises(CorpusError, match=r"^sum\.jsonl\.zst:\d+: .*checksum"):
+        list(Corpus(path))
+
+
+def test_zst_corrupt_block_is_an_error(tmp_path: Path) -> None:
+    data = bytearray(_small_zst(checksum=False))
+    data[len(data) // 2 :] = bytes(len(data) - len(data) // 2)  # zero the second half
+    path = _write(tmp_path / "zeroed.jsonl.zst", bytes(data))
+    with pytest.raises(CorpusError, match=r"^zeroed\.jsonl\.zst:\d+: cannot decompress"):
+        list(Corpus(path))
+
+
+def test_zst_frames_are_read_across_and_checked_each(tmp_path: Path) -> None:
+    one = zstandard.ZstdCompressor(write_checksum=True).compress(b'{"text": "first"}\n')
+    two = zstandard.ZstdCompressor(write_checksum=True).compress(b'{"text": "second"}\n' * 5000)
+    path = _write(tmp_path / "frames.jsonl.zst", one + two + one)
+    assert [d.text for d in Corpus(path)] == ["first"] + ["second"] * 5000 + ["first"]
+    with pytest.raises(CorpusError, match=r"ends inside zstd frame 2"):
+        list(Corpus(_write(tmp_path / "f2.jsonl.zst", one + two[:-10])))
+    with pytest.raises(CorpusError, match=r"^tail\.jsonl\.zst:2: cannot decompress"):
+        list(Corpus(_write(tmp_path / "tail.jsonl.zst", one + b"not zstd at all")))
+    with pytest.raises(CorpusError, match=r"^empty\.jsonl\.zst:1: .*no zstd frame"):
+        list(Corpus(_write(tmp_path / "empty.jsonl.zst", b"")))
+
+
+def test_empty_corpus_is_detectable(tmp_path: Path) -> None:
+    path = _write(tmp_path / "blank.jsonl", b'\n{"text": "  "}\n{"nope": 1}\n')
+    corpus = Corpus(path)
+    assert list(corpus) == [] and corpus.stats.empty and corpus.stats.skipped == 2
+    with pytest.raises(EmptyCorpusError, match=r"no documents in .*blank\.jsonl: 0 documents"):
+        list(Corpus(path, require_documents=True))
+    with pytest.raises(EmptyCorpusError, match="2 skipped"):
+        list(read_corpus(path, require_documents=True))
+    good = _write(tmp_path / "good.jsonl", b'{"text": "x"}\n')
+    corpus = Corpus([path, good], require_documents=True)
+    assert len(list(corpus)) == 1 and not corpus.stats.empty
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path

@@ -8,6 +8,16 @@ exact line.
 
 Bad input (`ERROR_KINDS`) is counted in a `CorpusStats`; `on_error="skip"` (default) logs the
 first few of each kind and goes on, `on_error="fail"` raises `CorpusError` at the first one.
+
+A corrupt or truncated compressed file is not a bad line: the documents after the damage are
+unknown, so it raises `CorpusError` naming the file whatever `on_error` says. Frames are decoded
+one at a time and a stream that ends inside a frame is an error (zstandard's `stream_reader`
+returns end-of-file there and silently loses the tail); the frame's content checksum, when the
+compressor wrote one (the `zstd` tool does by default), is verified by libzstd. The documents
+before the damage have already been yielded when the error comes: a build must treat it as fatal.
+
+A corpus that yields no document at all is visible as `CorpusStats.empty`; with
+`require_documents=True` the iteration ends with `EmptyCorpusError` instead.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ __all__ = [
     "CorpusError",
     "CorpusStats",
     "Document",
+    "EmptyCorpusError",
     "read_corpus",
 ]
 
@@ -42,11 +53,21 @@ ERROR_KINDS = ("malformed_json", "missing_text", "empty_text", "invalid_utf8", "
 _MAX_EXAMPLES = 5  # examples kept per error kind
 _LOG_FIRST = 3  # bad documents logged per kind (the rest are only counted)
 _JSONL_SUFFIXES = (".jsonl.zst", ".jsonl.zstd", ".jsonl")
+# Compressed bytes fed to the decoder per call. One call returns all its output at once, and zstd
+# reaches a ratio of about 32,700 (measured: 256 MiB of zeros -> 8,211 bytes), so 1 KiB bounds a
+# call's output to about 32 MiB. Not slower than zstandard's stream_reader: 44 MB of the benchmark
+# corpus decode in 0.048 s either way (0.043 s with stream_reader).
+_ZSTD_INPUT_CHUNK = 1024
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 class CorpusError(ValueError):
-    """Bad corpus input: an unreadable or unknown file, or (with `on_error="fail"`) a bad document."""
+    """Bad corpus input: an unreadable, unknown, corrupt or truncated file, or (with
+    `on_error="fail"`) a bad document."""
+
+
+class EmptyCorpusError(CorpusError):
+    """The corpus yielded no document at all (raised when `require_documents=True`)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +99,11 @@ class CorpusStats:
     @property
     def skipped(self) -> int:
         return sum(self.errors.values())
+
+    @property
+    def empty(self) -> bool:
+        """No document was yielded (meaningful once the corpus has been read to the end)."""
+        return self.documents == 0
 
     def add_error(self, kind: str, where: str, message: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -137,6 +163,8 @@ class Corpus:
 
     Iterating re-reads the inputs from the start (and resets `stats`). `bytes_read` / `total_bytes`
     track progress through the files on disk (compressed bytes for `.zst`), for a progress bar.
+    With `require_documents=True`, an iteration that yields no document ends with
+    `EmptyCorpusError` (its message names the inputs and what was skipped).
     """
 
     def __init__(
@@ -145,6 +173,7 @@ class Corpus:
         *,
         on_error: str = "skip",
         max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
+        require_documents: bool = False,
     ) -> None:
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
@@ -157,6 +186,7 @@ class Corpus:
             raise ValueError(f"max_doc_bytes must be positive, not {max_doc_bytes}")
         self.on_error = on_error
         self.max_doc_bytes = max_doc_bytes
+        self.require_documents = require_documents
         for p in self.paths:
             if not p.exists():
                 raise FileNotFoundError(f"corpus path not found: {p}")
@@ -186,6 +216,10 @@ class Corpus:
                 yield from self._read_txt(path, label, kind == "txt_dir")
             self._bytes_done += _size_on_disk(path)
             self.bytes_read = self._bytes_done
+        if self.require_documents and self.stats.empty:
+            raise EmptyCorpusError(
+                f"no documents in {', '.join(map(str, self.paths))}: {self.stats.summary()}"
+            )
 
     # -- bad input ----------------------------------------------------------------------------
     def _bad(self, kind: str, where: str, message: str) -> None:
@@ -230,22 +264,18 @@ class Corpus:
         # bounded, the text itself is checked against max_doc_bytes after parsing.
         line_cap = 6 * self.max_doc_bytes + 4096
         with open(path, "rb") as raw:
-            stream: BinaryIO
-            if compressed:
-                import zstandard
-
-                reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-                stream = io.BufferedReader(reader, buffer_size=1 << 20)  # type: ignore[arg-type]
-            else:
-                stream = raw
+            stream: BinaryIO = (
+                io.BufferedReader(_ZstdFrames(raw), buffer_size=1 << 20) if compressed else raw
+            )
             with stream:
                 lineno = 0
                 while True:
                     try:
                         line = stream.readline(line_cap + 1)
-                    except Exception as e:  # zstandard.ZstdError: corrupt or truncated stream
+                    except Exception as e:  # zstandard.ZstdError, _TruncatedZstd
                         raise CorpusError(
-                            f"{path.name}:{lineno + 1}: cannot decompress ({e})"
+                            f"{path.name}:{lineno + 1}: cannot decompress ({e}); the file is "
+                            "corrupt or truncated"
                         ) from None
                     if not line:
                         break
@@ -372,6 +402,57 @@ class Corpus:
             yield Document(where, text, domain, str(f))
 
 
+class _TruncatedZstd(Exception):
+    pass
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a zstd file, frame after frame; raises when the input ends
+    inside a frame or holds anything but zstd frames (libzstd checks content checksums)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        import zstandard
+
+        self._raw = raw
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frame = self._dctx.decompressobj()
+        self._in_frame = False  # bytes of the current frame were fed, its end not seen yet
+        self._frames = 0
+        self._fed = 0  # compressed bytes fed so far
+        self._pending = b""  # compressed bytes read but not fed (the start of the next frame)
+        self._out = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._out:
+            chunk = self._pending or self._raw.read(_ZSTD_INPUT_CHUNK)
+            self._pending = b""
+            if not chunk:
+                if self._in_frame:
+                    raise _TruncatedZstd(
+                        f"the input ends inside zstd frame {self._frames + 1}, after "
+                        f"{self._fed} compressed bytes"
+                    )
+                if self._frames == 0:
+                    raise _TruncatedZstd("the file holds no zstd frame")
+                return 0
+            self._in_frame = True
+            self._fed += len(chunk)
+            self._out = memoryview(self._frame.decompress(chunk))
+            if self._frame.eof:
+                self._frames += 1
+                self._in_frame = False
+                self._pending = self._frame.unused_data
+                self._fed -= len(self._pending)
+                self._frame = self._dctx.decompressobj()
+        n = min(len(b), len(self._out))
+        b[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+
 def _size_on_disk(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*.txt") if p.is_file())
@@ -384,10 +465,16 @@ def read_corpus(
     on_error: str = "skip",
     max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
     stats: CorpusStats | None = None,
+    require_documents: bool = False,
 ) -> Iterator[Document]:
     """Stream the documents of `paths` (files or folders, in order). When `stats` is given it is
     filled in when the iterator is exhausted or closed."""
-    corpus = Corpus(paths, on_error=on_error, max_doc_bytes=max_doc_bytes)
+    corpus = Corpus(
+        paths,
+        on_error=on_error,
+        max_doc_bytes=max_doc_bytes,
+        require_documents=require_documents,
+    )
     try:
         yield from corpus
     finally:
