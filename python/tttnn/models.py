@@ -332,6 +332,8 @@ def verify_model_folder(folder: Union[str, os.PathLike[str]]) -> dict[str, Any]:
         files = record["files"]
         if not isinstance(files, dict) or not files:
             raise ValueError("no files listed")
+        if not all(isinstance(want, dict) for want in files.values()):
+            raise ValueError("a file entry is not an object")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ModelLoadError(f"{record_path}: unreadable model record ({err})") from err
     for rel, want in files.items():
