@@ -8,10 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from torch.optim.optimizer import register_optimizer_step_post_hook
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from helpers import byte_tokenizer, pack, tiny_llama
 from tttnn.metrics import bits_per_byte
 from tttnn.ttt import TestTimeTrainer, TTTConfig, TTTError
 
@@ -24,49 +23,6 @@ NEIGHBORS = [
     "Pack my box with five dozen liquor jugs, said the sphinx of black quartz. " * 2,
     "Daft zebras jump quickly over lazy dogs while brown foxes watch. " * 2,
 ]
-
-
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per UTF-8 byte (GPT-2's byte alphabet, no merges) plus an EOS token."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {c: i for i, c in enumerate(alphabet)}
-    vocab["<eos>"] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=260,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
-def pack(tok: PreTrainedTokenizerFast, texts: list[str], width: int):
-    """Non-overlapping windows of each text in order, as tttnn.pack_windows lays them out."""
-    rows, lengths, doc_index = [], [], []
-    for d, text in enumerate(texts):
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        for s in range(0, len(ids), width):
-            chunk = ids[s : s + width]
-            rows.append(chunk + [0] * (width - len(chunk)))
-            lengths.append(len(chunk))
-            doc_index.append(d)
-    return (
-        np.array(rows, dtype=np.int64).reshape(-1, width),
-        np.array(lengths, dtype=np.int64),
-        np.array(doc_index, dtype=np.int64),
-    )
 
 
 def cfg(**kw) -> TTTConfig:
@@ -127,29 +83,47 @@ def test_fresh_optimizer_second_document_independent_of_first():
     assert b_after_a.losses == b_alone.losses
 
 
+def plain_train(model, opt, wins, lengths, didx, lo: int, hi: int, clip: float) -> None:
+    """The paper's loop written plainly: one AdamW step per window of neighbors lo..hi-1, HF's
+    own loss."""
+    model.train()
+    for i in np.flatnonzero((didx >= lo) & (didx < hi)):
+        ids = torch.from_numpy(wins[i, : lengths[i]]).unsqueeze(0)
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+
+
+def adamw(model, weight_decay: float = 0.01):
+    return torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.999), eps=1e-8,
+                             weight_decay=weight_decay)  # fmt: skip
+
+
 def test_carrying_optimizer_state_would_change_the_result():
-    """The independence above is not vacuous: AdamW moments left from other data matter."""
+    """The independence above is not vacuous: a plain loop that keeps AdamW's moments from
+    document A (weights reset, optimizer not) scores document B differently."""
     tok = byte_tokenizer()
-    trainer = TestTimeTrainer(tiny_llama(), tok, cfg())
-    wins, lengths, _ = pack(tok, NEIGHBORS, 32)
-
-    def row(i: int) -> torch.Tensor:
-        return torch.from_numpy(wins[i, : lengths[i]]).unsqueeze(0)
-
-    def two_steps_then_score(opt: torch.optim.Optimizer) -> float:
-        for i in range(2):
-            trainer._train_step(opt, row(i))
-        nll = trainer.score(TEXT)[0]
-        trainer.reset()
-        return nll
-
-    fresh = two_steps_then_score(trainer._new_optimizer())
-    stale = trainer._new_optimizer()
-    for i in range(2, 5):
-        trainer._train_step(stale, row(i))
-    trainer.reset()  # weights back to θ0, moments kept
-    assert two_steps_then_score(stale) != pytest.approx(fresh, rel=1e-6)
-    assert two_steps_then_score(trainer._new_optimizer()) == fresh
+    doc_b = "Sphinx of black quartz, judge my vow. " * 3
+    wins_a, wins_b = pack(tok, NEIGHBORS, 48), pack(tok, NEIGHBORS[::-1], 40)
+    model = tiny_llama()
+    theta0 = params_of(model)
+    opt = adamw(model)
+    plain_train(model, opt, *wins_a, 0, 3, clip=1.0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(theta0[n])
+    plain_train(model, opt, *wins_b, 0, 3, clip=1.0)
+    leaky = bits_per_byte(model, tok, doc_b, 64).bpb
+    trainer = TestTimeTrainer(tiny_llama(), tok, cfg(eval_at=(0, 3)))
+    trainer.run(TEXT, *wins_a)
+    assert trainer.run(doc_b, *wins_b).bpb[3] != pytest.approx(leaky, rel=1e-6)
+    # the same plain loop with a fresh optimizer for B is what the trainer computes
+    fresh = tiny_llama()
+    plain_train(fresh, adamw(fresh), *wins_b, 0, 3, clip=1.0)
+    expected = bits_per_byte(fresh, tok, doc_b, 64).bpb
+    assert trainer.run(doc_b, *wins_b).bpb[3] == pytest.approx(expected, rel=1e-5)
 
 
 def test_one_step_per_window_and_eval_at_cut_at_neighbors():
@@ -177,69 +151,17 @@ def test_matches_an_independent_plain_loop():
     out = TestTimeTrainer(tiny_llama(), tok, config).run(TEXT, wins, lengths, didx)
 
     model = tiny_llama()
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05
-    )
+    opt = adamw(model, weight_decay=0.05)
     expected = {0: bits_per_byte(model, tok, TEXT, 64).bpb}
     done = 0
     for k in (1, 3):
-        model.train()
-        for i in np.flatnonzero((didx >= done) & (didx < k)):
-            ids = torch.from_numpy(wins[i, : lengths[i]]).unsqueeze(0)
-            loss = model(input_ids=ids, labels=ids).loss
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
-            opt.step()
+        plain_train(model, opt, wins, lengths, didx, done, k, clip=0.5)
         expected[k] = bits_per_byte(model, tok, TEXT, 64).bpb
         done = k
     assert out.bpb.keys() == expected.keys()
     for k in expected:
         assert out.bpb[k] == pytest.approx(expected[k], rel=1e-5), k
-
-
-@pytest.mark.parametrize("weight_decay", [0.01, 0.0])
-def test_fused_restore_is_bit_identical_to_copy_then_step(weight_decay: float):
-    """After a reset the parameters point at θ0 and the first step writes θ0 · (1 − lr·wd) into
-    the training buffers: the weights after each step equal, bit for bit, a model trained from a
-    plain copy of θ0 with torch's own fused AdamW, also on a second document after a reset."""
-    tok = byte_tokenizer()
-    wins, lengths, _ = pack(tok, NEIGHBORS, 32)
-    config = cfg(weight_decay=weight_decay)
-    trainer = TestTimeTrainer(tiny_llama(), tok, config)
-    reference = tiny_llama()
-    theta0 = params_of(reference)
-
-    def ref_step(opt: torch.optim.Optimizer, ids: torch.Tensor) -> None:
-        logits = reference(input_ids=ids).logits
-        loss = torch.nn.functional.cross_entropy(logits[0, :-1].float(), ids[0, 1:])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(reference.parameters()), config.grad_clip)
-        opt.step()
-
-    for doc in range(2):
-        with torch.no_grad():  # the reference restores θ0 by copying
-            for n, p in reference.named_parameters():
-                p.copy_(theta0[n])
-        ref_opt = torch.optim.AdamW(
-            reference.parameters(), lr=config.lr, betas=config.betas, eps=config.eps,
-            weight_decay=weight_decay, fused=True,
-        )  # fmt: skip
-        opt = trainer._new_optimizer()
-        trainer.model.train()
-        reference.train()
-        for i in range(3):
-            ids = torch.from_numpy(wins[doc + i, : lengths[doc + i]]).unsqueeze(0)
-            trainer._train_step(opt, ids)
-            ref_step(ref_opt, ids)
-            assert opt.param_groups[0]["weight_decay"] == weight_decay  # restored
-            got = dict(trainer.model.named_parameters())
-            for n, p in reference.named_parameters():
-                assert torch.equal(got[n], p), (doc, i, n)
-        trainer.reset()
-        for n, p in trainer.model.named_parameters():
-            assert torch.equal(p, theta0[n]), n
+    assert out.tokens_trained == int(lengths.sum())
 
 
 def test_lora_reset_leaves_base_untouched_and_outputs_equal_original():
@@ -277,7 +199,7 @@ def test_empty_windows_score_only_k0():
     with StepCounter() as steps:
         out = trainer.run(TEXT, empty, np.zeros(0, np.int64), np.zeros(0, np.int64))
     assert list(out.bpb) == [0] and steps.n == 0 and out.windows_trained == 0
-    assert out.train_s == 0.0
+    assert out.seconds.get("train", 0.0) == 0.0 and out.seconds["reset"] >= 0
 
 
 def test_short_windows_are_skipped_not_stepped():
@@ -347,20 +269,25 @@ def test_nan_training_raises_ttterror_and_still_resets():
     )
 
 
-def test_weights_changed_in_place_between_documents_become_theta0():
-    """Between documents the parameters are θ0 itself: loading other weights into the model
-    (in place) changes what every later document starts from, and is never silently undone."""
+def test_weights_loaded_between_documents_are_reset_unless_snapshotted():
+    """θ0 is the snapshot: weights loaded into the model between documents are trained from by
+    the next document and then replaced by θ0, unless `snapshot()` makes them the new θ0."""
     tok = byte_tokenizer()
     model = tiny_llama()
+    theta0 = params_of(model)
     trainer = TestTimeTrainer(model, tok, cfg())
     wins = pack(tok, NEIGHBORS, 48)
-    trainer.run(TEXT, *wins)
     other = tiny_llama(seed=1)
+    expected = TestTimeTrainer(tiny_llama(seed=1), tok, cfg()).run(TEXT, *wins).bpb
     model.load_state_dict(other.state_dict())
-    out = trainer.run(TEXT, *wins)
+    assert trainer.run(TEXT, *wins).bpb == expected
+    for name, p in model.named_parameters():
+        assert torch.equal(p, theta0[name]), name
+    model.load_state_dict(other.state_dict())
+    trainer.snapshot()
+    assert trainer.run(TEXT, *wins).bpb == expected
     for name, p in model.named_parameters():
         assert torch.equal(p, dict(other.named_parameters())[name]), name
-    assert out.bpb == TestTimeTrainer(tiny_llama(seed=1), tok, cfg()).run(TEXT, *wins).bpb
 
 
 @pytest.mark.slow

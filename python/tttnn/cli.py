@@ -1,24 +1,36 @@
 """The `tttnn` command line. Commands only parse options and call the library; errors become a
-one-line message and exit code 1 (bad usage: 2), never a traceback."""
+one-line message and exit code 1 (bad usage: 2), never a traceback.
+
+The options of `tttnn eval` and `tttnn index build` are made from the fields of `EvalConfig` and
+`BuildConfig` (`config_options`): one place maps the config tree to the command line, so every
+setting of a run is an option, named after its field.
+
+Exit codes: 0 done; 1 an error, or an evaluation in which every document failed; 2 bad usage;
+3 an evaluation in which some documents failed (their rows say why; rerun to retry them);
+130 interrupted (rerun the same command to resume).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 import time
+import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import click
 
 from tttnn import __version__
-from tttnn.corpus import DEFAULT_MAX_DOC_BYTES, Corpus
-from tttnn.embed import DEFAULT_ENCODER
-from tttnn.index import DEFAULT_SHARD_SIZE, DEFAULT_TOKENIZER, Index, SearchResult
+from tttnn.config import BuildConfig, EvalConfig, leaf_fields
+from tttnn.corpus import Corpus
+from tttnn.index import Index, SearchResult
 
 _QUERY_BATCH = 256  # queries embedded and searched at a time from a --queries file
+EXIT_PARTIAL = 3
 
 
 @contextlib.contextmanager
@@ -38,6 +50,84 @@ def _quiet_transformers() -> None:
         hf_logging.disable_progress_bar()
 
 
+class _CommaList(click.ParamType):
+    """`0,1,5` -> (0, 1, 5) of the element type."""
+
+    name = "list"
+
+    def __init__(self, item: type) -> None:
+        self.item = item
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(self.item(v.strip()) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(
+                f"{value!r}: expected comma-separated {self.item.__name__} values", param, ctx
+            )
+
+
+class _Nullable(click.ParamType):
+    """A value of `inner`, or `none` for None."""
+
+    def __init__(self, inner: click.ParamType) -> None:
+        self.inner = inner
+        self.name = f"{inner.name}|none"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        return self.inner.convert(value, param, ctx)
+
+
+def _click_type(tp: Any, meta: Any) -> tuple[Any, bool]:
+    """(click type, nullable) of a field type."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    nullable = typing.get_origin(tp) is typing.Union
+    if nullable:
+        tp = args[0]
+    if meta.get("choices"):
+        return click.Choice(list(meta["choices"])), nullable
+    if meta.get("exists"):
+        return click.Path(exists=True), nullable
+    if typing.get_origin(tp) is tuple:
+        item = typing.get_args(tp)[0]
+        return (click.STRING if meta.get("multiple") else _CommaList(item)), nullable
+    return {int: click.INT, float: click.FLOAT, str: click.STRING, bool: click.BOOL}[tp], nullable
+
+
+def config_options(cls: type, skip: tuple[str, ...] = ()) -> Callable[[Any], Any]:
+    """Click options for every leaf field of the config tree `cls` (flat names, `--lr`,
+    `--weight-decay`; the field's metadata gives help, flags, choices, repeatable)."""
+
+    def decorate(f: Any) -> Any:
+        for name, (_, fld, tp) in reversed(list(leaf_fields(cls).items())):
+            if name in skip:
+                continue
+            meta = fld.metadata
+            flags = list(meta.get("flags") or (f"--{name.replace('_', '-')}",))
+            required = fld.default is dataclasses.MISSING
+            default = None if required else fld.default
+            kind, nullable = _click_type(tp, meta)
+            kw: dict[str, Any] = {"help": meta.get("help", ""), "required": required}
+            if tp is bool:
+                long = next(x for x in flags if x.startswith("--"))
+                flags = [f"{long}/--no-{long[2:]}", *[x for x in flags if x != long]]
+                kw.update(default=default, show_default=True)
+            elif meta.get("multiple"):
+                kw.update(multiple=True, type=kind, default=default or ())
+            else:
+                show = ",".join(map(str, default)) if isinstance(default, tuple) else default
+                kw.update(type=_Nullable(kind) if nullable and default is not None else kind,
+                          default=default, show_default=show is not None and str(show))  # fmt: skip
+            f = click.option(*flags, name, **kw)(f)
+        return f
+
+    return decorate
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tttnn")
 def main() -> None:
@@ -46,7 +136,7 @@ def main() -> None:
 
 @main.group("index")
 def index_group() -> None:
-    """Build and inspect an index of a corpus."""
+    """Build, inspect and verify an index of a corpus."""
 
 
 @index_group.command("build")
@@ -54,84 +144,19 @@ def index_group() -> None:
     "corpus", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path)
 )  # fmt: skip
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Index directory.")
-@click.option(
-    "--encoder",
-    default=DEFAULT_ENCODER,
-    show_default=True,
-    help="Sentence encoder: HF id or local path.",
-)
-@click.option(
-    "--tokenizer",
-    default=DEFAULT_TOKENIZER,
-    show_default=True,
-    help="LM tokenizer whose token ids are stored ('none' to store no tokens).",
-)
-@click.option(
-    "--dtype", type=click.Choice(["f32", "f16", "i8"]), default="f16", show_default=True
-)  # fmt: skip
-@click.option(
-    "--shard-size",
-    type=click.IntRange(min=1),
-    default=DEFAULT_SHARD_SIZE,
-    show_default=True,
-    help="Entries per shard (the unit of --resume).",
-)
-@click.option("--hnsw/--no-hnsw", default=True, show_default=True, help="Build HNSW graphs.")
-@click.option(
-    "--chunk-tokens",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Index chunks of N LM tokens instead of whole documents.",
-)
+@config_options(BuildConfig)
 @click.option("--resume", is_flag=True, help="Continue an interrupted build in --out.")
-@click.option(
-    "--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True
-)  # fmt: skip
-@click.option(
-    "--limit", type=click.IntRange(min=0), default=None, help="Index at most N documents."
-)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option(
-    "--max-doc-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_DOC_BYTES, show_default=True
-)  # fmt: skip
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def index_build(
-    corpus: tuple[Path, ...],
-    out: Path,
-    encoder: str,
-    tokenizer: str,
-    dtype: str,
-    shard_size: int,
-    hnsw: bool,
-    chunk_tokens: int | None,
-    resume: bool,
-    on_error: str,
-    limit: int | None,
-    batch_size: int,
-    max_doc_bytes: int,
-    quiet: bool,
+    corpus: tuple[Path, ...], out: Path, resume: bool, quiet: bool, **settings: Any
 ) -> None:
     """Embed and store the documents of CORPUS... (.jsonl, .jsonl.zst, .parquet, .txt folders)."""
     _quiet_transformers()
     start = time.perf_counter()
     try:
         with _errors():
-            index = Index.build(
-                list(corpus),
-                out,
-                encoder=encoder,
-                tokenizer=None if tokenizer.lower() == "none" else tokenizer,
-                dtype=dtype,
-                shard_size=shard_size,
-                hnsw=hnsw,
-                chunk_tokens=chunk_tokens,
-                resume=resume,
-                on_error=on_error,
-                max_doc_bytes=max_doc_bytes,
-                batch_size=batch_size,
-                limit=limit,
-                progress=not quiet,
-            )
+            cfg = BuildConfig.from_flat(**settings)
+            index = Index.build(list(corpus), out, cfg, resume=resume, progress=not quiet)
     except KeyboardInterrupt:
         click.echo(
             f"\ninterrupted: the sealed shards in {out} are kept; continue with --resume",
@@ -147,7 +172,7 @@ def index_build(
         f"{_size(info['size_bytes'])}"
     )
     if stats.get("skipped"):
-        parts = ", ".join(f"{k} {v}" for k, v in stats["errors"].items())
+        parts = ", ".join(f"{k} {v}" for k, v in stats["errors"].items() if v)
         click.echo(f"skipped {stats['skipped']} bad inputs: {parts}", err=True)
         for kind, examples in stats.get("examples", {}).items():
             click.echo(f"  {kind}: {examples[0]}", err=True)
@@ -318,101 +343,35 @@ def _format_result(res: SearchResult, text: str) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
-
-def _int_list(value: str) -> tuple[int, ...]:
-    try:
-        ks = tuple(sorted({int(v) for v in value.split(",") if v.strip()}))
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r}: expected comma-separated integers, e.g. 0,1,2,5"
-        ) from None
-    if not ks or ks[0] < 0:
-        raise click.BadParameter(f"{value!r}: expected non-negative integers")
-    return ks
-
-
 @main.command("eval")
-@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, path_type=Path))
-@click.option(
-    "--data", required=True, multiple=True, type=click.Path(exists=True, path_type=Path),
-    help="Test corpus (jsonl, jsonl.zst, parquet, txt folder); repeatable.",
-)  # fmt: skip
-@click.option("--model", default="smollm2-135m", show_default=True, help="HF causal LM id or path.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory.")
-@click.option("-k", "--neighbors", type=click.IntRange(min=0), default=20, show_default=True)
-@click.option(
-    "--eval-at", default="0,1,2,5,10,20,50", show_default=True, help="Score after k neighbors."
-)
-@click.option("--max-length", type=click.IntRange(min=2), default=1024, show_default=True)
-@click.option("--lr", type=float, default=2e-5, show_default=True)
-@click.option(
-    "--windows-per-neighbor", type=click.IntRange(min=1), default=None, help="Cap (paper: none)."
-)
-@click.option(
-    "--pack-short", is_flag=True, help="Pack short neighbors into shared windows (EOS-separated)."
-)
-@click.option(
-    "--lora",
-    "lora_r",
-    type=click.IntRange(min=1),
-    default=None,
-    help="LoRA rank instead of full fine-tuning.",
-)
-@click.option("--split-text", is_flag=True, help="Query = first half, score the rest (no overlap).")
-@click.option("--dtype", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--limit-per-domain", type=click.IntRange(min=1), default=None)
-@click.option(
-    "--limit", type=click.IntRange(min=1), default=None, help="At most this many documents."
-)
-@click.option("--domain", "domains", multiple=True, help="Only these domains (repeatable).")
-@click.option("--exact", is_flag=True, help="Exact kNN instead of HNSW.")
-@click.option(
-    "--guard/--no-guard",
-    default=True,
-    show_default=True,
-    help="Drop neighbors that copy the test text.",
-)
-@click.option(
-    "--baseline",
-    "baselines",
-    type=click.Choice(["in-context"]),
-    multiple=True,
-    help="Also score with the neighbors prepended to the context (the paper's baseline).",
-)
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present).")
+@config_options(EvalConfig, skip=("progress",))
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def eval_cmd(
-    index_dir: Path, data: tuple[Path, ...], model: str, out: Path, neighbors: int, eval_at: str,
-    max_length: int, lr: float, windows_per_neighbor: int | None, pack_short: bool,
-    lora_r: int | None, split_text: bool, dtype: str, seed: int, limit_per_domain: int | None,
-    limit: int | None, domains: tuple[str, ...], exact: bool, guard: bool,
-    baselines: tuple[str, ...], device: str | None,
-    quiet: bool,
-) -> None:  # fmt: skip
+def eval_cmd(quiet: bool, **settings: Any) -> None:
     """Test-time train on each test document's neighbors and score it (resumable)."""
-    from tttnn.evaluate import EvalConfig, run_eval
+    from tttnn.evaluate import run_eval
     from tttnn.report import make_report, render
 
     _quiet_transformers()
     with _errors():
-        cfg = EvalConfig(
-            index=str(index_dir), data=[str(d) for d in data], out=str(out), model=model,
-            neighbors=neighbors, eval_at=_int_list(eval_at), max_length=max_length, lr=lr,
-            windows_per_neighbor=windows_per_neighbor, pack_short=pack_short, lora_r=lora_r,
-            split_text=split_text, dtype=dtype, seed=seed, limit_per_domain=limit_per_domain,
-            limit=limit, exact=exact, guard=guard, device=device, progress=not quiet,
-            domains=list(domains), baseline_in_context="in-context" in baselines,
-        )  # fmt: skip
+        cfg = EvalConfig.from_flat(progress=not quiet, **settings)
         try:
-            run_dir = run_eval(cfg)
+            summary = run_eval(cfg)
         except KeyboardInterrupt:
-            click.echo(f"\ninterrupted: rerun the same command to resume ({out})", err=True)
+            click.echo(f"\ninterrupted: rerun the same command to resume ({cfg.run.out})", err=True)
             sys.exit(130)
-        click.echo(render(make_report(run_dir), "md"))
+        if summary.ok + summary.resumed == 0:
+            raise click.ClickException(
+                f"every document failed ({summary.failed}); the rows of "
+                f"{summary.run_dir / 'results.jsonl'} say why"
+            )
+        click.echo(render(make_report(summary.run_dir), "md"))
+    if summary.failed:
+        click.echo(
+            f"{summary.failed} of {summary.total} documents failed; their rows in "
+            f"{summary.run_dir / 'results.jsonl'} say why (rerun the command to retry them)",
+            err=True,
+        )
+        sys.exit(EXIT_PARTIAL)
 
 
 @main.command("report")
@@ -437,31 +396,34 @@ def report_cmd(run_dir: Path, fmt: str, no_plot: bool) -> None:
 @click.option(
     "--workdir", type=click.Path(path_type=Path), default=None, help="Default: ~/.cache/tttnn/demo."
 )
-@click.option("-k", "--neighbors", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--docs-per-domain", type=click.IntRange(min=1, max=3), default=2, show_default=True)
-@click.option("--max-length", type=click.IntRange(min=16), default=512, show_default=True)
-@click.option("--lr", type=float, default=2e-5, show_default=True)
-@click.option("--model", default="smollm2-135m", show_default=True)
+@click.option("-k", "--neighbors", type=click.IntRange(min=1), default=None,
+              help="Neighbors per document (demo: 10).")  # fmt: skip
+@click.option("--docs-per-domain", type=click.IntRange(min=1, max=3), default=None,
+              help="Test documents per domain (demo: 2).")  # fmt: skip
+@click.option("--max-length", type=click.IntRange(min=16), default=None,
+              help="Training and scoring window (demo: 512).")  # fmt: skip
+@click.option("--lr", type=float, default=None, help="Learning rate (default: the paper's).")
+@click.option("--model", default=None, help="Causal LM (default: the built-in SmolLM2-135M).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def demo_cmd(
-    workdir: Path | None, neighbors: int, docs_per_domain: int, max_length: int, lr: float,
-    model: str, quiet: bool,
+    workdir: Path | None, neighbors: int | None, docs_per_domain: int | None,
+    max_length: int | None, lr: float | None, model: str | None, quiet: bool,
 ) -> None:  # fmt: skip
     """The whole job on the built-in sample corpus and default models, offline."""
-    from tttnn.demo import DemoConfig, default_workdir, run_demo
+    from tttnn.demo import default_workdir, run_demo
 
     _quiet_transformers()
-    eval_at = tuple(k for k in (0, 1, 2, 5, 10, 20, 50) if k <= neighbors)
-    if neighbors not in eval_at:
-        eval_at = (*eval_at, neighbors)
+    given = {"neighbors": neighbors, "limit_per_domain": docs_per_domain,
+             "max_length": max_length, "lr": lr, "model": model}  # fmt: skip
     with _errors():
-        cfg = DemoConfig(
-            workdir=workdir or default_workdir(), model=model, neighbors=neighbors,
-            eval_at=eval_at, max_length=max_length, docs_per_domain=docs_per_domain, lr=lr,
-            progress=not quiet,
-        )  # fmt: skip
         try:
-            click.echo(run_demo(cfg, echo=click.echo))
+            text = run_demo(
+                workdir or default_workdir(),
+                {k: v for k, v in given.items() if v is not None},
+                progress=not quiet,
+                echo=click.echo,
+            )
         except KeyboardInterrupt:
             click.echo("\ninterrupted: run `tttnn demo` again to resume", err=True)
             sys.exit(130)
+    click.echo(text)

@@ -10,14 +10,16 @@ and prints the per-domain report with plots beside it. Every step resumes if int
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any, Callable
 
-from tttnn.evaluate import EvalConfig, run_eval
+from tttnn.config import EvalConfig
+from tttnn.evaluate import run_eval
+from tttnn.index import Index
 from tttnn.report import make_report, plot_report, render
 
-__all__ = ["DemoConfig", "default_workdir", "run_demo", "sample_corpus"]
+__all__ = ["DEMO_SETTINGS", "default_workdir", "run_demo", "sample_corpus"]
 
 
 def sample_corpus() -> tuple[Path, Path]:
@@ -36,66 +38,55 @@ def default_workdir() -> Path:
     return cache_dir() / "demo"
 
 
-@dataclass
-class DemoConfig:
-    workdir: Path
-    model: str = "smollm2-135m"
-    neighbors: int = 10
-    eval_at: tuple[int, ...] = (0, 1, 2, 5, 10)
-    max_length: int = 512
-    windows_per_neighbor: int | None = 1
-    docs_per_domain: int = 2
-    lr: float = 2e-5
-    dtype: str = "bf16"
-    progress: bool = True
+DEMO_SETTINGS: dict[str, Any] = {
+    "neighbors": 10,  # fewer neighbors, one window of 512 tokens each: minutes, not hours
+    "windows_per_neighbor": 1,
+    "max_length": 512,
+    "limit_per_domain": 2,
+}
+"""What the demo changes from `EvalConfig`'s defaults, to run in minutes on a laptop CPU."""
 
 
-def run_demo(cfg: DemoConfig, echo=print) -> str:
-    """Build the sample index (once), evaluate, return the rendered report."""
-    from tttnn.index import Index
+def run_demo(
+    workdir: Path, overrides: dict[str, Any] | None = None, *, progress: bool = True,
+    echo: Callable[[str], Any] = print,
+) -> str:  # fmt: skip
+    """Build the sample index (once), evaluate, return the rendered report. `overrides`: flat
+    `EvalConfig` settings on top of `DEMO_SETTINGS`."""
+    from tttnn.build import build_index
 
     train, test = sample_corpus()
-    work = Path(cfg.workdir)
+    work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     index_dir = work / "index"
+    settings = {**DEMO_SETTINGS, **(overrides or {})}
+    cfg = EvalConfig.from_flat(index=str(index_dir), data=(str(test),), out="", progress=progress,
+                               **settings)  # fmt: skip
+    t = cfg.ttt
+    cfg.run.out = str(work / f"run-k{cfg.retrieval.neighbors}-L{t.max_length}-lr{t.lr:g}")
     t0 = time.perf_counter()
-    if (index_dir / "manifest.json").exists():
-        if Index.open(index_dir).meta.get("status") == "complete":
-            echo(f"[1/3] index: reusing {index_dir}")
-        else:
-            echo(f"[1/3] index: resuming the interrupted build in {index_dir}")
-            Index.build([train], index_dir, tokenizer=cfg.model, resume=True, progress=cfg.progress)
+    if (index_dir / "manifest.json").exists() and Index.open(index_dir).meta.get(
+        "status"
+    ) == "complete":
+        echo(f"[1/3] index: reusing {index_dir}")
     else:
-        echo(f"[1/3] index: embedding the sample corpus into {index_dir}")
-        Index.build([train], index_dir, tokenizer=cfg.model, progress=cfg.progress)
+        resume = (index_dir / "manifest.json").exists()
+        echo(
+            f"[1/3] index: {'resuming the interrupted build in' if resume else 'embedding the sample corpus into'} {index_dir}"
+        )
+        build_index([train], index_dir, tokenizer=cfg.model, resume=resume, progress=progress)
     echo(f"      done in {time.perf_counter() - t0:.0f} s")
-    run_dir = work / f"run-k{cfg.neighbors}-L{cfg.max_length}-lr{cfg.lr:g}"
     echo(
-        f"[2/3] test-time training: {cfg.docs_per_domain} test documents per domain, "
-        f"k = {cfg.neighbors} neighbors, windows of {cfg.max_length} tokens -> {run_dir}"
+        f"[2/3] test-time training: {cfg.test.limit_per_domain} test documents per domain, "
+        f"k = {cfg.retrieval.neighbors} neighbors, windows of {t.max_length} tokens -> {cfg.run.out}"
     )
     t1 = time.perf_counter()
-    run_eval(
-        EvalConfig(
-            index=str(index_dir),
-            data=[str(test)],
-            out=str(run_dir),
-            model=cfg.model,
-            neighbors=cfg.neighbors,
-            eval_at=cfg.eval_at,
-            max_length=cfg.max_length,
-            lr=cfg.lr,
-            windows_per_neighbor=cfg.windows_per_neighbor,
-            limit_per_domain=cfg.docs_per_domain,
-            dtype=cfg.dtype,
-            progress=cfg.progress,
-        )
-    )
+    summary = run_eval(cfg)
     echo(f"      done in {time.perf_counter() - t1:.0f} s")
     echo("[3/3] report")
-    report = make_report(run_dir)
+    report = make_report(summary.run_dir)
     plots = plot_report(report)
     text = render(report, "md")
     text += "\n\nplots: " + ", ".join(str(p) for p in plots)
-    text += f"\nrun directory: {run_dir} (results.jsonl, config.json)"
+    text += f"\nrun directory: {summary.run_dir} (results.jsonl, config.json)"
     return text

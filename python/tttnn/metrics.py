@@ -29,9 +29,11 @@ __all__ = [
     "BPBResult",
     "autocast_context",
     "bits_per_byte",
+    "byte_weighted_bpb",
     "document_loglikelihood",
     "get_rolling_token_windows",
     "make_disjoint_window",
+    "nats_to_bpb",
     "rolling_windows",
 ]
 
@@ -201,6 +203,18 @@ def document_loglikelihood(
     return total, sum(len(c) for _, c in windows)
 
 
+def nats_to_bpb(nll_nats: float, n_bytes: float) -> float:
+    """Bits per byte from a summed negative log-likelihood in nats: −Σ log p / Σ bytes / ln 2."""
+    return nll_nats / n_bytes / math.log(2)
+
+
+def byte_weighted_bpb(bpb: Sequence[float], n_bytes: Sequence[float]) -> float:
+    """Bits per byte of a set of documents from each one's bits per byte and bytes: the
+    byte-weighted mean, which equals Σ nll / Σ bytes / ln 2 over the set (lm-eval's aggregate)."""
+    total = float(sum(n_bytes))
+    return sum(b * n for b, n in zip(bpb, n_bytes)) / total if total else float("nan")
+
+
 def encode_document(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """Token ids of a whole document as lm-eval's HF models encode it: no special tokens added."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -234,5 +248,5 @@ def bits_per_byte(
     )
     nll = -logprob
     return BPBResult(
-        bpb=nll / n_bytes / math.log(2), nll_nats=nll, n_bytes=n_bytes, n_tokens=n_tokens
+        bpb=nats_to_bpb(nll, n_bytes), nll_nats=nll, n_bytes=n_bytes, n_tokens=n_tokens
     )

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from tttnn.metrics import byte_weighted_bpb
+
 __all__ = [
     "DomainRow",
     "Report",
@@ -88,6 +90,15 @@ def load_results(run_dir: str | Path) -> list[dict[str, Any]]:
             if i == len(lines) - 1:
                 break  # torn final write; evaluate rewrites it on resume
             raise ValueError(f"{path}:{i + 1}: not a JSON row") from None
+    seen: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        doc = str(r.get("doc_id"))
+        if doc in seen:
+            raise ValueError(
+                f"{path}: document {doc!r} has two rows ({seen[doc] + 1} and {i + 1}); "
+                "was the run written by two processes at once?"
+            )
+        seen[doc] = i
     return rows
 
 
@@ -151,11 +162,10 @@ def _aggregate(
         # Only report k where every document of the domain reached it (k is cut at the number
         # of neighbors actually retrieved), so the figures compare the same documents.
         if have and len(have) == len(ok):
-            nbytes = sum(int(r["bytes"]) for r in have)
-            bpb[k] = sum(float(r["bpb"][str(k)]) * int(r["bytes"]) for r in have) / nbytes
+            bpb[k] = byte_weighted_bpb([r["bpb"][str(k)] for r in have], [r["bytes"] for r in have])
     in_context = None
     if ok and all("bpb_in_context" in r for r in ok):
-        in_context = sum(float(r["bpb_in_context"]) * int(r["bytes"]) for r in ok) / total_bytes
+        in_context = byte_weighted_bpb([r["bpb_in_context"] for r in ok], [r["bytes"] for r in ok])
     row = DomainRow(
         domain, len(ok), total_bytes, bpb, failed=len(rows) - len(ok), in_context=in_context
     )

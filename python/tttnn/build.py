@@ -1,0 +1,424 @@
+"""Building an index: the corpus streamed through small steps into an `EmbeddingStore`.
+
+    read ──▶ skip what is stored ──▶ tokenize/chunk ──▶ group ──▶ embed ──▶ append/seal
+    └──────────── a reader thread ────────────────────┘         (here)    (a writer thread)
+
+Each step is a function over an iterator, testable alone; a distributed build runs the same steps
+on a slice of the corpus. Reading and LM tokenizing run in a thread ahead of the encoder (a queue
+of `_PREFETCH` groups), and each sealed shard is written while the encoder embeds the next, so the
+build runs at nearly the encoder's own speed (`benches/bench_index.py` prints the ratio).
+
+A store seals whole shards atomically, so an interrupted build keeps every sealed shard.
+`resume=True` re-reads the corpus, checks that the stored records follow the corpus order, skips
+what is stored and appends the rest: the result equals an uninterrupted build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Generator, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, TypeVar, Union
+
+import numpy as np
+
+from tttnn._tttnn import EmbeddingStore
+from tttnn.config import BuildConfig
+from tttnn.corpus import Corpus, Document
+from tttnn.embed import Encoder, split_by_tokens
+from tttnn.index import (
+    INDEX_FORMAT,
+    INDEX_KIND,
+    Index,
+    InvalidIndexError,
+    _check_meta,
+    vocab_fingerprint,
+)
+
+__all__ = ["Entry", "build_index", "embed_groups", "skip_stored", "to_entries"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+T = TypeVar("T")
+
+_BUFFER_BYTES = 256 * 1024 * 1024  # seal a shard early when its pending text reaches this
+_EMBED_GROUP = 512  # entries embedded per call (sorted by length inside), progress in between
+_TOKENIZE_GROUP = 64  # documents tokenized per tokenizer call...
+_TOKENIZE_BYTES = 4 * 1024 * 1024  # ...or fewer when they are long (token lists are big in Python)
+_PREFETCH = 4  # entry groups read and tokenized ahead of the encoder
+
+
+@dataclass
+class Entry:
+    """One row of the index: a document, or a chunk of one."""
+
+    text: str
+    tokens: Optional[np.ndarray]  # LM token ids (uint32), None when the index stores none
+    record: bytes  # JSON: doc_id, domain, source, chunk
+    domain: str
+    pos: int  # corpus bytes read when its document was read (progress)
+    first: bool  # the document's first entry
+
+
+def _record(doc: Document, chunk: int) -> bytes:
+    rec = {"doc_id": doc.doc_id, "domain": doc.domain, "source": doc.source, "chunk": chunk}
+    return json.dumps(rec, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+# --- the steps -------------------------------------------------------------------------------
+
+
+def skip_stored(
+    docs: Iterable[Document], store: Any, out: Path
+) -> Iterator[tuple[Document, Optional[int]]]:
+    """`(document, chunks already stored)` for each document; `None` for one wholly stored. The
+    stored entries `[0, len(store))` must be the corpus's first entries, in order: a different
+    corpus, order or option is an `InvalidIndexError`. On an empty store every count is 0."""
+    done, cursor = len(store), 0
+    for doc in docs:
+        if cursor >= done:
+            yield doc, 0
+            continue
+        n = 0
+        while cursor < done:
+            rec = json.loads(store.record(cursor))
+            if rec.get("doc_id") != doc.doc_id:
+                break
+            if rec.get("chunk") != n:
+                raise InvalidIndexError(
+                    f"cannot resume {out}: entry {cursor} is chunk {rec.get('chunk')} "
+                    f"of {doc.doc_id}, expected chunk {n}"
+                )
+            n, cursor = n + 1, cursor + 1
+        if n == 0:
+            raise InvalidIndexError(
+                f"cannot resume {out}: stored entry {cursor} is "
+                f"{json.loads(store.record(cursor)).get('doc_id')!r} but the corpus has "
+                f"{doc.doc_id!r} there (different corpus, order or options)"
+            )
+        # another document follows in the store: this one is whole; else chunks may be missing
+        yield doc, (None if cursor < done else n)
+    if cursor < done:
+        raise InvalidIndexError(
+            f"cannot resume {out}: it holds {done} entries but the corpus has only {cursor} "
+            "(different corpus or limit)"
+        )
+
+
+def to_entries(
+    docs: Iterable[tuple[Document, Optional[int]]], lm_tok: Any, chunk_tokens: Optional[int],
+    chunk_tok: Any, pos: Callable[[], int],
+) -> Iterator[tuple[Document, Entry | None]]:  # fmt: skip
+    """The entries of each document minus its first `skip` ones: one per document, or one per
+    chunk of `chunk_tokens` tokens of `chunk_tok`; token ids by `lm_tok` (None: no tokens).
+    Documents are tokenized in groups. Yields `(document, entry)`, and `(document, None)` for a
+    document wholly stored (`skip` None: not tokenized again), so that it is still counted."""
+    group: list[tuple[Document, int]] = []
+    chars = 0
+    for item in itertools.chain(docs, [None]):
+        if item is not None and item[1] is None:
+            yield item[0], None
+            continue
+        if item is not None:
+            group.append((item[0], item[1] or 0))
+            chars += len(item[0].text)
+            if len(group) < _TOKENIZE_GROUP and chars < _TOKENIZE_BYTES:
+                continue
+        at = pos()
+        if chunk_tokens is not None:
+            per_doc = [
+                [(t, ids if lm_tok is not None else None) for t, ids in split_by_tokens(d.text, chunk_tok, chunk_tokens)]
+                for d, _ in group
+            ]  # fmt: skip
+        elif lm_tok is not None:
+            ids = lm_tok([d.text for d, _ in group], add_special_tokens=False)["input_ids"]
+            per_doc = [[(d.text, np.asarray(x, dtype=np.uint32))] for (d, _), x in zip(group, ids)]
+        else:
+            per_doc = [[(d.text, None)] for d, _ in group]
+        for (doc, skip), pieces in zip(group, per_doc):
+            if skip >= len(pieces):
+                yield doc, None
+            for c, (text, toks) in enumerate(pieces[skip:], start=skip):
+                yield doc, Entry(text, toks, _record(doc, c), doc.domain, at, c == 0)
+        group, chars = [], 0
+
+
+def embed_groups(entries: Iterable[Entry], size: int = _EMBED_GROUP) -> Iterator[list[Entry]]:
+    """Entries in groups of `size`, the unit of one encoder call and of progress."""
+    it = iter(entries)
+    while group := list(itertools.islice(it, size)):
+        yield group
+
+
+def prefetch(items: Iterable[T], depth: int) -> Generator[T, None, None]:
+    """`items`, produced by a thread up to `depth` ahead; its exceptions re-raised here. Closing
+    the generator stops the thread at its next item."""
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(msg: tuple[str, Any]) -> bool:
+        """Queue `msg` unless the consumer has gone; False when it has."""
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                q.put(msg, timeout=0.1)
+                return True
+        return False
+
+    def produce() -> None:
+        try:
+            for x in items:
+                if not put(("item", x)):
+                    return
+            put(("end", None))
+        except BaseException as e:  # re-raised in the consumer
+            put(("error", e))
+
+    thread = threading.Thread(target=produce, name="tttnn-build-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, x = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise x
+            yield x
+    finally:
+        stop.set()
+
+
+class ShardWriter:
+    """Collects embedded entries and appends them a shard at a time, in a thread, one append in
+    flight. `on_shard(entries stored)` runs in the caller's thread after each append lands."""
+
+    def __init__(self, store: Any, shard_size: int, on_shard: Callable[[int], None] | None) -> None:
+        self.store, self.shard_size, self.on_shard = store, shard_size, on_shard
+        self.entries: list[Entry] = []
+        self.vectors: list[np.ndarray] = []
+        self.text_bytes = 0
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tttnn-build-writer")
+        self.pending: Future[Any] | None = None
+        self.first_chunks = 0  # documents whose first entry is sealed
+
+    def add(self, entries: list[Entry], vectors: np.ndarray) -> None:
+        self.entries += entries
+        self.vectors.append(vectors)
+        self.text_bytes += sum(len(e.text) for e in entries)
+        while len(self.entries) >= self.shard_size or self.text_bytes >= _BUFFER_BYTES:
+            self._append(min(self.shard_size, len(self.entries)))
+
+    def finish(self) -> None:
+        while self.entries:
+            self._append(min(self.shard_size, len(self.entries)))
+        self.wait()
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            self.first_chunks += self.pending.result()
+            self.pending = None
+            if self.on_shard is not None:
+                self.on_shard(len(self.store))
+
+    def _append(self, n: int) -> None:
+        vecs = np.concatenate(self.vectors)
+        batch, self.entries = self.entries[:n], self.entries[n:]
+        self.vectors = [vecs[n:]]
+        self.text_bytes = sum(len(e.text) for e in self.entries)
+        has_tokens = batch[0].tokens is not None
+        self.wait()
+
+        def append() -> int:
+            self.store.append(
+                np.ascontiguousarray(vecs[:n]), texts=[e.text for e in batch],
+                tokens=[e.tokens for e in batch] if has_tokens else None,
+                records=[e.record for e in batch],
+            )  # fmt: skip
+            return sum(e.first for e in batch)
+
+        self.pending = self.pool.submit(append)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+# --- the build -------------------------------------------------------------------------------
+
+
+def build_index(
+    corpus_paths: PathLike | Iterable[PathLike],
+    out: PathLike,
+    config: BuildConfig | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    encoder: Encoder | str | None = None,
+    tokenizer: Any = "config",
+    on_shard: Callable[[int], None] | None = None,
+    **settings: Any,
+) -> Index:
+    """Build an index of the documents of `corpus_paths` in the directory `out`.
+
+    Settings: `config`, or `BuildConfig` fields as keywords (`vector_dtype="i8"`, `shard_size=`).
+    `encoder` and `tokenizer` may also be loaded objects (an `Encoder`; a tokenizer, or None to
+    store no token ids), which then stand for `config.encoder` / `config.tokenizer`. `resume`:
+    continue an interrupted build in `out`. `on_shard(entries stored)` runs after each sealed
+    shard.
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(encoder, str):
+        settings["encoder"] = encoder
+    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+        settings["tokenizer"] = None if tokenizer is None else os.fspath(tokenizer)
+    elif tokenizer != "config":
+        settings["tokenizer"] = str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__))
+    if config is not None and settings:
+        raise TypeError("pass either config or settings as keywords, not both")
+    cfg = config or BuildConfig.from_flat(**settings)
+    corpus = Corpus(corpus_paths, on_error=cfg.on_error, max_doc_bytes=cfg.max_doc_bytes)
+    out = Path(out)
+    resuming = resume and (out / "manifest.json").is_file()
+    if out.exists() and not out.is_dir():
+        raise InvalidIndexError(f"{out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not resuming:
+        hint = "" if resume else "; pass resume=True (--resume) to continue a build there"
+        raise InvalidIndexError(f"{out} already exists and is not empty{hint}")
+
+    enc = (
+        encoder if isinstance(encoder, Encoder) else Encoder(cfg.encoder, batch_size=cfg.batch_size)
+    )
+    if (
+        tokenizer is not None
+        and not isinstance(tokenizer, (str, os.PathLike))
+        and tokenizer != "config"
+    ):
+        lm_tok = tokenizer
+    else:
+        lm_tok = _load_tokenizer(cfg.tokenizer)
+    params = {
+        "kind": INDEX_KIND, "format": INDEX_FORMAT, "encoder": enc.name,
+        "encoder_max_length": enc.max_length, "encoder_precision": enc.precision, "dim": enc.dim,
+        "pooling": "mean", "normalized": True, "tokenizer": cfg.tokenizer,
+        "tokenizer_sha256": vocab_fingerprint(lm_tok) if lm_tok is not None else None,
+        "special_tokens": False, "dtype": cfg.vector_dtype, "chunk_tokens": cfg.chunk_tokens,
+        "corpus": [str(p) for p in corpus.paths], "max_doc_bytes": cfg.max_doc_bytes,
+        "limit": cfg.limit,
+    }  # fmt: skip
+    store = (
+        _open_for_resume(out, params, corpus) if resuming else _create(out, params, cfg, enc.dim)
+    )
+
+    domain_docs: Counter[str] = Counter()
+    domain_entries: Counter[str] = Counter()
+    docs = itertools.islice(corpus, cfg.limit)
+    chunk_tok = lm_tok if lm_tok is not None else enc.tokenizer
+    pairs = to_entries(skip_stored(docs, store, out), lm_tok, cfg.chunk_tokens, chunk_tok,
+                       lambda: corpus.bytes_read)  # fmt: skip
+
+    def counted() -> Iterator[Entry]:
+        seen: set[str] = set()
+        for doc, entry in pairs:
+            if doc.doc_id not in seen:
+                seen.add(doc.doc_id)
+                domain_docs[doc.domain] += 1
+            if entry is not None:
+                domain_entries[doc.domain] += 1
+                yield entry
+
+    stored_before = len(store)
+    stored = _stored_counts(store)
+
+    def sealed(n: int) -> None:
+        """After each sealed shard: the documents started so far, for `tttnn index info`."""
+        started = stored["documents"] + writer.first_chunks
+        store.set_meta(json.dumps({**params, "status": "building", "documents_so_far": started}))
+        if on_shard is not None:
+            on_shard(n)
+
+    writer = ShardWriter(store, cfg.shard_size, sealed)
+    bar = tqdm(total=corpus.total_bytes, unit="B", unit_scale=True, desc=f"indexing {out.name}",
+               disable=not progress, smoothing=0.1)  # fmt: skip
+    started, embedded = time.perf_counter(), 0
+    groups = prefetch(embed_groups(counted()), _PREFETCH)
+    try:
+        for group in groups:
+            vecs = enc.encode([e.text for e in group], batch_size=cfg.batch_size, progress=False)
+            writer.add(group, vecs)
+            embedded += len(group)
+            bar.update(max(0, group[-1].pos - bar.n))
+            rate = embedded / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix(docs=sum(domain_docs.values()), entries=stored_before + embedded,
+                            per_s=f"{rate:.1f}", refresh=False)  # fmt: skip
+        writer.finish()
+        bar.update(max(0, corpus.total_bytes - bar.n))
+    finally:
+        groups.close()
+        writer.close()
+        bar.close()
+    if not domain_docs and cfg.limit != 0:
+        raise InvalidIndexError(f"no documents in {', '.join(map(str, corpus.paths))}")
+    if cfg.hnsw:
+        store.build_hnsw()
+    domain_entries.update(stored["entries"])  # resumed: what was stored before counts too
+    meta = {
+        **params, "status": "complete", "documents": sum(domain_docs.values()),
+        "entries": len(store),
+        "domains": {d: {"documents": domain_docs[d], "entries": domain_entries[d]}
+                    for d in sorted(domain_docs)},
+        "corpus_stats": corpus.stats.to_dict(),
+    }  # fmt: skip
+    store.set_meta(json.dumps(meta))
+    return Index(store, meta, enc)
+
+
+def _load_tokenizer(name: Optional[str]) -> Any:
+    if name is None:
+        return None
+    from tttnn.models import load_tokenizer
+
+    return load_tokenizer(name)
+
+
+def _stored_counts(store: Any) -> dict[str, Any]:
+    """Entries by domain and documents started, of what a resumed build finds stored."""
+    entries: Counter[str] = Counter()
+    first = 0
+    for i in range(len(store)):
+        rec = json.loads(store.record(i))
+        entries[rec["domain"]] += 1
+        first += rec["chunk"] == 0
+    return {"entries": entries, "documents": first}
+
+
+def _create(out: Path, params: dict[str, Any], cfg: BuildConfig, dim: int) -> Any:
+    return EmbeddingStore.create(
+        str(out), dim, dtype=cfg.vector_dtype, metric="cosine", shard_size=cfg.shard_size,
+        hnsw=cfg.hnsw, with_text=True, with_tokens=params["tokenizer"] is not None,
+        with_records=True, meta=json.dumps({**params, "status": "building"}),
+    )  # fmt: skip
+
+
+def _open_for_resume(out: Path, params: dict[str, Any], corpus: Corpus) -> Any:
+    store = EmbeddingStore.open(str(out))
+    old = _check_meta(store, out)
+    for key in ("encoder", "dim", "tokenizer", "dtype", "chunk_tokens", "max_doc_bytes"):
+        if old.get(key) != params[key]:
+            raise InvalidIndexError(
+                f"cannot resume {out}: it was built with {key}={old.get(key)!r}, "
+                f"this build has {key}={params[key]!r}"
+            )
+    if [Path(p).name for p in old.get("corpus", [])] != [p.name for p in corpus.paths]:
+        raise InvalidIndexError(
+            f"cannot resume {out}: it was built from {old.get('corpus')}, not {params['corpus']}"
+        )
+    if store.dtype != params["dtype"]:
+        raise InvalidIndexError(f"cannot resume {out}: its store holds {store.dtype}")
+    return store

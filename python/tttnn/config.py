@@ -1,0 +1,409 @@
+"""The settings of a job, as nested dataclasses: each default stated once, here.
+
+    EvalConfig                       one `tttnn eval` run
+    ├── index, model                 the index directory; the causal LM (HF id, folder, alias)
+    ├── test: TestSetConfig          test documents: files, limits, domains, --split-text
+    ├── retrieval: RetrievalConfig   neighbors per document, exact or HNSW, leakage guard
+    ├── pack: PackConfig             neighbors' tokens -> training windows
+    ├── ttt: TTTConfig               the loop: AdamW, windows, autocast, LoRA, when to score
+    ├── baselines                    extra scores of each document ("in-context")
+    └── run: RunConfig               where and how it runs (out, device, progress): not a result
+    BuildConfig                      one `tttnn index build`
+
+Every leaf field has a unique name across the tree. That flat name is the CLI option
+(`--weight-decay` for `ttt.weight_decay`; `cli.config_options` makes the options from the fields
+and their `help` metadata) and the keyword of `EvalConfig.from_flat(...)`. Each field is checked
+and normalised once, in its dataclass's `__post_init__`, so a rejected value fails before anything
+is written. `to_dict()` / `from_dict()` round-trip through JSON losslessly: `RUN/config.json`
+holds it, and distributed workers receive it.
+
+Fields use `Optional[...]` rather than `X | None`: `typing.get_type_hints` evaluates them at run
+time, on Python 3.9 too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional, TypeVar
+
+from tttnn.corpus import DEFAULT_MAX_DOC_BYTES
+from tttnn.embed import DEFAULT_ENCODER
+from tttnn.models import DEFAULT_LM
+
+__all__ = [
+    "K_LADDER",
+    "BuildConfig",
+    "EvalConfig",
+    "PackConfig",
+    "RetrievalConfig",
+    "RunConfig",
+    "TTTConfig",
+    "TestSetConfig",
+    "eval_points",
+]
+
+K_LADDER = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+"""Where a document is scored when `eval_at` is not given: these k up to the number of
+neighbors, and that number itself."""
+
+BASELINES = ("in-context",)
+
+C = TypeVar("C", bound="Config")
+
+
+class Config:
+    """What every config dataclass can do: JSON round trip and construction from flat names."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls: type[C], d: dict[str, Any]) -> C:
+        return from_dict(cls, d)
+
+    @classmethod
+    def from_flat(cls: type[C], **values: Any) -> C:
+        return from_flat(cls, **values)
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", **cli: Any) -> Any:
+    """A config field: its default, its help text, and CLI details for
+    `tttnn.cli.config_options`: `flags` (default `--field-name`), `choices`, `multiple` (a
+    repeatable option instead of a comma-separated list), `exists` (a path that must exist)."""
+    meta = {"help": help, **cli}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use a tuple for sequence defaults")
+    return field(default=default, metadata=meta)
+
+
+def eval_points(eval_at: Optional[tuple[int, ...]], n_neighbors: int) -> tuple[int, ...]:
+    """The k at which a document is scored, given `n_neighbors` to train on: `eval_at` (None:
+    `K_LADDER` up to `n_neighbors`, and `n_neighbors`), never beyond `n_neighbors`, always 0."""
+    if eval_at is None:
+        ks = {k for k in K_LADDER if k <= n_neighbors} | {n_neighbors}
+    else:
+        ks = {k for k in eval_at if k <= n_neighbors}
+    return tuple(sorted(ks | {0}))
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ValueError(msg)
+
+
+def _positive(name: str, value: Optional[float], allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    _check(
+        value is not None and math.isfinite(value) and value > 0,
+        f"{name} must be a positive number, got {value}",
+    )
+
+
+@dataclass
+class TTTConfig(Config):
+    """The test-time training loop. Defaults are the paper's for GPT-2-size models."""
+
+    lr: float = opt(2e-5, "AdamW learning rate (the paper: 2e-5; 5e-6 for 1B+ models).")
+    eps: float = opt(1e-8, "AdamW epsilon.")
+    weight_decay: float = opt(0.01, "AdamW decoupled weight decay.")
+    betas: tuple[float, float] = opt((0.9, 0.999), "AdamW betas, e.g. 0.9,0.999.")
+    grad_clip: Optional[float] = opt(1.0, "Max global gradient norm ('none': no clipping).")
+    max_length: int = opt(1024, "Scoring window (lm-eval rolling windows) and training window.")
+    eval_at: Optional[tuple[int, ...]] = opt(
+        None, "Score after the first k neighbors, e.g. 0,1,5,20 (default: 0,1,2,5,10,20,50,… to k)."
+    )
+    autocast_dtype: str = opt(
+        "bf16", "Mixed-precision autocast dtype; weights stay fp32.", flags=("--autocast",),
+        choices=("bf16", "fp32"),
+    )  # fmt: skip
+    lora_r: Optional[int] = opt(None, "LoRA rank instead of full fine-tuning.", flags=("--lora",))
+    lora_alpha: int = opt(32, "LoRA alpha (scale alpha / r).")
+    lora_dropout: float = opt(0.0, "LoRA dropout.")
+    lora_target_modules: Optional[tuple[str, ...]] = opt(
+        None, "LoRA target modules, e.g. q_proj,v_proj (default: peft's for the model)."
+    )
+    score_batch_size: int = opt(4, "Scoring windows per forward pass.")
+    seed: int = opt(0, "Torch RNG seed for each document (dropout), so documents are independent.")
+
+    def __post_init__(self) -> None:
+        _positive("lr", self.lr)
+        _positive("eps", self.eps)
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"betas must be two numbers in [0, 1), got {self.betas}",
+        )
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        _positive("grad_clip", self.grad_clip, allow_none=True)
+        _check(self.max_length >= 2, f"max_length must be >= 2, got {self.max_length}")
+        if self.eval_at is not None:
+            self.eval_at = tuple(sorted({int(k) for k in self.eval_at}))
+            _check(
+                bool(self.eval_at) and self.eval_at[0] >= 0,
+                f"eval_at must be non-negative neighbor counts, got {self.eval_at}",
+            )
+        _check(
+            self.autocast_dtype in ("bf16", "fp32"),
+            f"autocast_dtype must be 'bf16' or 'fp32', got {self.autocast_dtype!r}",
+        )
+        _check(self.lora_r is None or self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}")
+        _check(
+            0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}"
+        )
+        if self.lora_target_modules is not None:
+            self.lora_target_modules = tuple(self.lora_target_modules)
+        _check(self.score_batch_size >= 1, "score_batch_size must be >= 1")
+
+
+@dataclass
+class RetrievalConfig(Config):
+    """Which neighbors a test document gets."""
+
+    neighbors: int = opt(20, "Neighbors retrieved and trained on per document (k).",
+                         flags=("-k", "--neighbors"))  # fmt: skip
+    exact: bool = opt(False, "Exact kNN instead of HNSW.")
+    ef: Optional[int] = opt(None, "HNSW beam width (default: the index's).")
+    guard: bool = opt(True, "Leakage guard: drop neighbors that copy the query text.")
+    guard_threshold: float = opt(0.9, "Leakage guard: similarity at which a neighbor is a copy.")
+
+    def __post_init__(self) -> None:
+        _check(self.neighbors >= 0, f"neighbors must be >= 0, got {self.neighbors}")
+        _check(self.ef is None or self.ef >= 1, f"ef must be >= 1, got {self.ef}")
+        _check(
+            0 < self.guard_threshold <= 1,
+            f"guard_threshold must be in (0, 1], got {self.guard_threshold}",
+        )
+
+
+@dataclass
+class PackConfig(Config):
+    """How the neighbors' token ids become training windows (`tttnn.pack_windows`)."""
+
+    windows_per_neighbor: Optional[int] = opt(
+        None, "Train on at most this many windows of each neighbor (the paper: all)."
+    )
+    pack_short: bool = opt(False, "Pack short neighbors into shared windows (EOS-separated).")
+    retokenize: bool = opt(
+        False, "Tokenize the neighbors' text with the model's tokenizer instead of using the "
+        "token ids stored in the index (for a model whose vocabulary differs from the index's).",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        _check(
+            self.windows_per_neighbor is None or self.windows_per_neighbor >= 1,
+            f"windows_per_neighbor must be >= 1, got {self.windows_per_neighbor}",
+        )
+
+
+@dataclass
+class TestSetConfig(Config):
+    """The test documents, in file order."""
+
+    __test__ = False  # not a pytest class
+
+    data: tuple[str, ...] = opt(
+        help="Test corpus (jsonl, jsonl.zst, parquet, txt folder); repeatable.",
+        multiple=True,
+        exists=True,
+    )
+    limit_per_domain: Optional[int] = opt(None, "At most this many documents per domain.")
+    limit: Optional[int] = opt(None, "At most this many documents.")
+    domains: tuple[str, ...] = opt((), "Only these domains (repeatable).", flags=("--domain",),
+                                   multiple=True)  # fmt: skip
+    split_text: bool = opt(False, "Query = first half of the text; score the rest (no overlap).")
+
+    def __post_init__(self) -> None:
+        self.data = tuple(str(p) for p in self.data)
+        self.domains = tuple(self.domains)
+        _check(bool(self.data), "no test data given")
+        for name in ("limit_per_domain", "limit"):
+            v = getattr(self, name)
+            _check(v is None or v >= 1, f"{name} must be >= 1, got {v}")
+
+
+@dataclass
+class RunConfig(Config):
+    """Where and how a run executes. None of it changes results: a run may resume elsewhere."""
+
+    out: str = opt(help="Run directory (config.json, results.jsonl).")
+    device: Optional[str] = opt(None, "cpu, cuda, cuda:1 ... (default: CUDA when present).")
+    progress: bool = opt(True, "Progress bars.")
+
+    def __post_init__(self) -> None:
+        self.out = str(self.out)
+
+
+@dataclass
+class EvalConfig(Config):
+    """One evaluation run (`tttnn eval`)."""
+
+    index: str = field(metadata={"help": "Index directory.", "exists": True})
+    test: TestSetConfig
+    run: RunConfig
+    model: str = opt(DEFAULT_LM, "Causal LM: HF id, local folder or .gguf, or 'smollm2-135m'.")
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    pack: PackConfig = field(default_factory=PackConfig)
+    ttt: TTTConfig = field(default_factory=TTTConfig)
+    baselines: tuple[str, ...] = opt(
+        (), "Also score each document another way: in-context = the neighbors in the context, no "
+        "training (the paper's baseline).", flags=("--baseline",), choices=BASELINES,
+        multiple=True,
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        self.index = str(self.index)
+        self.baselines = tuple(self.baselines)
+        for b in self.baselines:
+            _check(b in BASELINES, f"unknown baseline {b!r}; choose from {', '.join(BASELINES)}")
+        k = self.retrieval.neighbors
+        beyond = [e for e in self.ttt.eval_at or () if e > k]
+        _check(
+            not beyond,
+            f"eval_at {', '.join(map(str, beyond))} beyond the {k} neighbors retrieved: "
+            "raise --neighbors or drop those points",
+        )
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        """The k at which every document is scored."""
+        return eval_points(self.ttt.eval_at, self.retrieval.neighbors)
+
+    def results_settings(self) -> dict[str, Any]:
+        """The settings that decide results: all but `run` (compared when a run resumes)."""
+        d = self.to_dict()
+        del d["run"]
+        return d
+
+
+@dataclass
+class BuildConfig(Config):
+    """One index build (`tttnn index build`)."""
+
+    encoder: str = opt(DEFAULT_ENCODER, "Sentence encoder: HF id or local path.")
+    tokenizer: Optional[str] = opt(
+        DEFAULT_LM, "LM tokenizer whose token ids are stored ('none': store no tokens)."
+    )
+    vector_dtype: str = opt("f16", "Storage of the vectors.", choices=("f32", "f16", "i8"))
+    shard_size: int = opt(10_000, "Entries per shard (the unit of --resume).")
+    hnsw: bool = opt(True, "Build HNSW graphs.")
+    chunk_tokens: Optional[int] = opt(None, "Index chunks of N LM tokens instead of documents.")
+    on_error: str = opt("skip", "Bad corpus inputs: count and skip, or fail.",
+                        choices=("skip", "fail"))  # fmt: skip
+    max_doc_bytes: int = opt(DEFAULT_MAX_DOC_BYTES, "Larger documents are bad inputs.")
+    batch_size: int = opt(32, "Encoder batch size.")
+    limit: Optional[int] = opt(None, "Index at most N documents.")
+
+    def __post_init__(self) -> None:
+        if self.tokenizer is not None and self.tokenizer.lower() == "none":
+            self.tokenizer = None
+        _check(
+            self.vector_dtype in ("f32", "f16", "i8"),
+            f"vector_dtype must be 'f32', 'f16' or 'i8', not {self.vector_dtype!r}",
+        )
+        _check(self.shard_size >= 1, f"shard_size must be >= 1, not {self.shard_size}")
+        _check(
+            self.chunk_tokens is None or self.chunk_tokens >= 1,
+            f"chunk_tokens must be >= 1, not {self.chunk_tokens}",
+        )
+        _check(self.on_error in ("skip", "fail"), "on_error must be 'skip' or 'fail'")
+        _check(self.max_doc_bytes >= 1, f"max_doc_bytes must be >= 1, not {self.max_doc_bytes}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, not {self.batch_size}")
+        _check(self.limit is None or self.limit >= 0, f"limit must be >= 0, not {self.limit}")
+
+
+# --- the tree as data ------------------------------------------------------------------------
+
+
+def is_config(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def leaf_fields(cls: type) -> dict[str, tuple[tuple[str, ...], dataclasses.Field[Any], Any]]:
+    """Every leaf field of the tree under `cls`: flat name -> (path, field, type)."""
+    out: dict[str, tuple[tuple[str, ...], dataclasses.Field[Any], Any]] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if is_config(tp):
+            for name, (path, leaf, ltp) in leaf_fields(tp).items():
+                if name in out:
+                    raise TypeError(f"config field name {name!r} is not unique under {cls}")
+                out[name] = ((f.name, *path), leaf, ltp)
+        elif f.name in out:
+            raise TypeError(f"config field name {f.name!r} is not unique under {cls}")
+        else:
+            out[f.name] = ((f.name,), f, tp)
+    return out
+
+
+def from_flat(cls: type[C], **values: Any) -> C:
+    """Build the tree under `cls` from flat leaf names (`lr=1e-4, neighbors=50, out=...`);
+    leaves not given keep their defaults."""
+    leaves = leaf_fields(cls)
+    unknown = sorted(set(values) - set(leaves))
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no setting {', '.join(unknown)}")
+    nested: dict[str, Any] = {}
+    for name, value in values.items():
+        path = leaves[name][0]
+        node = nested
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return _build(cls, nested)
+
+
+def _build(cls: type[C], values: dict[str, Any]) -> C:
+    hints = typing.get_type_hints(cls)
+    kw = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in values:
+            v = values[f.name]
+            kw[f.name] = _build(hints[f.name], v) if is_config(hints[f.name]) else v
+        elif is_config(hints[f.name]) and f.default is dataclasses.MISSING:
+            kw[f.name] = _build(hints[f.name], {})  # nested, with required leaves -> TypeError
+    return cls(**kw)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The tree as JSON-ready dicts (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+    return {
+        f.name: to_dict(v) if dataclasses.is_dataclass(v) else plain(v)
+        for f in dataclasses.fields(cfg)
+        for v in [getattr(cfg, f.name)]
+    }
+
+
+def from_dict(cls: type[C], d: dict[str, Any]) -> C:
+    """The inverse of `to_dict`: unknown keys are an error, missing keys take their defaults."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no setting {', '.join(unknown)}")
+    kw: dict[str, Any] = {}
+    for name, v in d.items():
+        tp = hints[name]
+        kw[name] = from_dict(tp, v) if is_config(tp) else _from_json(tp, v)
+    return cls(**kw)
+
+
+def _from_json(tp: Any, v: Any) -> Any:
+    """Lists back to tuples where the field is a tuple (also inside Optional)."""
+    if v is None:
+        return None
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    origin = typing.get_origin(tp)
+    if origin is typing.Union and len(args) == 1:
+        return _from_json(args[0], v)
+    if origin is tuple and isinstance(v, list):
+        return tuple(v)
+    return v
