@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use half::f16;
-use tttnn::hnsw::{clustered_unit_vectors, recall_at_k, HnswIndex, HnswParams};
-use tttnn::knn::{exact_search, naive_dot, row_norms, simd_kernel_name};
+use tttnn::hnsw::{HnswIndex, HnswParams};
+use tttnn::knn::{exact_search, row_norms, simd_kernel_name};
+use tttnn::testing::{clustered_unit_vectors, naive_dot, recall_at_k};
 use tttnn::vectors::{Metric, VectorData, VectorsRef};
 
 const DIM: usize = 384;

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use tttnn::store::{test_matrix, EmbeddingStore, StoreOptions};
+use tttnn::store::{EmbeddingStore, StoreOptions};
+use tttnn::testing::test_matrix;
 use tttnn::DType;
 
 const N: usize = 20_000;

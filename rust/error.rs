@@ -1,6 +1,8 @@
 //! One error enum for the whole core. The Python layer maps it to exceptions in one place
 //! (`rust/python/mod.rs`): `Io` -> `OSError`, `Shape`/`DType`/`InvalidArgument` -> `ValueError`,
-//! `Corrupt`/`Version` -> `tttnn.CorruptIndexError` (a `ValueError`), `Index` -> `RuntimeError`.
+//! `OutOfRange` -> `IndexError`, `Corrupt`/`Version` -> `tttnn.CorruptIndexError` (a
+//! `ValueError`), `Locked` -> `tttnn.StoreLockedError` (a `BlockingIOError`), `Index` ->
+//! `RuntimeError`.
 
 use std::path::PathBuf;
 
@@ -21,6 +23,9 @@ pub enum Error {
     /// Any other argument that is out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A row id outside `0..len`.
+    #[error("{0}")]
+    OutOfRange(String),
     /// A file that exists but does not hold what its header or manifest says (truncated, checksum
     /// mismatch, bad magic, inconsistent manifest).
     #[error("{path}: corrupt: {msg}")]
@@ -32,6 +37,9 @@ pub enum Error {
         found: u32,
         supported: u32,
     },
+    /// Another handle (in this or another process) holds the store's writer lock.
+    #[error("{path}: {msg}")]
+    Locked { path: PathBuf, msg: String },
     /// Failures inside the ANN index (usearch) or other runtime failures.
     #[error("index error: {0}")]
     Index(String),

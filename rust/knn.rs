@@ -1,12 +1,8 @@
 //! Exact k-nearest-neighbor search over memory-mapped blocks of vectors.
 //!
-//! CONTRACT (owned by the knn helper; signatures are relied on by `store` and the bindings):
-//! - `exact_search(blocks, queries, k, metric)`: `blocks` are `(global_start_id, VectorsRef)`,
-//!   `queries` is row-major `nq × dim` f32. Returns the exact global top-k per query, best first,
-//!   scores as described on [`Metric`]. Parallel over blocks/row ranges (rayon), SIMD dot kernels
-//!   per dtype, batched queries as a blocked matrix product.
-//! - `merge_topk(parts, metric)`: merge several `SearchResult`s (same nq, global ids) into one
-//!   exact top-k.
+//! [`exact_search`] returns the exact global top-k per query over `(global start id, block)`
+//! pairs, best first, scores as described on [`Metric`]; [`merge_topk`] merges per-shard results
+//! with global ids into one top-k. The store and the HNSW re-ranking build on both.
 //!
 //! How it works. Every metric is reduced to one "key" per (query, row), larger is better:
 //! `key = dot(q, x_raw) * a[row] + b[row]`, where `x_raw` is the stored payload (f32, f16, or the
@@ -28,7 +24,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::vectors::{check_queries, Metric, SearchResult, VectorData, VectorsRef};
+use crate::vectors::{check_k, check_queries, Metric, SearchResult, VectorData, VectorsRef};
 
 /// From this many queries on, the batch is scored with a blocked matrix product.
 pub const GEMM_MIN_QUERIES: usize = 12;
@@ -67,18 +63,13 @@ pub fn exact_search_dim(
     k: usize,
     metric: Metric,
 ) -> Result<SearchResult> {
-    if k == 0 {
-        return Err(Error::InvalidArgument("k must be at least 1".into()));
-    }
     let nq = check_queries(queries, dim)?;
     for (i, (_, b)) in blocks.iter().enumerate() {
         check_block(i, b, dim)?;
     }
-    if nq == 0 {
-        return Ok(SearchResult::empty(0, k));
-    }
     let total: usize = blocks.iter().map(|(_, b)| b.count).sum();
-    if total == 0 {
+    check_k(k, nq, total)?;
+    if nq == 0 || total == 0 {
         return Ok(SearchResult::empty(nq, k));
     }
     let gemm_path = nq >= GEMM_MIN_QUERIES;
@@ -114,6 +105,37 @@ pub fn exact_search_dim(
         )
         .reduce(|| TopKSet::new(nq, kk), TopKSet::merge);
     Ok(heaps.finish(queries, dim, k, metric))
+}
+
+/// Exact top-`k` over an in-memory row-major `n × dim` f32 matrix, ids `0..n`; the norms are
+/// computed here, and a row with a non-finite value is an error.
+pub fn exact_search_matrix(
+    x: &[f32],
+    dim: usize,
+    queries: &[f32],
+    k: usize,
+    metric: Metric,
+) -> Result<SearchResult> {
+    if dim == 0 || x.len() % dim != 0 {
+        return Err(Error::Shape(format!(
+            "vectors hold {} values, not a whole number of rows of dimension {dim}",
+            x.len()
+        )));
+    }
+    // One pass: a norm is finite exactly when its row is (barring |x| > 1e19).
+    let norms = row_norms(x, dim);
+    if let Some(row) = norms.iter().position(|v| !v.is_finite()) {
+        return Err(Error::DType(format!(
+            "vector {row} has a non-finite value (or one too large for float32 norms)"
+        )));
+    }
+    let block = VectorsRef {
+        dim,
+        count: norms.len(),
+        data: VectorData::F32(x),
+        norms: &norms,
+    };
+    exact_search_dim(&[(0, block)], dim, queries, k, metric)
 }
 
 /// The message of a shape error without its "shape error: " prefix, to re-prefix it.
@@ -661,11 +683,6 @@ fn scalar_dot(q: &[f32], x: impl Iterator<Item = f32>) -> f32 {
     acc.iter().sum()
 }
 
-/// Reference scalar dot product (benchmark peer and tests).
-pub fn naive_dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use half::f16;
@@ -845,6 +862,7 @@ pub fn row_norms(x: &[f32], dim: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::naive_dot;
     use rand::{Rng, SeedableRng};
 
     struct Owned {

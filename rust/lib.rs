@@ -12,10 +12,13 @@
 
 pub mod error;
 pub mod hnsw;
+mod hnsw_file;
 pub mod knn;
 pub mod pack;
 pub mod ragged;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod vectors;
 
 #[cfg(feature = "python")]

@@ -229,12 +229,6 @@ fn plan(docs: &[&[u32]], opts: &PackOptions) -> (Vec<Piece>, Vec<WindowPlan>) {
     (pieces, plans)
 }
 
-/// Window count [`pack_windows`] would produce, without building anything.
-pub fn count_windows(docs: &[&[u32]], opts: &PackOptions) -> Result<usize> {
-    opts.validate()?;
-    Ok(plan(docs, opts).1.len())
-}
-
 // ---------------------------------------------------------------------------------------------
 // De-duplication
 // ---------------------------------------------------------------------------------------------
@@ -392,6 +386,22 @@ fn sorted_intersection_len(a: &[u64], b: &[u64]) -> usize {
 /// both are compared by their sets of words instead. An empty query matches nothing.
 ///
 /// `threshold` must be in `(0, 1]`. Signatures are computed in parallel (rayon) for large inputs.
+/// [`dedup_neighbors`] over UTF-8 bytes (what the bindings receive); invalid UTF-8 is an error
+/// naming the query or the candidate.
+pub fn dedup_neighbors_utf8(query: &[u8], candidates: &[&[u8]], threshold: f64) -> Result<Dedup> {
+    let utf8 = |what: &dyn Fn() -> String, b| {
+        std::str::from_utf8(b)
+            .map_err(|e| Error::DType(format!("{} is not valid UTF-8: {e}", what())))
+    };
+    let q = utf8(&|| "query".into(), query)?;
+    let texts = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| utf8(&|| format!("candidate {i}"), c))
+        .collect::<Result<Vec<&str>>>()?;
+    dedup_neighbors(q, &texts, threshold)
+}
+
 pub fn dedup_neighbors(query: &str, candidates: &[&str], threshold: f64) -> Result<Dedup> {
     if !(threshold > 0.0 && threshold <= 1.0) {
         return Err(Error::InvalidArgument(format!(
@@ -661,7 +671,6 @@ mod tests {
             };
             let got = pack_windows(&refs, &o).unwrap();
             assert_eq!(got, reference(&refs, &o), "{o:?}");
-            assert_eq!(count_windows(&refs, &o).unwrap(), got.n_windows);
             let wide = pack_windows_as::<i64>(&refs, &o).unwrap();
             let widened: Vec<i64> = got.input_ids.iter().map(|&t| t as i64).collect();
             assert_eq!(wide.input_ids, widened);

@@ -41,7 +41,7 @@ use crate::ragged::{
     align64, file_len, fsync_dir, hash_file, write_hashed, write_ragged, FileSum, Header, Mapped,
     Ragged, FILE_VERSION, HEADER_LEN,
 };
-use crate::vectors::{check_queries, DType, Metric, SearchResult, VectorData, VectorsRef};
+use crate::vectors::{check_k, check_queries, DType, Metric, SearchResult, VectorData, VectorsRef};
 
 /// Value of `format` in `manifest.json`.
 pub const MANIFEST_FORMAT: &str = "tttnn-store";
@@ -91,8 +91,7 @@ struct ShardEntry {
     start: u64,
     count: u64,
     files: BTreeMap<String, FileSum>,
-    /// Scale of the HNSW graph's i8 codes (see `hnsw.rs`); absent without a graph and for the
-    /// float graphs of earlier versions.
+    /// Scale of the HNSW graph's i8 codes (see `hnsw.rs`); absent without a graph.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     hnsw_scale: Option<f32>,
     /// Rows of the shard no walk of its HNSW graph reaches; searches score them exactly.
@@ -411,11 +410,7 @@ impl EmbeddingStore {
             return Err(Error::InvalidArgument("shard_size must be positive".into()));
         }
         if let Some(p) = &options.hnsw {
-            if p.connectivity < 2 || p.expansion_add == 0 || p.expansion_search == 0 {
-                return Err(Error::InvalidArgument(format!(
-                    "bad HNSW parameters {p:?}: connectivity must be >= 2 and expansions positive"
-                )));
-            }
+            p.check()?;
         }
         let meta = parse_meta(meta)?;
         if dir.join(MANIFEST).exists() {
@@ -609,6 +604,7 @@ impl EmbeddingStore {
         let hnsw = match (&m.hnsw, entry.files.contains_key(HNSW_FILE)) {
             (Some(p), true) => Some(HnswIndex::view(
                 &dir.join(HNSW_FILE),
+                vectors.count,
                 m.dim,
                 m.metric,
                 p,
@@ -770,7 +766,7 @@ impl EmbeddingStore {
             let p = tmp_dir.join(HNSW_FILE);
             index.save(&p)?;
             files.insert(HNSW_FILE.to_string(), sum_existing(&p)?);
-            hnsw_scale = index.scale();
+            hnsw_scale = Some(index.scale());
             hnsw_stranded = index.stranded().to_vec();
         }
         fsync_dir(&tmp_dir)?;
@@ -816,7 +812,7 @@ impl EmbeddingStore {
             let tmp = shard.dir.join(format!("{HNSW_FILE}.tmp"));
             let dst = shard.dir.join(HNSW_FILE);
             index.save(&tmp)?;
-            let scale = index.scale();
+            let scale = Some(index.scale());
             let stranded = index.stranded().to_vec();
             drop(index);
             let sum = sum_existing(&tmp)?;
@@ -830,6 +826,7 @@ impl EmbeddingStore {
             self.write_manifest(&next)?;
             let view = HnswIndex::view(
                 &dst,
+                shard.vectors.count,
                 next.dim,
                 next.metric,
                 &params,
@@ -1003,9 +1000,7 @@ impl EmbeddingStore {
         ef: Option<usize>,
     ) -> Result<SearchResult> {
         let nq = check_queries(queries, self.manifest.dim)?;
-        if k == 0 {
-            return Err(Error::InvalidArgument("k must be positive".into()));
-        }
+        check_k(k, nq, self.len() as usize)?;
         if self.shards.is_empty() || nq == 0 {
             return Ok(SearchResult::empty(nq, k));
         }
@@ -1041,13 +1036,16 @@ impl EmbeddingStore {
         Ok(crate::knn::merge_topk(&parts, k, metric))
     }
 
-    fn locate(&self, id: u64) -> Result<(&Shard, usize)> {
-        if id >= self.manifest.count {
-            return Err(Error::InvalidArgument(format!(
-                "id {id} out of range: the store holds {} vectors",
-                self.manifest.count
-            )));
-        }
+    fn locate(&self, id: i64) -> Result<(&Shard, usize)> {
+        let id = u64::try_from(id)
+            .ok()
+            .filter(|&i| i < self.manifest.count)
+            .ok_or_else(|| {
+                Error::OutOfRange(format!(
+                    "id {id} out of range: the store holds {} vectors",
+                    self.manifest.count
+                ))
+            })?;
         let i = self
             .shards
             .partition_point(|s| s.entry.start + s.entry.count <= id);
@@ -1056,7 +1054,7 @@ impl EmbeddingStore {
     }
 
     /// Dequantized vectors of `ids`, row-major `len(ids) × dim`.
-    pub fn get_vectors(&self, ids: &[u64]) -> Result<Vec<f32>> {
+    pub fn get_vectors(&self, ids: &[i64]) -> Result<Vec<f32>> {
         let d = self.manifest.dim;
         let mut out = vec![0f32; ids.len() * d];
         for (row, &id) in out.chunks_mut(d).zip(ids) {
@@ -1068,7 +1066,7 @@ impl EmbeddingStore {
 
     fn column<'a, T: crate::ragged::RaggedElem>(
         &'a self,
-        id: u64,
+        id: i64,
         name: &str,
         pick: impl Fn(&'a Shard) -> Option<&'a Ragged<T>>,
     ) -> Result<&'a [T]> {
@@ -1082,12 +1080,12 @@ impl EmbeddingStore {
     }
 
     /// UTF-8 bytes of the text of `id`.
-    pub fn text_bytes(&self, id: u64) -> Result<&[u8]> {
+    pub fn text_bytes(&self, id: i64) -> Result<&[u8]> {
         self.column(id, "text", |s| s.text.as_ref())
     }
 
     /// Text of `id` (validated as UTF-8 on read too).
-    pub fn text(&self, id: u64) -> Result<&str> {
+    pub fn text(&self, id: i64) -> Result<&str> {
         let b = self.text_bytes(id)?;
         std::str::from_utf8(b).map_err(|e| {
             let (s, _) = self
@@ -1098,12 +1096,12 @@ impl EmbeddingStore {
     }
 
     /// Token ids of `id`, borrowed from the memory map.
-    pub fn tokens(&self, id: u64) -> Result<&[u32]> {
+    pub fn tokens(&self, id: i64) -> Result<&[u32]> {
         self.column(id, "tokens", |s| s.tokens.as_ref())
     }
 
     /// Record bytes of `id`.
-    pub fn record(&self, id: u64) -> Result<&[u8]> {
+    pub fn record(&self, id: i64) -> Result<&[u8]> {
         self.column(id, "records", |s| s.records.as_ref())
     }
 }
@@ -1114,26 +1112,10 @@ fn sum_existing(path: &Path) -> Result<FileSum> {
     Ok(FileSum { bytes, xxh3 })
 }
 
-/// Shared by tests, benches and the Python tests' helpers: a cheap deterministic pseudo-random
-/// matrix (no `rand` dependency in the library).
-#[doc(hidden)]
-pub fn test_matrix(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n * dim)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::test_matrix;
 
     fn opts(dim: usize, dtype: DType) -> StoreOptions {
         StoreOptions {
@@ -1176,7 +1158,7 @@ mod tests {
             store.verify().unwrap();
             assert_eq!(store.len(), 17);
             assert_eq!(store.meta(), "{\"a\":1}");
-            let ids: Vec<u64> = (0..17).rev().collect();
+            let ids: Vec<i64> = (0..17).rev().collect();
             let got = store.get_vectors(&ids).unwrap();
             for (r, &id) in ids.iter().enumerate() {
                 let want = &x[id as usize * 5..(id as usize + 1) * 5];

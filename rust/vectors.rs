@@ -186,7 +186,34 @@ pub struct SearchResult {
     pub scores: Vec<f32>,
 }
 
+/// Most result entries (`nq × k`) a search pads beyond the rows it searched: asking for more
+/// neighbors than exist only adds padding, and past this it is a mistake (k = 2**62), not a
+/// request to allocate.
+pub const MAX_PADDED_RESULT: usize = 1 << 26;
+
+/// The one check of `k` for every search: positive, and a result of `nq × k` that can exist.
+/// `available` is how many rows the search covers; `k` beyond it is padding.
+pub fn check_k(k: usize, nq: usize, available: usize) -> Result<()> {
+    if k == 0 {
+        return Err(Error::InvalidArgument("k must be positive".into()));
+    }
+    let entries = nq.checked_mul(k).filter(|&e| e <= isize::MAX as usize / 8);
+    if k > available && entries.map_or(true, |e| e > MAX_PADDED_RESULT) {
+        return Err(Error::InvalidArgument(format!(
+            "k = {k} is more than the {available} vectors searched: the {nq} × {k} result would \
+             be padding; ask for at most {available}"
+        )));
+    }
+    if entries.is_none() {
+        return Err(Error::InvalidArgument(format!(
+            "k = {k} with {nq} queries: the result does not fit in memory"
+        )));
+    }
+    Ok(())
+}
+
 impl SearchResult {
+    /// All padding; callers checked the size with [`check_k`].
     pub fn empty(nq: usize, k: usize) -> Self {
         SearchResult {
             nq,

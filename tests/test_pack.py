@@ -194,6 +194,7 @@ def test_input_is_not_modified_and_not_aliased() -> None:
         ([np.array([5, -1], dtype=np.int32)], {"context_length": 4}, "token id -1"),
         ([np.array([2**40], dtype=np.int64)], {"context_length": 4}, "outside"),
         ([np.array([1.0, 2.0])], {"context_length": 4}, "must be integers"),
+        ([[1], [1.5]], {"context_length": 4}, "document 1 must be integers"),
         ([np.zeros((2, 2), dtype=np.uint32)], {"context_length": 4}, "1-D"),
         (np.arange(5, dtype=np.uint32), {"context_length": 4}, "sequence of 1-D"),
     ],
@@ -207,8 +208,8 @@ def test_bad_types_give_type_error() -> None:
     with pytest.raises(TypeError, match="document 0"):
         tttnn.pack_windows(["some text"], 4)  # type: ignore[list-item]
     with pytest.raises(TypeError, match="document 1 must be"):
-        tttnn.pack_windows([[1], [1.5]], 4)  # type: ignore[list-item]
-    with pytest.raises(TypeError, match="not a str"):
+        tttnn.pack_windows([[1], object()], 4)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="single str"):
         tttnn.pack_windows("abc", 4)  # type: ignore[arg-type]
 
 

@@ -13,6 +13,7 @@ import numpy.typing as npt
 __all__ = [
     "CorruptIndexError",
     "EmbeddingStore",
+    "StoreLockedError",
     "__version__",
     "_simd_kernels",
     "dedup_neighbors",
@@ -24,6 +25,9 @@ __version__: str
 
 class CorruptIndexError(ValueError):
     """A store file is truncated, corrupted, inconsistent with its manifest, or of an unknown version."""
+
+class StoreLockedError(BlockingIOError):
+    """Another writer (this or another process) holds the store directory's lock."""
 
 @final
 class EmbeddingStore:

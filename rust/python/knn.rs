@@ -1,12 +1,12 @@
 //! Bindings for `crate::knn`: `exact_search` over an in-memory float32 matrix.
 
 use numpy::{PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use super::{f32_matrix, to_py};
+use super::convert::{count, f32_matrix};
+use super::{detach, to_py};
 use crate::knn;
-use crate::vectors::{Metric, VectorData, VectorsRef};
+use crate::vectors::Metric;
 
 /// Exact top-k over an in-memory `(n, dim)` f32 array (same kernels as the store).
 ///
@@ -24,41 +24,13 @@ fn exact_search<'py>(
     metric: &str,
 ) -> PyResult<(Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>)> {
     let metric = Metric::parse(metric).map_err(to_py)?;
-    if k < 1 {
-        return Err(PyValueError::new_err(format!(
-            "k must be positive, got {k}"
-        )));
-    }
     let x = f32_matrix(vectors, "vectors", None, false)?;
     let q = f32_matrix(queries, "queries", None, true)?;
-    let (n, dim) = (x.shape()[0], x.shape()[1]);
-    if q.shape()[1] != dim {
-        return Err(PyValueError::new_err(format!(
-            "queries have dimension {}, vectors have dimension {dim}",
-            q.shape()[1]
-        )));
-    }
-    let xs = x.as_slice()?;
-    let qs = q.as_slice()?;
-    let k = k as usize;
-    let r = py
-        .detach(|| {
-            // One pass: a norm is finite exactly when its row is (barring |x| > 1e19).
-            let norms = knn::row_norms(xs, dim);
-            if let Some(row) = norms.iter().position(|v| !v.is_finite()) {
-                return Err(crate::Error::DType(format!(
-                    "vector {row} has a non-finite value (or one too large for float32 norms)"
-                )));
-            }
-            let block = VectorsRef {
-                dim,
-                count: n,
-                data: VectorData::F32(xs),
-                norms: &norms,
-            };
-            knn::exact_search_dim(&[(0, block)], dim, qs, k, metric)
-        })
-        .map_err(to_py)?;
+    let dim = x.shape()[1];
+    let (xs, qs) = (x.as_slice()?, q.as_slice()?);
+    let r = detach(py, || {
+        knn::exact_search_matrix(xs, dim, qs, count(k), metric)
+    })?;
     let ids = PyArray1::from_vec(py, r.ids).reshape([r.nq, r.k])?;
     let scores = PyArray1::from_vec(py, r.scores).reshape([r.nq, r.k])?;
     Ok((ids, scores))

@@ -7,16 +7,14 @@
 use std::path::PathBuf;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use numpy::{
-    PyArray1, PyArray2, PyArrayDescrMethods, PyArrayMethods, PyReadonlyArray1, PyUntypedArray,
-    PyUntypedArrayMethods,
-};
-use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError, PyValueError};
+use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::PyBytes;
 
+use super::convert::{count, f32_matrix, int_array, sequence, text_bytes, Ints};
 use super::pack::{pack_options, packed_to_numpy, PackedArrays};
-use super::{dtype_str, f32_matrix, to_py, type_name};
+use super::{detach, to_py};
+use crate::error::Error;
 use crate::hnsw::HnswParams;
 use crate::store::{EmbeddingStore as Core, StoreOptions};
 use crate::vectors::{DType, Metric};
@@ -51,149 +49,6 @@ const _: fn() = || {
 /// `(ids (nq, k) int64, scores (nq, k) float32)`.
 type SearchArrays<'py> = (Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>);
 
-/// A 1-D int64 array of ids from a sequence of ints or an integer array.
-fn id_array<'py>(obj: &Bound<'py, PyAny>, len: u64) -> PyResult<PyReadonlyArray1<'py, i64>> {
-    let np = obj.py().import("numpy")?;
-    let arr = np
-        .call_method1("asarray", (obj,))?
-        .cast_into::<PyUntypedArray>()?;
-    if arr.ndim() != 1 {
-        return Err(PyValueError::new_err(format!(
-            "ids must be 1-D, got shape {:?}",
-            arr.shape()
-        )));
-    }
-    if arr.len() > 0 && !matches!(arr.dtype().kind(), b'i' | b'u') {
-        return Err(PyTypeError::new_err(format!(
-            "ids must be integers, got dtype {}",
-            dtype_str(&arr)
-        )));
-    }
-    let arr = np
-        .call_method1("ascontiguousarray", (arr, np.getattr("int64")?))?
-        .cast_into::<PyArray1<i64>>()?
-        .try_readonly()
-        .map_err(|e| PyValueError::new_err(format!("cannot borrow ids: {e}")))?;
-    if let Some(bad) = arr.as_slice()?.iter().find(|&&i| i < 0 || i as u64 >= len) {
-        return Err(PyIndexError::new_err(format!(
-            "id {bad} out of range: the store holds {len} vectors"
-        )));
-    }
-    Ok(arr)
-}
-
-/// Borrowed bytes of each item of a sequence of str/bytes (str as UTF-8).
-fn byte_items<'a>(name: &str, objs: &'a [Bound<'_, PyAny>]) -> PyResult<Vec<&'a [u8]>> {
-    objs.iter()
-        .enumerate()
-        .map(|(i, o)| {
-            if let Ok(b) = o.cast::<PyBytes>() {
-                Ok(b.as_bytes())
-            } else if let Ok(s) = o.cast::<PyString>() {
-                s.to_str().map(str::as_bytes).map_err(|e| {
-                    PyValueError::new_err(format!("{name} {i} is not valid UTF-8: {e}"))
-                })
-            } else {
-                Err(PyTypeError::new_err(format!(
-                    "{name} {i} must be str or bytes, got {}",
-                    type_name(o)
-                )))
-            }
-        })
-        .collect()
-}
-
-fn sequence<'py>(
-    name: &str,
-    obj: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Option<Vec<Bound<'py, PyAny>>>> {
-    let Some(obj) = obj else { return Ok(None) };
-    if obj.is_none() {
-        return Ok(None);
-    }
-    if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() {
-        return Err(PyTypeError::new_err(format!(
-            "{name} must be a sequence (one item per vector), not a single str/bytes"
-        )));
-    }
-    obj.try_iter()
-        .map_err(|_| {
-            PyTypeError::new_err(format!("{name} must be a sequence, got {}", type_name(obj)))
-        })?
-        .collect::<PyResult<Vec<_>>>()
-        .map(Some)
-}
-
-/// Token ids of one document: uint32 arrays are borrowed, other integers range-checked and copied.
-enum Tokens<'py> {
-    Borrowed(PyReadonlyArray1<'py, u32>),
-    Owned(Vec<u32>),
-}
-
-fn token_item<'py>(i: usize, obj: &Bound<'py, PyAny>) -> PyResult<Tokens<'py>> {
-    if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() {
-        return Err(PyTypeError::new_err(format!(
-            "tokens {i} is a str/bytes; pass token ids (a 1-D integer array or list of ints)"
-        )));
-    }
-    let np = obj.py().import("numpy")?;
-    let arr = np
-        .call_method1("asarray", (obj,))?
-        .cast_into::<PyUntypedArray>()?;
-    if arr.ndim() != 1 {
-        return Err(PyValueError::new_err(format!(
-            "tokens {i} must be 1-D, got shape {:?}",
-            arr.shape()
-        )));
-    }
-    if arr.len() == 0 {
-        return Ok(Tokens::Owned(Vec::new()));
-    }
-    let kind = arr.dtype().kind();
-    if !matches!(kind, b'i' | b'u') {
-        return Err(PyValueError::new_err(format!(
-            "tokens {i} must be integers (uint32), got dtype {}",
-            dtype_str(&arr)
-        )));
-    }
-    if kind == b'u' && arr.dtype().itemsize() == 4 {
-        let a = np
-            .call_method1("ascontiguousarray", (arr,))?
-            .cast_into::<PyArray1<u32>>()?;
-        return a
-            .try_readonly()
-            .map(Tokens::Borrowed)
-            .map_err(|e| PyValueError::new_err(format!("cannot borrow tokens {i}: {e}")));
-    }
-    let wide = if kind == b'u' && arr.dtype().itemsize() == 8 {
-        "uint64"
-    } else {
-        "int64"
-    };
-    let a = np.call_method1("ascontiguousarray", (arr, np.getattr(wide)?))?;
-    let vals: Vec<i128> = if wide == "uint64" {
-        let a = a.cast_into::<PyArray1<u64>>()?;
-        let r = a.readonly();
-        r.as_slice()?.iter().map(|&v| i128::from(v)).collect()
-    } else {
-        let a = a.cast_into::<PyArray1<i64>>()?;
-        let r = a.readonly();
-        r.as_slice()?.iter().map(|&v| i128::from(v)).collect()
-    };
-    vals.iter()
-        .enumerate()
-        .map(|(p, &v)| {
-            u32::try_from(v).map_err(|_| {
-                PyValueError::new_err(format!(
-                    "tokens {i}: id {v} at position {p} is outside 0..={}",
-                    u32::MAX
-                ))
-            })
-        })
-        .collect::<PyResult<Vec<u32>>>()
-        .map(Tokens::Owned)
-}
-
 impl EmbeddingStore {
     fn wrap(core: Core) -> Self {
         EmbeddingStore {
@@ -206,27 +61,26 @@ impl EmbeddingStore {
         }
     }
 
-    fn read(&self) -> PyResult<RwLockReadGuard<'_, Core>> {
+    fn read(&self) -> crate::Result<RwLockReadGuard<'_, Core>> {
         self.inner
             .read()
-            .map_err(|_| PyRuntimeError::new_err("store lock poisoned by a panic"))
+            .map_err(|_| Error::Index("store lock poisoned by a panic".into()))
     }
 
-    fn write(&self) -> PyResult<RwLockWriteGuard<'_, Core>> {
+    fn write(&self) -> crate::Result<RwLockWriteGuard<'_, Core>> {
         self.inner
             .write()
-            .map_err(|_| PyRuntimeError::new_err("store lock poisoned by a panic"))
+            .map_err(|_| Error::Index("store lock poisoned by a panic".into()))
     }
+}
 
-    fn check_id(&self, id: i64) -> PyResult<u64> {
-        let n = self.read()?.len();
-        if id < 0 || id as u64 >= n {
-            return Err(PyIndexError::new_err(format!(
-                "id {id} out of range: the store holds {n} vectors"
-            )));
-        }
-        Ok(id as u64)
-    }
+/// The bytes of each item of a per-document column (texts, records).
+fn column_bytes<'a>(items: &'a [Bound<'_, PyAny>], what: &str) -> PyResult<Vec<&'a [u8]>> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, o)| text_bytes(o, &|| format!("{what} {i}")))
+        .collect()
 }
 
 #[pymethods]
@@ -258,40 +112,28 @@ impl EmbeddingStore {
         with_records: bool,
         meta: &str,
     ) -> PyResult<Self> {
-        let positive = |name: &str, v: i64| {
-            usize::try_from(v)
-                .ok()
-                .filter(|&v| v > 0)
-                .ok_or_else(|| PyValueError::new_err(format!("{name} must be positive, got {v}")))
-        };
         let options = StoreOptions {
-            dim: positive("dim", dim)?,
+            dim: count(dim),
             dtype: DType::parse(dtype).map_err(to_py)?,
             metric: Metric::parse(metric).map_err(to_py)?,
-            shard_size: positive("shard_size", shard_size)?,
-            hnsw: if hnsw {
-                Some(HnswParams {
-                    connectivity: positive("hnsw_connectivity", hnsw_connectivity)?,
-                    expansion_add: positive("hnsw_expansion_add", hnsw_expansion_add)?,
-                    expansion_search: positive("hnsw_expansion_search", hnsw_expansion_search)?,
-                })
-            } else {
-                None
-            },
+            shard_size: count(shard_size),
+            hnsw: hnsw.then(|| HnswParams {
+                connectivity: count(hnsw_connectivity),
+                expansion_add: count(hnsw_expansion_add),
+                expansion_search: count(hnsw_expansion_search),
+            }),
             with_text,
             with_tokens,
             with_records,
         };
-        let core = py
-            .detach(|| Core::create(&path, &options, meta))
-            .map_err(to_py)?;
+        let core = detach(py, || Core::create(&path, &options, meta))?;
         Ok(Self::wrap(core))
     }
 
     /// Open an existing store (memory maps; reads only headers and file sizes).
     #[staticmethod]
     fn open(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let core = py.detach(|| Core::open(&path)).map_err(to_py)?;
+        let core = detach(py, || Core::open(&path))?;
         Ok(Self::wrap(core))
     }
 
@@ -312,23 +154,23 @@ impl EmbeddingStore {
     ) -> PyResult<Vec<u32>> {
         let arr = f32_matrix(vectors, "vectors", Some(self.dim), false)?;
         let x = arr.as_slice()?;
-        let text_objs = sequence("texts", texts)?;
+        let text_objs = sequence(texts, "texts")?;
         let text_b = text_objs
             .as_deref()
-            .map(|o| byte_items("text", o))
+            .map(|o| column_bytes(o, "text"))
             .transpose()?;
-        let rec_objs = sequence("records", records)?;
+        let rec_objs = sequence(records, "records")?;
         let rec_b = rec_objs
             .as_deref()
-            .map(|o| byte_items("record", o))
+            .map(|o| column_bytes(o, "record"))
             .transpose()?;
-        let tok_objs = sequence("tokens", tokens)?;
+        let tok_objs = sequence(tokens, "tokens")?;
         let tok_items = tok_objs
             .as_deref()
             .map(|o| {
                 o.iter()
                     .enumerate()
-                    .map(|(i, t)| token_item(i, t))
+                    .map(|(i, t)| int_array::<u32>(t, &format!("tokens {i}"), "token id"))
                     .collect::<PyResult<Vec<_>>>()
             })
             .transpose()?;
@@ -337,18 +179,13 @@ impl EmbeddingStore {
             .map(|items| {
                 items
                     .iter()
-                    .map(|t| match t {
-                        Tokens::Borrowed(a) => a.as_slice().map_err(PyErr::from),
-                        Tokens::Owned(v) => Ok(v.as_slice()),
-                    })
-                    .collect::<PyResult<Vec<&[u32]>>>()
+                    .map(Ints::as_slice)
+                    .collect::<PyResult<Vec<_>>>()
             })
             .transpose()?;
-        py.detach(|| {
-            let mut store = self.write()?;
-            store
+        detach(py, || {
+            self.write()?
                 .append(x, text_b.as_deref(), tok_s.as_deref(), rec_b.as_deref())
-                .map_err(to_py)
         })
     }
 
@@ -364,26 +201,10 @@ impl EmbeddingStore {
         exact: bool,
         ef: Option<i64>,
     ) -> PyResult<SearchArrays<'py>> {
-        if k < 1 {
-            return Err(PyValueError::new_err(format!(
-                "k must be positive, got {k}"
-            )));
-        }
-        let ef = match ef {
-            None => None,
-            Some(e) if e >= 1 => Some(e as usize),
-            Some(e) => {
-                return Err(PyValueError::new_err(format!(
-                    "ef must be positive, got {e}"
-                )))
-            }
-        };
         let arr = f32_matrix(queries, "queries", Some(self.dim), true)?;
         let q = arr.as_slice()?;
-        let k = k as usize;
-        let r = py.detach(|| {
-            let store = self.read()?;
-            store.search(q, k, exact, ef).map_err(to_py)
+        let r = detach(py, || {
+            self.read()?.search(q, count(k), exact, ef.map(count))
         })?;
         let ids = PyArray1::from_vec(py, r.ids).reshape([r.nq, r.k])?;
         let scores = PyArray1::from_vec(py, r.scores).reshape([r.nq, r.k])?;
@@ -394,18 +215,12 @@ impl EmbeddingStore {
     /// `threads=0` uses all cores. Later appends build their shard's graph when sealing.
     #[pyo3(signature = (*, threads=0))]
     fn build_hnsw(&self, py: Python<'_>, threads: usize) -> PyResult<usize> {
-        py.detach(|| {
-            let mut store = self.write()?;
-            store.build_hnsw(threads).map_err(to_py)
-        })
+        detach(py, || self.write()?.build_hnsw(threads))
     }
 
     /// Read every file and check its checksum; raises CorruptIndexError on a mismatch.
     fn verify(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| {
-            let store = self.read()?;
-            store.verify().map_err(to_py)
-        })
+        detach(py, || self.read()?.verify())
     }
 
     /// Dequantized vectors of the given ids, `(len(ids), dim)` float32.
@@ -414,40 +229,33 @@ impl EmbeddingStore {
         py: Python<'py>,
         ids: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let n = self.read()?.len();
-        let ids = id_array(ids, n)?;
-        let ids: Vec<u64> = ids.as_slice()?.iter().map(|&i| i as u64).collect();
-        let v = py.detach(|| {
-            let store = self.read()?;
-            store.get_vectors(&ids).map_err(to_py)
-        })?;
+        let ids = int_array::<i64>(ids, "ids", "id")?;
+        let ids = ids.as_slice()?;
+        let v = detach(py, || self.read()?.get_vectors(ids))?;
         PyArray1::from_vec(py, v).reshape([ids.len(), self.dim])
     }
 
     /// Text of `id` (str).
     fn text(&self, id: i64) -> PyResult<String> {
-        let id = self.check_id(id)?;
-        Ok(self.read()?.text(id).map_err(to_py)?.to_owned())
+        let store = self.read().map_err(to_py)?;
+        Ok(store.text(id).map_err(to_py)?.to_owned())
     }
 
     /// UTF-8 bytes of the text of `id`.
     fn text_bytes<'py>(&self, py: Python<'py>, id: i64) -> PyResult<Bound<'py, PyBytes>> {
-        let id = self.check_id(id)?;
-        let store = self.read()?;
+        let store = self.read().map_err(to_py)?;
         Ok(PyBytes::new(py, store.text_bytes(id).map_err(to_py)?))
     }
 
     /// Token ids of `id` (a uint32 copy of the memory-mapped slice).
     fn tokens<'py>(&self, py: Python<'py>, id: i64) -> PyResult<Bound<'py, PyArray1<u32>>> {
-        let id = self.check_id(id)?;
-        let store = self.read()?;
+        let store = self.read().map_err(to_py)?;
         Ok(PyArray1::from_slice(py, store.tokens(id).map_err(to_py)?))
     }
 
     /// Record bytes of `id`.
     fn record<'py>(&self, py: Python<'py>, id: i64) -> PyResult<Bound<'py, PyBytes>> {
-        let id = self.check_id(id)?;
-        let store = self.read()?;
+        let store = self.read().map_err(to_py)?;
         Ok(PyBytes::new(py, store.record(id).map_err(to_py)?))
     }
 
@@ -474,24 +282,24 @@ impl EmbeddingStore {
             max_windows_per_doc,
             pad_id,
         )?;
-        let n = self.read()?.len();
-        let ids = id_array(ids, n)?;
+        let ids = int_array::<i64>(ids, "ids", "id")?;
         let ids = ids.as_slice()?;
-        let packed = py.detach(|| {
+        let packed = detach(py, || {
             let store = self.read()?;
             let docs = ids
                 .iter()
-                .map(|&i| store.tokens(i as u64))
-                .collect::<crate::Result<Vec<&[u32]>>>()
-                .map_err(to_py)?;
-            crate::pack::pack_windows_as::<i64>(&docs, &opts).map_err(to_py)
+                .map(|&i| store.tokens(i))
+                .collect::<crate::Result<Vec<&[u32]>>>()?;
+            crate::pack::pack_windows_as::<i64>(&docs, &opts)
         })?;
         packed_to_numpy(py, packed)
     }
 
     /// Replace the user metadata (a JSON object string), atomically.
     fn set_meta(&self, meta: &str) -> PyResult<()> {
-        self.write()?.set_meta(meta).map_err(to_py)
+        self.write()
+            .and_then(|mut s| s.set_meta(meta))
+            .map_err(to_py)
     }
 
     #[getter]
@@ -521,37 +329,37 @@ impl EmbeddingStore {
 
     #[getter]
     fn num_shards(&self) -> PyResult<usize> {
-        Ok(self.read()?.num_shards())
+        Ok(self.read().map_err(to_py)?.num_shards())
     }
 
     /// True when every shard has an HNSW graph (and there is at least one shard).
     #[getter]
     fn has_hnsw(&self) -> PyResult<bool> {
-        Ok(self.read()?.has_hnsw())
+        Ok(self.read().map_err(to_py)?.has_hnsw())
     }
 
     /// The user metadata, a JSON object string.
     #[getter]
     fn meta(&self) -> PyResult<String> {
-        Ok(self.read()?.meta())
+        Ok(self.read().map_err(to_py)?.meta())
     }
 
     /// Number of vectors in each shard, in id order.
     fn shard_counts(&self) -> PyResult<Vec<u64>> {
-        Ok(self.read()?.shard_counts())
+        Ok(self.read().map_err(to_py)?.shard_counts())
     }
 
     /// Ids of the rows no HNSW walk reaches; HNSW searches score them exactly.
     fn hnsw_stranded(&self) -> PyResult<Vec<u64>> {
-        Ok(self.read()?.hnsw_stranded())
+        Ok(self.read().map_err(to_py)?.hnsw_stranded())
     }
 
     fn __len__(&self) -> PyResult<usize> {
-        Ok(self.read()?.len() as usize)
+        Ok(self.read().map_err(to_py)?.len() as usize)
     }
 
     fn __repr__(&self) -> PyResult<String> {
-        let s = self.read()?;
+        let s = self.read().map_err(to_py)?;
         Ok(format!(
             "EmbeddingStore(path={:?}, len={}, dim={}, dtype={:?}, metric={:?}, shards={})",
             self.path,
