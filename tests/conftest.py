@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-
 from helpers import SAMPLE_TRAIN, corpus_slice, tiny_llama, write_jsonl
 
 

@@ -9,12 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from test_corpus import SHARED_CORPUS, TRAIN, corpus_slice, write_jsonl
+from helpers import corpus_slice, write_jsonl
 from tttnn.cli import main
-
-pytestmark = pytest.mark.skipif(
-    not TRAIN.is_file(), reason=f"benchmark corpus not found at {SHARED_CORPUS}"
-)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +87,7 @@ def test_errors_are_one_line_without_traceback(built, tmp_path: Path) -> None:
     assert "Traceback" not in res.output
     res = runner.invoke(main, ["search", str(out)])
     assert res.exit_code == 2 and "give query texts or --queries" in res.output
-    res = runner.invoke(main, ["index", "build", str(corpus), "--out", "x", "--dtype", "f8"])
+    res = runner.invoke(main, ["index", "build", str(corpus), "--out", "x", "--vector-dtype", "f8"])
     assert res.exit_code == 2
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": \n')
@@ -106,7 +102,7 @@ def test_errors_are_one_line_without_traceback(built, tmp_path: Path) -> None:
 def test_build_without_hnsw_or_tokens_in_i8(built, tmp_path: Path) -> None:
     _, corpus, rows = built
     out = tmp_path / "lean"
-    args = ["index", "build", str(corpus), "--out", str(out), "--no-hnsw", "--dtype", "i8"]
+    args = ["index", "build", str(corpus), "--out", str(out), "--no-hnsw", "--vector-dtype", "i8"]
     res = CliRunner().invoke(main, [*args, "--tokenizer", "none", "--limit", "3", "-q"])
     assert res.exit_code == 0, res.output
     info = json.loads(CliRunner().invoke(main, ["index", "info", str(out), "--json"]).stdout)

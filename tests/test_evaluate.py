@@ -5,62 +5,31 @@ is quick. Checks the results file, resumption, loud failures, the report and its
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from helpers import SAMPLE_TEST, SAMPLE_TRAIN, corpus_slice, write_jsonl
 from tttnn.cli import main
-from tttnn.demo import sample_corpus
-from tttnn.evaluate import EvalConfig, run_eval
-from tttnn.index import Index
+from tttnn.config import EvalConfig
+from tttnn.evaluate import run_eval
+from tttnn.lock import LockedError, exclusive_writer
 from tttnn.report import bootstrap_change, make_report, plot_report, render
 
 
-@pytest.fixture(scope="module")
-def sample_index(tmp_path_factory) -> Path:
-    train, _ = sample_corpus()
-    out = tmp_path_factory.mktemp("eval") / "index"
-    Index.build([train], out, limit=40, shard_size=16, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory) -> Path:
-    """A 2-layer Llama with SmolLM2's tokenizer, saved like any HF model folder."""
-    from tttnn.models import load_tokenizer
-
-    tok = load_tokenizer("smollm2-135m")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    path = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def config(index: Path, model: Path, out: Path, **kw) -> EvalConfig:
-    _, test = sample_corpus()
     base = dict(
-        index=str(index), data=[str(test)], out=str(out), model=str(model), neighbors=3,
+        index=str(index), data=[str(SAMPLE_TEST)], out=str(out), model=str(model), neighbors=3,
         eval_at=(0, 1, 3), max_length=64, lr=1e-3, windows_per_neighbor=1, limit=3,
-        dtype="fp32", progress=False, exact=True,
+        autocast_dtype="fp32", progress=False, exact=True,
     )  # fmt: skip
     base.update(kw)
-    return EvalConfig(**base)
+    return EvalConfig.from_flat(**base)
 
 
 def rows_of(run: Path) -> list[dict]:
@@ -80,8 +49,9 @@ def test_run_writes_rows_and_resumes(sample_index: Path, tiny_lm: Path, tmp_path
         assert all(r[t] >= 0 for t in ("retrieve_s", "pack_s", "train_s", "score_s", "reset_s"))
         # lr 1e-3 on a random tiny model: training moves the score
         assert r["bpb"]["3"] != r["bpb"]["0"]
-    settings = json.loads((run / "config.json").read_text())
-    assert settings["settings"]["neighbors"] == 3 and "torch" in settings["versions"]
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["config"]["retrieval"]["neighbors"] == 3 and "torch" in saved["versions"]
+    assert EvalConfig.from_dict(saved["config"]) == config(sample_index, tiny_lm, run)
 
     # Interrupt: the last row never made it, and a torn half row was left behind.
     lines = (run / "results.jsonl").read_text().splitlines()
@@ -94,9 +64,89 @@ def test_run_writes_rows_and_resumes(sample_index: Path, tiny_lm: Path, tmp_path
             assert a["bpb"][k] == pytest.approx(b["bpb"][k], rel=1e-6)
 
     # Same directory, other settings: refused, nothing overwritten.
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match=r"other settings \(ttt.lr: 0.001 -> 0.0005\)"):
         run_eval(config(sample_index, tiny_lm, run, lr=5e-4))
     assert len(rows_of(run)) == 3
+
+    # A run directory moved elsewhere resumes there (where it lives is not a setting).
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(run, moved)
+    summary = run_eval(config(sample_index, tiny_lm, moved, device="cpu"))
+    assert (summary.ok, summary.failed, summary.resumed) == (0, 0, 3)
+
+    # One writer per run directory: a second one is refused at once, rows untouched.
+    with exclusive_writer(run, what="run"), pytest.raises(LockedError, match=str(run)):
+        run_eval(config(sample_index, tiny_lm, run))
+    assert len(rows_of(run)) == 3
+
+
+def test_a_rejected_setting_writes_nothing(tmp_path: Path, sample_index: Path) -> None:
+    for bad in ({"lr": -1.0}, {"neighbors": 3, "eval_at": (5, 10)}, {"betas": (0.9, 1.5)}):
+        res = CliRunner().invoke(main, [
+            "eval", "--index", str(sample_index), "--data", str(SAMPLE_TEST),
+            "--out", str(tmp_path / "r"),
+            *[x for k, v in bad.items() for x in (f"--{k.replace('_', '-')}", ",".join(map(str, v)) if isinstance(v, tuple) else str(v))],
+        ])  # fmt: skip
+        assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+        assert not (tmp_path / "r").exists()
+    assert "beyond the 3 neighbors" in res.output
+
+
+def test_tokenizer_mismatch_and_missing_tokens_are_refused_up_front(
+    sample_index: Path, tmp_path: Path, encoder
+) -> None:
+    from helpers import byte_tokenizer, tiny_llama
+    from tttnn.index import Index, InvalidIndexError
+
+    other = tmp_path / "byte-llama"  # another vocabulary than the index's (SmolLM2's)
+    tok = byte_tokenizer()
+    tok.bos_token = tok.eos_token
+    tiny_llama(vocab_size=len(tok)).save_pretrained(other)
+    tok.save_pretrained(other)
+    with pytest.raises(InvalidIndexError, match="vocabulary differs"):
+        run_eval(config(sample_index, other, tmp_path / "run"))
+    assert not (tmp_path / "run" / "results.jsonl").exists()
+    # --retokenize trains on the neighbors' text in the model's own ids
+    summary = run_eval(config(sample_index, other, tmp_path / "re", retokenize=True, limit=1))
+    assert summary.ok == 1
+    (row,) = rows_of(tmp_path / "re")
+    assert row["windows_trained"] == 3 and row["tokens_trained"] == 3 * 64
+
+    bare = tmp_path / "bare"
+    Index.build([SAMPLE_TRAIN], bare, encoder=encoder, tokenizer=None, limit=8, progress=False)
+    with pytest.raises(InvalidIndexError, match="stores no token ids"):
+        run_eval(config(bare, other, tmp_path / "run2"))
+
+
+def test_exit_codes_say_whether_documents_failed(
+    sample_index: Path, tiny_lm: Path, tmp_path: Path
+) -> None:
+    def cli_eval(out: Path, data: Path, neighbors: int) -> Any:
+        args = ["eval", "--index", str(sample_index), "--data", str(data), "--out", str(out),
+                "--model", str(tiny_lm), "-k", str(neighbors), "--max-length", "64",
+                "--windows-per-neighbor", "1", "--autocast", "fp32", "--exact", "-q"]  # fmt: skip
+        return CliRunner().invoke(main, args)
+
+    # one test document copies an indexed one (the guard drops the copy: 39 of 40 left), the
+    # other does not: with k = 40 the first fails, the second is scored
+    copy_of_indexed = corpus_slice(per_domain=1)[0]
+    unrelated = {"text": "Completely unrelated prose about a lighthouse keeper. " * 8,
+                 "meta": {"pile_set_name": "prose"}}  # fmt: skip
+    data = write_jsonl([copy_of_indexed, unrelated], tmp_path / "two.jsonl")
+    res = cli_eval(tmp_path / "partial", data, 40)
+    assert res.exit_code == 3, res.output
+    assert "1 of 2 documents failed" in res.output
+    res = cli_eval(tmp_path / "none", data, 500)
+    assert res.exit_code == 1 and "every document failed" in res.output, res.output
+
+
+def test_report_refuses_duplicate_rows(sample_index: Path, tiny_lm: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run_eval(config(sample_index, tiny_lm, run, limit=1))
+    line = (run / "results.jsonl").read_text()
+    (run / "results.jsonl").write_text(line + line)
+    with pytest.raises(ValueError, match="two rows"):
+        make_report(run)
 
 
 def test_retrieval_shortfall_is_a_loud_failure(
@@ -204,7 +254,7 @@ def test_in_context_scoring_matches_a_single_forward_pass(tiny_lm: Path) -> None
 
 def test_in_context_baseline_column(sample_index: Path, tiny_lm: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    run_eval(config(sample_index, tiny_lm, run, limit=2, baseline_in_context=True))
+    run_eval(config(sample_index, tiny_lm, run, limit=2, baselines=("in-context",)))
     rows = rows_of(run)
     assert all(r["status"] == "ok" and r["bpb_in_context"] > 0 for r in rows), rows
     assert all(0 < r["in_context_s"] < r["total_s"] for r in rows)
@@ -221,11 +271,11 @@ def test_split_text_scores_only_the_second_half(
 
     cfg = config(sample_index, tiny_lm, tmp_path / "run", limit=2, split_text=True)
     run_eval(cfg)
-    docs = list(iter_test_documents(cfg))
+    docs = list(iter_test_documents(cfg.test))
     tok = load_tokenizer(str(tiny_lm))
     for row, doc in zip(rows_of(tmp_path / "run"), docs):
-        query, rest = split_document(doc.text, tok, cfg.max_length)
+        query, rest = split_document(doc.text, tok, cfg.ttt.max_length)
         assert query + rest != query and doc.text.startswith(query)
-        assert len(tok(query, add_special_tokens=False)["input_ids"]) <= cfg.max_length
+        assert len(tok(query, add_special_tokens=False)["input_ids"]) <= cfg.ttt.max_length
         assert row["status"] == "ok" and row["bytes"] == len(rest.encode("utf-8"))
         assert row["bytes"] < len(doc.text.encode("utf-8"))

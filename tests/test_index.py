@@ -16,32 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_corpus import SHARED_CORPUS, TRAIN, corpus_slice, write_jsonl
+from helpers import corpus_slice, write_jsonl
 from tttnn import CorruptIndexError
 from tttnn._tttnn import EmbeddingStore
 from tttnn.embed import Encoder, EncoderNotFoundError, default_encoder_path, split_by_tokens
 from tttnn.index import Index, InvalidIndexError
 
-pytestmark = pytest.mark.skipif(
-    not TRAIN.is_file(), reason=f"benchmark corpus not found at {SHARED_CORPUS}"
-)
-
 
 @pytest.fixture(scope="module")
 def rows() -> list[dict]:
-    return corpus_slice(per_domain=5)
-
-
-@pytest.fixture(scope="module")
-def encoder() -> Encoder:
-    return Encoder(progress=False)
-
-
-@pytest.fixture(scope="module")
-def lm_tokenizer():
-    from tttnn.models import load_tokenizer
-
-    return load_tokenizer("smollm2-135m")
+    return corpus_slice(per_domain=10)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +96,7 @@ def test_build_info_and_stored_content(built, rows, lm_tokenizer) -> None:
     assert info["documents"] == 40 and info["entries"] == 40 and info["shards"] == 3
     assert info["status"] == "complete"
     assert info["domains"] == {
-        d: {"documents": 5, "entries": 5} for d in {r["meta"]["pile_set_name"] for r in rows}
+        d: {"documents": 10, "entries": 10} for d in {r["meta"]["pile_set_name"] for r in rows}
     }
     assert info["encoder"] == "all-MiniLM-L6-v2" and info["dim"] == 384
     assert info["tokenizer"] == str(lm_tokenizer.name_or_path)
@@ -210,10 +194,10 @@ def test_build_refuses_a_non_empty_directory_and_bad_options(built, encoder) -> 
     with pytest.raises(InvalidIndexError, match=r"cannot resume .*dtype='f16'"):
         Index.build(
             [corpus], index.path, encoder=encoder, tokenizer=index.meta["tokenizer"],
-            dtype="i8", resume=True, progress=False,
+            vector_dtype="i8", resume=True, progress=False,
         )  # fmt: skip
     with pytest.raises(ValueError, match="dtype must be"):
-        Index.build([corpus], index.path / "x", encoder=encoder, dtype="f8")
+        Index.build([corpus], index.path / "x", encoder=encoder, vector_dtype="f8")
 
 
 # -- resumption ---------------------------------------------------------------------------------

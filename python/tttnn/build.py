@@ -276,9 +276,13 @@ def build_index(
 
     if isinstance(encoder, str):
         settings["encoder"] = encoder
-    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
-        settings["tokenizer"] = None if tokenizer is None else os.fspath(tokenizer)
-    elif tokenizer != "config":
+    lm_tok: Any = None
+    if isinstance(tokenizer, (str, os.PathLike)) and tokenizer != "config":
+        settings["tokenizer"] = os.fspath(tokenizer)
+    elif tokenizer is None:
+        settings["tokenizer"] = None
+    elif tokenizer != "config":  # a loaded tokenizer
+        lm_tok = tokenizer
         settings["tokenizer"] = str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__))
     if config is not None and settings:
         raise TypeError("pass either config or settings as keywords, not both")
@@ -295,14 +299,10 @@ def build_index(
     enc = (
         encoder if isinstance(encoder, Encoder) else Encoder(cfg.encoder, batch_size=cfg.batch_size)
     )
-    if (
-        tokenizer is not None
-        and not isinstance(tokenizer, (str, os.PathLike))
-        and tokenizer != "config"
-    ):
-        lm_tok = tokenizer
-    else:
-        lm_tok = _load_tokenizer(cfg.tokenizer)
+    if lm_tok is None and cfg.tokenizer is not None:
+        from tttnn.models import load_tokenizer
+
+        lm_tok = load_tokenizer(cfg.tokenizer)
     params = {
         "kind": INDEX_KIND, "format": INDEX_FORMAT, "encoder": enc.name,
         "encoder_max_length": enc.max_length, "encoder_precision": enc.precision, "dim": enc.dim,
@@ -377,14 +377,6 @@ def build_index(
     }  # fmt: skip
     store.set_meta(json.dumps(meta))
     return Index(store, meta, enc)
-
-
-def _load_tokenizer(name: Optional[str]) -> Any:
-    if name is None:
-        return None
-    from tttnn.models import load_tokenizer
-
-    return load_tokenizer(name)
 
 
 def _stored_counts(store: Any) -> dict[str, Any]:
