@@ -300,3 +300,21 @@ def test_resume_after_ctrl_c_with_chunks_equals_a_clean_build(
         tokens = np.concatenate([clean.store.tokens(i) for i in ids]).tolist()
         assert tokens == lm_tokenizer(text, add_special_tokens=False)["input_ids"]
         assert all(len(clean.store.tokens(i)) == 96 for i in ids[:-1])
+
+
+def test_an_index_refuses_another_encoder(sample_index: Path, tmp_path: Path) -> None:
+    """The index records its encoder's fingerprint; a different encoder under the same name
+    (other weights) would embed queries into another space: refused when it is loaded."""
+    import shutil
+
+    copy = tmp_path / "index"
+    shutil.copytree(sample_index, copy)
+    store = EmbeddingStore.open(str(copy))
+    meta = json.loads(store.meta)
+    assert len(meta["encoder_fingerprint"]["weights_sha256"]) == 64
+    assert Index.open(copy).search("int main(void)", k=1)[0].neighbors  # the recorded one: fine
+    meta["encoder_fingerprint"]["weights_sha256"] = "0" * 64
+    store.set_meta(json.dumps(meta))
+    del store
+    with pytest.raises(InvalidIndexError, match="not the one that built"):
+        Index.open(copy).search("int main(void)", k=1)

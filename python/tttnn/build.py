@@ -305,7 +305,7 @@ def build_index(
         lm_tok = load_tokenizer(cfg.tokenizer)
     params = {
         "kind": INDEX_KIND, "format": INDEX_FORMAT, "encoder": enc.name,
-        "encoder_max_length": enc.max_length, "encoder_precision": enc.precision, "dim": enc.dim,
+        "encoder_fingerprint": enc.fingerprint, "encoder_max_length": enc.max_length, "encoder_precision": enc.precision, "dim": enc.dim,
         "pooling": "mean", "normalized": True, "tokenizer": cfg.tokenizer,
         "tokenizer_sha256": vocab_fingerprint(lm_tok) if lm_tok is not None else None,
         "special_tokens": False, "dtype": cfg.vector_dtype, "chunk_tokens": cfg.chunk_tokens,

@@ -147,14 +147,32 @@ class Index:
                 f"encoder {encoder.name!r} makes {encoder.dim}-d vectors, the index at {p} holds "
                 f"{store.dim}-d vectors of {meta.get('encoder')!r}"
             )
-        return cls(store, meta, encoder)
+        index = cls(store, meta, encoder)
+        if encoder is not None:
+            index._check_encoder(encoder)
+        return index
 
     @property
     def encoder(self) -> Encoder:
-        """The index's encoder (loaded on first use)."""
+        """The index's encoder (loaded on first use), checked against the one that built it."""
         if self._encoder is None:
-            self._encoder = Encoder(self.meta.get("encoder") or DEFAULT_ENCODER, progress=False)
+            enc = Encoder(self.meta.get("encoder") or DEFAULT_ENCODER, progress=False)
+            self._check_encoder(enc)
+            self._encoder = enc
         return self._encoder
+
+    def _check_encoder(self, enc: Encoder) -> None:
+        """Refuse an encoder other than the one that built the index: its query vectors would
+        not live in the index's space (indexes from before fingerprints are not checked)."""
+        from tttnn.embed import compare_fingerprints
+
+        recorded = self.meta.get("encoder_fingerprint")
+        diffs = compare_fingerprints(recorded, enc.fingerprint) if recorded else []
+        if diffs:
+            raise InvalidIndexError(
+                f"the encoder found as {enc.name!r} is not the one that built the index at "
+                f"{self.path} ({'; '.join(diffs)}): its query vectors would not match"
+            )
 
     def __len__(self) -> int:
         return len(self.store)
