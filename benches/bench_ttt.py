@@ -20,7 +20,8 @@ import json
 import statistics
 from pathlib import Path
 
-from tttnn.evaluate import EvalConfig, run_eval
+from tttnn.config import EvalConfig
+from tttnn.evaluate import run_eval
 from tttnn.index import Index
 from tttnn.report import make_report, plot_report, render
 
@@ -80,7 +81,7 @@ def main() -> None:
     summary = {}
     for name, run in runs.items():
         lora = name != "full"
-        cfg = EvalConfig(
+        cfg = EvalConfig.from_flat(
             index=str(args.index),
             data=[str(args.test)],
             out=str(run),
@@ -91,7 +92,7 @@ def main() -> None:
             lr=(args.lora_lr or args.lr) if lora else args.lr,
             windows_per_neighbor=args.windows_per_neighbor,
             lora_r=args.lora if lora else None,
-            baseline_in_context=args.baseline_in_context and not lora,
+            baselines=("in-context",) if args.baseline_in_context and not lora else (),
             limit_per_domain=(args.lora_docs_per_domain or args.docs_per_domain)
             if lora
             else args.docs_per_domain,

@@ -2,10 +2,7 @@
 
 One full fine-tuning step (forward, backward, clip, fused AdamW) at 512 and 1024 tokens under bf16
 autocast and fp32, scoring throughput (tokens/s, lm-eval rolling windows of 1024), and the weight
-reset against one training step (target: reset < 1% of a step). The reset re-points the parameters
-at θ0, and the first step after it does AdamW's weight decay out of place from θ0 (see
-`tttnn/ttt.py`). So the peer measured here is the in-place copy of θ0 that it replaces. The
-benchmark also checks that a first step after a reset costs no more than a later step.
+reset (an in-place copy of θ0) against one training step (target: reset < 1% of a step).
 
     python benches/bench_ttt_step.py [--reps 2] [--model smollm2-135m]
 """
@@ -50,50 +47,22 @@ def main() -> None:
 
     rows = []
     step_s: dict[tuple[str, int], float] = {}
+    tokens = tok(text, add_special_tokens=False)["input_ids"]
     for dtype in ("bf16", "fp32"):
         trainer = TestTimeTrainer(model, tok, TTTConfig(max_length=1024, autocast_dtype=dtype))
-        opt = trainer._new_optimizer()
-        model.train()
         for n in (512, 1024):
-            ids = torch.from_numpy(rng.integers(0, len(tok), size=(1, n))).to(trainer.device)
-            step_s[dtype, n] = timed(functools.partial(trainer._train_step, opt, ids), args.reps)
+            # one neighbor of `reps` random windows of n tokens: the run's train seconds per step
+            windows = rng.integers(0, len(tok), size=(args.reps, n))
+            out = trainer.run("x", windows, np.full(args.reps, n), np.zeros(args.reps, np.int64))
+            step_s[dtype, n] = out.seconds["train"] / out.windows_trained
             rows.append((f"train step {n} tok", dtype, f"{step_s[dtype, n]:.2f} s",
                          f"{n / step_s[dtype, n]:.0f} tok/s"))  # fmt: skip
-        model.eval()
-        trainer.reset()
-        del opt
-        score_s = timed(functools.partial(trainer.score, text), max(1, args.reps - 1))
+        score_s = timed(functools.partial(trainer.score, tokens), max(1, args.reps - 1))
         rows.append((f"score {n_text} tok (L=1024)", dtype, f"{score_s:.2f} s",
                      f"{n_text / score_s:.0f} tok/s"))  # fmt: skip
         reset_s = timed(trainer.reset, 5)
-        rows.append(("reset (re-point at θ0)", dtype, f"{reset_s * 1e3:.3f} ms",
-                     f"{reset_s / step_s[dtype, 1024]:.3%} of a 1024 step"))  # fmt: skip
-
-        def copy_theta0(t: TestTimeTrainer = trainer) -> None:
-            with torch.no_grad():
-                for work, theta0 in zip(t._work, t._theta0):
-                    work.copy_(theta0)
-
-        copy_s = timed(copy_theta0, 5)
-        rows.append(("peer: in-place copy of θ0", dtype, f"{copy_s * 1e3:.1f} ms",
-                     f"{copy_s / step_s[dtype, 1024]:.2%} of a 1024 step"))  # fmt: skip
-        # First step after a reset (decay fused with the restore) vs a later step, same window.
-        ids = torch.from_numpy(rng.integers(0, len(tok), size=(1, 1024))).to(trainer.device)
-        model.train()
-        first, later = [], []
-        for _ in range(args.reps):
-            opt = trainer._new_optimizer()
-            trainer._train_step(opt, ids)  # allocates AdamW state: not timed
-            trainer.reset()
-            for bucket in (first, later):
-                t0 = time.perf_counter()
-                trainer._train_step(opt, ids)
-                bucket.append(time.perf_counter() - t0)
-            trainer.reset()
-        model.eval()
-        f, lt = statistics.median(first), statistics.median(later)
-        rows.append(("first step after reset", dtype, f"{f:.2f} s",
-                     f"{(f - lt) / lt:+.2%} vs a later step ({lt:.2f} s)"))  # fmt: skip
+        rows.append(("reset (in-place copy of θ0)", dtype, f"{reset_s * 1e3:.1f} ms",
+                     f"{reset_s / step_s[dtype, 1024]:.2%} of a 1024 step"))  # fmt: skip
         del trainer
 
     print(f"\n{'what':<26} {'dtype':<6} {'time':>10}  rate")
