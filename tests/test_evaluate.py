@@ -74,6 +74,11 @@ def test_run_writes_rows_and_resumes(sample_index: Path, tiny_lm: Path, tmp_path
     summary = run_eval(config(sample_index, tiny_lm, moved, device="cpu"))
     assert (summary.ok, summary.failed, summary.resumed) == (0, 0, 3)
 
+    # More documents of the same test set extend the run: the 3 done are not redone.
+    summary = run_eval(config(sample_index, tiny_lm, moved, limit=4))
+    assert (summary.ok, summary.failed, summary.resumed) == (1, 0, 3)
+    assert len(rows_of(moved)) == 4
+
     # One writer per run directory: a second one is refused at once, rows untouched.
     with exclusive_writer(run, what="run"), pytest.raises(LockedError, match=str(run)):
         run_eval(config(sample_index, tiny_lm, run))

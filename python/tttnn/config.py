@@ -273,9 +273,13 @@ class EvalConfig(Config):
         return eval_points(self.ttt.eval_at, self.retrieval.neighbors)
 
     def results_settings(self) -> dict[str, Any]:
-        """The settings that decide results: all but `run` (compared when a run resumes)."""
+        """The settings that decide each document's row, compared when a run resumes: all but
+        `run` and the choice of documents among `data` (`limit`, `limit_per_domain`, `domains`),
+        so a run can be extended to more documents."""
         d = self.to_dict()
         del d["run"]
+        for key in ("limit", "limit_per_domain", "domains"):
+            del d["test"][key]
         return d
 
 

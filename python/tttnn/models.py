@@ -352,6 +352,18 @@ def verify_model_folder(folder: Union[str, os.PathLike[str]]) -> dict[str, Any]:
     return dict(record)
 
 
+def with_lora(model: torch.nn.Module, cfg: Any) -> torch.nn.Module:
+    """`model` wrapped in a peft LoRA model of rank `cfg.lora_r` (a `TTTConfig`): its linear
+    layers gain adapters whose B matrices start at zero, so outputs are unchanged, and only the
+    adapters are trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = list(cfg.lora_target_modules) if cfg.lora_target_modules else None
+    lora = LoraConfig(r=int(cfg.lora_r), lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")  # fmt: skip
+    return get_peft_model(model, lora)  # type: ignore[arg-type]
+
+
 # --- the built-in default: SmolLM2-135M-Instruct from the PyPI wheel --------------------------
 
 

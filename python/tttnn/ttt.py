@@ -1,25 +1,20 @@
 """Test-time training on nearest neighbors (Hardt & Sun, ICLR 2024), one document at a time.
 
-For a test text and the training windows packed from its neighbors (nearest neighbor first):
-score the text (k = 0), take one AdamW step per window (batch 1), score again after the windows of
-the first k neighbors for each k in `eval_at`, then copy θ0 back into the weights. Every document
-gets a fresh optimizer: the paper's code kept AdamW's moments across documents; we do not.
+Score the text (k = 0), take one AdamW step per window of its neighbors (nearest first, batch 1),
+score again after the first k neighbors for each k of `eval_at`, copy θ0 back into the weights.
+Every document gets a fresh optimizer (the paper's code kept AdamW's moments across documents).
+The reset is a plain in-place copy: 35 ms for SmolLM2-135M on 2 CPU cores, 0.04% of a document.
+Weights loaded between documents are overwritten at the next reset unless `snapshot()` is called.
 
     trainer = TestTimeTrainer(model, tokenizer, TTTConfig(lr=2e-5))
-    outcome = trainer.run(text, windows, lengths, doc_index)   # from tttnn.pack_windows
-    outcome.bpb  # {0: 0.94, 1: 0.91, ...}
-
-The reset is a plain in-place copy of the trainable weights (35 ms for SmolLM2-135M on this
-2-core CPU, 0.04% of a document; a fraction of a millisecond on a GPU). Weights changed in place
-between documents are used by the next document and then overwritten by θ0 at its reset: call
-`snapshot()` to make them the new θ0.
+    trainer.run(text, windows, lengths, doc_index).bpb   # {0: 0.94, 1: 0.91, ...}
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
@@ -28,7 +23,7 @@ import numpy as np
 
 from tttnn.config import TTTConfig, eval_points
 from tttnn.metrics import autocast_context, document_loglikelihood, encode_document, nats_to_bpb
-from tttnn.models import prefix_token_id
+from tttnn.models import prefix_token_id, with_lora
 from tttnn.pack import check_windows
 
 if TYPE_CHECKING:
@@ -60,34 +55,24 @@ class TTTOutcome:
         return {k: nats_to_bpb(v, self.n_bytes) for k, v in self.nll_nats.items()}
 
 
-class _Stopwatch:
-    """Seconds per named phase, the device synchronised at both ends so GPU work is counted."""
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], phase: str, device: torch.device) -> Iterator[None]:
+    """Add the block's wall time to `seconds[phase]`, the device synchronised at both ends."""
+    import torch
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.seconds: defaultdict[str, float] = defaultdict(float)
-
-    @contextlib.contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
-        import torch
-
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else lambda *_: None
-        sync(self.device)
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            sync(self.device)
-            self.seconds[phase] += time.perf_counter() - t0
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
+    sync(device)
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        sync(device)
+        seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - t0
 
 
 class TestTimeTrainer:
-    """Runs test-time training document after document on one model, resetting in between.
-
-    With `lora_r`, the model is wrapped in a peft LoRA model (its linear layers gain adapters
-    whose B matrices start at zero, so outputs are unchanged); `trainer.model` is the wrapped
-    model. θ0 (the trainable parameters and the buffers) is snapshotted on the model's device.
-    """
+    """Test-time training document after document on one model, reset in between. With
+    `lora_r`, `trainer.model` is the model wrapped in LoRA adapters (`tttnn.models.with_lora`)."""
 
     __test__ = False  # not a pytest test class, despite the name
 
@@ -97,7 +82,7 @@ class TestTimeTrainer:
         self.config = config or TTTConfig()
         self.tokenizer = tokenizer
         self.prefix_token = prefix_token_id(tokenizer)
-        self.model = _with_lora(model, self.config) if self.config.lora_r else model
+        self.model = with_lora(model, self.config) if self.config.lora_r else model
         self.device = next(self.model.parameters()).device
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
@@ -121,8 +106,7 @@ class TestTimeTrainer:
                 b.copy_(b0)
 
     def score(self, tokens: list[int]) -> float:
-        """−Σ log p (nats) of the token ids of a text under the current weights (lm-eval's
-        rolling windows)."""
+        """−Σ log p (nats) of a text's token ids under the current weights (lm-eval windows)."""
         c = self.config
         logprob, _ = document_loglikelihood(
             self.model, tokens, self.prefix_token, c.max_length, c.autocast_dtype,
@@ -134,34 +118,35 @@ class TestTimeTrainer:
         self, text: str, windows: Any, lengths: Any, doc_index: Any, *,
         n_neighbors: Optional[int] = None,
     ) -> TTTOutcome:  # fmt: skip
-        """Test-time train on `windows` and score `text` at each k of `eval_at` up to the number
-        of neighbors; the model is back at θ0 afterwards, also when training fails.
+        """Test-time train on `windows` and score `text` at each k of `eval_at` up to
+        `n_neighbors` (default: the last of `doc_index` + 1); back at θ0 afterwards, also after a
+        failure. `windows` (W, L), `lengths` (W,), `doc_index` (W,) as `tttnn.pack_windows` packs
+        them: token ids padded after `lengths[i]`, the neighbor each window comes from."""
+        import torch
 
-        `windows` (W, L) token ids padded after `lengths[i]` real tokens, `doc_index` (W,) the
-        neighbor (0 = nearest) each window comes from, non-decreasing, as `tttnn.pack_windows`
-        returns them. `n_neighbors` defaults to `doc_index.max() + 1`.
-        """
         vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
-        windows, lengths, doc_index = check_windows(
-            windows, lengths, doc_index, self.config.max_length, vocab
-        )
-        n = int(doc_index[-1]) + 1 if len(doc_index) else 0
-        if n_neighbors is not None:
-            if n_neighbors < n:
-                raise ValueError(f"n_neighbors={n_neighbors} but doc_index reaches {n - 1}")
-            n = n_neighbors
+        windows, lengths, doc_index = check_windows(windows, lengths, doc_index, self.config.max_length, vocab)  # fmt: skip
+        last = int(doc_index[-1]) if len(doc_index) else -1
+        n = last + 1 if n_neighbors is None else n_neighbors
+        if last >= n:
+            raise ValueError(f"n_neighbors={n} but doc_index reaches {last}")
         n_bytes = len(text.encode("utf-8"))
         if n_bytes == 0:
             raise ValueError("cannot score an empty text")
         tokens = encode_document(self.tokenizer, text)
         out = TTTOutcome(nll_nats={}, n_bytes=n_bytes, n_tokens=len(tokens))
-        clock = _Stopwatch(self.device)
+        clock = functools.partial(_timed, out.seconds, device=self.device)
         with clock("score"):
             out.nll_nats[0] = self.score(tokens)
-        optimizer = self._new_optimizer()
+        c = self.config
+        optimizer = torch.optim.AdamW(  # fresh for every document; fused: 3x the CPU loop
+            self.params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay,
+            fused=self.device.type in ("cpu", "cuda"),
+        )  # fmt: skip
         was_training = self.model.training
-        try:
-            with self._seeded():
+        try:  # dropout seeded per document; the caller's RNG state is left as it was
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(c.seed)
                 self.model.train()
                 done = 0
                 for k in eval_points(self.config.eval_at, n)[1:]:
@@ -178,7 +163,6 @@ class TestTimeTrainer:
             self.model.train(was_training)
             with clock("reset"):
                 self.reset()
-            out.seconds = dict(clock.seconds)
         return out
 
     def _train_window(
@@ -213,34 +197,3 @@ class TestTimeTrainer:
         out.losses.append(loss.item())
         out.windows_trained += 1
         out.tokens_trained += len(window)
-
-    def _new_optimizer(self) -> torch.optim.Optimizer:
-        import torch
-
-        c = self.config
-        # the fused kernel is about 3x faster than the per-tensor loop on CPU (same update rule)
-        fused = self.device.type in ("cpu", "cuda") and all(
-            p.is_floating_point() for p in self.params
-        )
-        return torch.optim.AdamW(
-            self.params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay, fused=fused
-        )
-
-    @contextlib.contextmanager
-    def _seeded(self) -> Iterator[None]:
-        """Seed torch's RNG for this document without disturbing the caller's RNG state."""
-        import torch
-
-        devices: list[Any] = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.config.seed)
-            yield
-
-
-def _with_lora(model: torch.nn.Module, c: TTTConfig) -> torch.nn.Module:
-    from peft import LoraConfig, get_peft_model
-
-    targets = list(c.lora_target_modules) if c.lora_target_modules else None
-    lora = LoraConfig(r=c.lora_r or 8, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")  # fmt: skip
-    return get_peft_model(model, lora)  # type: ignore[arg-type]
