@@ -116,3 +116,30 @@ def test_build_without_hnsw_or_tokens_in_i8(built, tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["search", str(out), rows[1]["text"], "-k", "2", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["neighbors"][0]["doc_id"] == "docs.jsonl.zst:2"
+
+
+def test_a_partial_index_says_so(built, tmp_path: Path) -> None:
+    """An interrupted build: `index info` counts the documents stored so far, `search` warns
+    that it sees part of the index, `eval` refuses it."""
+    from tttnn.index import Index, PartialIndexWarning
+
+    _, corpus, _ = built
+    out = tmp_path / "partial"
+
+    def stop(n: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Index.build([corpus], out, shard_size=2, on_shard=stop, progress=False)
+    runner = CliRunner()
+    res = runner.invoke(main, ["index", "info", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "(building)" in res.output and "documents   2 so far" in res.output
+    res = runner.invoke(main, ["search", str(out), "int main", "-k", "1", "--exact"])
+    assert res.exit_code == 0, res.output
+    assert "warning: the index" in res.output and "2 entries stored so far" in res.output
+    with pytest.warns(PartialIndexWarning):
+        Index.open(out).search("int main", k=1, exact=True)
+    res = runner.invoke(main, ["eval", "--index", str(out), "--data", str(corpus), "--out",
+                               str(tmp_path / "run")])  # fmt: skip
+    assert res.exit_code == 1 and "incomplete" in res.output

@@ -18,6 +18,7 @@ import json
 import sys
 import time
 import typing
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -27,7 +28,7 @@ import click
 from tttnn import __version__
 from tttnn.config import BuildConfig, EvalConfig, leaf_fields
 from tttnn.corpus import Corpus
-from tttnn.index import Index, SearchResult
+from tttnn.index import Index, PartialIndexWarning, SearchResult
 
 _QUERY_BATCH = 256  # queries embedded and searched at a time from a --queries file
 EXIT_PARTIAL = 3
@@ -200,9 +201,10 @@ def _size(n: int) -> str:
 
 
 def _format_info(info: dict[str, Any]) -> str:
+    so_far = "" if info["status"] == "complete" else " so far (the build has not finished)"
     lines = [
         f"index       {info['path']} ({info['status']})",
-        f"documents   {info['documents']} ({info['entries']} entries in {info['shards']} shards"
+        f"documents   {info['documents']}{so_far} ({info['entries']} entries in {info['shards']} shards"
         + (f", chunks of {info['chunk_tokens']} tokens" if info.get("chunk_tokens") else "")
         + ")",
         f"encoder     {info['encoder']} ({info['dim']}-d, {info['dtype']}, {info['metric']}"
@@ -270,6 +272,13 @@ def search(
     _quiet_transformers()
     with _errors():
         index = Index.open(index_dir)
+        if index.meta.get("status") != "complete":
+            click.echo(
+                f"warning: the index at {index_dir} is {index.meta.get('status')}: searching the "
+                f"{len(index)} entries stored so far",
+                err=True,
+            )
+        warnings.simplefilter("ignore", PartialIndexWarning)
         sink: TextIO
         with contextlib.ExitStack() as stack:
             sink = stack.enter_context(out.open("w", encoding="utf-8")) if out else sys.stdout

@@ -40,6 +40,7 @@ __all__ = [
     "Index",
     "InvalidIndexError",
     "Neighbor",
+    "PartialIndexWarning",
     "SearchResult",
     "vocab_fingerprint",
 ]
