@@ -318,3 +318,12 @@ def test_an_index_refuses_another_encoder(sample_index: Path, tmp_path: Path) ->
     del store
     with pytest.raises(InvalidIndexError, match="not the one that built"):
         Index.open(copy).search("int main(void)", k=1)
+
+
+def test_a_corpus_without_documents_is_an_error(tmp_path: Path, encoder) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": ""}\nnot json\n{"meta": {}}\n')
+    for on_error in ("skip", "fail"):
+        with pytest.raises((InvalidIndexError, ValueError), match="no documents|bad.jsonl:1"):
+            Index.build([bad], tmp_path / on_error, encoder=encoder, tokenizer=None,
+                        on_error=on_error, progress=False)  # fmt: skip
