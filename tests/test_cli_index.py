@@ -143,3 +143,15 @@ def test_a_partial_index_says_so(built, tmp_path: Path) -> None:
     res = runner.invoke(main, ["eval", "--index", str(out), "--data", str(corpus), "--out",
                                str(tmp_path / "run")])  # fmt: skip
     assert res.exit_code == 1 and "incomplete" in res.output
+
+
+@pytest.mark.parametrize("module", ["tttnn", "tttnn.cli"])
+def test_python_dash_m_runs_every_command(module: str) -> None:
+    import subprocess
+    import sys
+
+    for command in ("eval", "report", "demo", "search", "index"):
+        res = subprocess.run([sys.executable, "-m", module, command, "--help"],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        assert "Usage:" in res.stdout

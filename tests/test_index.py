@@ -324,6 +324,6 @@ def test_a_corpus_without_documents_is_an_error(tmp_path: Path, encoder) -> None
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": ""}\nnot json\n{"meta": {}}\n')
     for on_error in ("skip", "fail"):
-        with pytest.raises((InvalidIndexError, ValueError), match="no documents|bad.jsonl:1"):
+        with pytest.raises((InvalidIndexError, ValueError), match=r"no documents|bad\.jsonl:1"):
             Index.build([bad], tmp_path / on_error, encoder=encoder, tokenizer=None,
                         on_error=on_error, progress=False)  # fmt: skip

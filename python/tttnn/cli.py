@@ -436,3 +436,7 @@ def demo_cmd(
             click.echo("\ninterrupted: run `tttnn demo` again to resume", err=True)
             sys.exit(130)
     click.echo(text)
+
+
+if __name__ == "__main__":  # `python -m tttnn.cli` as well as `python -m tttnn`
+    main()
