@@ -155,3 +155,19 @@ def test_python_dash_m_runs_every_command(module: str) -> None:
                              capture_output=True, text=True, timeout=120)  # fmt: skip
         assert res.returncode == 0, res.stderr
         assert "Usage:" in res.stdout
+
+
+def test_index_verify_reads_everything_and_names_a_bad_file(built, tmp_path: Path) -> None:
+    import shutil
+
+    out, _, _ = built
+    res = CliRunner().invoke(main, ["index", "verify", str(out), "-q"])
+    assert res.exit_code == 0 and "verified" in res.output, res.output
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    text = copy / "shards" / "00000" / "text.bin"
+    data = bytearray(text.read_bytes())
+    data[len(data) // 2] ^= 0x20  # a flipped bit in the middle of the text: open cannot see it
+    text.write_bytes(bytes(data))
+    res = CliRunner().invoke(main, ["index", "verify", str(copy), "-q"])
+    assert res.exit_code == 1 and "text.bin" in res.output and "Traceback" not in res.output

@@ -192,6 +192,26 @@ def index_info(index_dir: Path, as_json: bool) -> None:
     click.echo(_format_info(info))
 
 
+@index_group.command("verify")
+@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def index_verify(index_dir: Path, quiet: bool) -> None:
+    """Read every file of the index in INDEX_DIR and check it: checksums, norms, offsets, and
+    every link of the HNSW graphs. Exit code 1 on the first problem, naming the file."""
+    from tqdm.auto import tqdm
+
+    with _errors():
+        index = Index.open(index_dir)
+        store = index.store
+        start = time.perf_counter()
+        for i in tqdm(range(store.num_shards), desc="verifying", unit="shard", disable=quiet):
+            store.verify_shard(i)
+        click.echo(
+            f"{index_dir}: {store.num_shards} shards, {len(store)} entries, "
+            f"{_size(index.info()['size_bytes'])} verified in {time.perf_counter() - start:.1f} s"
+        )
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
