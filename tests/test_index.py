@@ -327,3 +327,19 @@ def test_a_corpus_without_documents_is_an_error(tmp_path: Path, encoder) -> None
         with pytest.raises((InvalidIndexError, ValueError), match=r"no documents|bad\.jsonl:1"):
             Index.build([bad], tmp_path / on_error, encoder=encoder, tokenizer=None,
                         on_error=on_error, progress=False)  # fmt: skip
+
+
+def test_a_corrupt_record_names_the_entry_and_the_file(sample_index: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "index"
+    shutil.copytree(sample_index, copy)
+    records = copy / "shards" / "00000" / "records.bin"
+    data = bytearray(records.read_bytes())
+    assert data[0:1] == b"{"
+    data[0] = ord("X")  # entry 0's record is no longer JSON
+    records.write_bytes(bytes(data))
+    index = Index.open(copy)
+    with pytest.raises(CorruptIndexError, match=r"record of entry 0 \(records.bin of shard 0\)"):
+        index.record(0)
+    assert index.record(1)["chunk"] == 0  # the others still read
