@@ -30,6 +30,10 @@ pub enum Error {
     /// mismatch, bad magic, inconsistent manifest).
     #[error("{path}: corrupt: {msg}")]
     Corrupt { path: PathBuf, msg: String },
+    /// A stored value that is not finite, found by a search (stores refuse them at append, so
+    /// the file is corrupt); the store names the file.
+    #[error("row {id} has a non-finite stored value (NaN or inf): the store is corrupt")]
+    NonFinite { id: i64 },
     /// A file written by a format version this build does not read.
     #[error("{path}: unsupported format version {found} (this build reads version {supported})")]
     Version {

@@ -458,13 +458,13 @@ impl HnswIndex {
                     // No walk returns a stranded key, so they cannot repeat a candidate.
                     if self.metric != Metric::InnerProduct || self.stranded.is_empty() {
                         cands.extend(self.stranded.iter().map(|&key| key as i64));
-                        rerank_one(&vectors, 0, q, cands, self.metric, ids, scores);
+                        rerank_one(&vectors, 0, q, cands, self.metric, ids, scores)?;
                         return Ok(());
                     }
                     // Inner product strands rows of small norm by the thousand (HNSW's
                     // neighbour heuristic under a non-metric). q·x ≤ |q|·|x| bounds what each
                     // can score, so only those that could beat the k-th best are scored.
-                    rerank_one(&vectors, 0, q, cands, self.metric, ids, scores);
+                    rerank_one(&vectors, 0, q, cands, self.metric, ids, scores)?;
                     let qn = q.iter().map(|v| v * v).sum::<f32>().sqrt();
                     let bar = if ids[k - 1] >= 0 {
                         scores[k - 1]
@@ -485,7 +485,7 @@ impl HnswIndex {
                             .map(|&s| s as i64),
                     );
                     if cands.len() > found {
-                        rerank_one(&vectors, 0, q, cands, self.metric, ids, scores);
+                        rerank_one(&vectors, 0, q, cands, self.metric, ids, scores)?;
                     }
                     Ok(())
                 },

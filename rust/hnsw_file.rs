@@ -225,3 +225,66 @@ impl GraphLayout {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hnsw::{HnswIndex, HnswParams};
+    use crate::knn::row_norms;
+    use crate::testing::clustered_unit_vectors;
+    use crate::vectors::{Metric, VectorData, VectorsRef};
+
+    /// A saved graph of 300 × 8 rows, and where its graph header and first node start.
+    fn saved_graph() -> (Vec<u8>, usize, usize) {
+        let (n, dim) = (300, 8);
+        let x = clustered_unit_vectors(n, dim, 5, 0.5, 1);
+        let norms = row_norms(&x, dim);
+        let v = VectorsRef {
+            dim,
+            count: n,
+            data: VectorData::F32(&x),
+            norms: &norms,
+        };
+        let idx = HnswIndex::build(v, Metric::Cosine, &HnswParams::default(), 1).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.usearch");
+        idx.save(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let graph = 8 + n * dim + DENSE_HEAD;
+        (bytes, graph, graph + GRAPH_HEADER + 2 * n)
+    }
+
+    #[test]
+    fn a_saved_graph_passes_and_each_corruption_is_named() {
+        let (bytes, graph, node0) = saved_graph();
+        let p = Path::new("g.usearch");
+        let layout = GraphLayout::parse(p, &bytes, 300, 8, 16).unwrap();
+        layout.check_links(&bytes).unwrap();
+        // Wrong expectations are refused before usearch sees the file.
+        assert!(GraphLayout::parse(p, &bytes, 299, 8, 16).is_err());
+        assert!(GraphLayout::parse(p, &bytes, 300, 8, 12).is_err());
+        assert!(GraphLayout::parse(p, &bytes[..bytes.len() - 1], 300, 8, 16).is_err());
+        let header_err = |field: usize, value: u64| {
+            let mut b = bytes.clone();
+            b[graph + 8 * field..graph + 8 * field + 8].copy_from_slice(&value.to_le_bytes());
+            GraphLayout::parse(p, &b, 300, 8, 16)
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        assert!(header_err(1, 1 << 40).contains("connectivity"));
+        assert!(header_err(3, 1 << 40).contains("max level"));
+        assert!(header_err(4, 300).contains("entry node"));
+        // A link to a slot past the nodes, and a list longer than its capacity.
+        let mut b = bytes.clone();
+        b[node0 + 14..node0 + 18].copy_from_slice(&1_000_000u32.to_le_bytes());
+        let err = layout.check_links(&b).unwrap_err();
+        assert!(
+            err.contains("node 0 links at level 0 to slot 1000000"),
+            "{err}"
+        );
+        let mut b = bytes.clone();
+        b[node0 + 10..node0 + 14].copy_from_slice(&33u32.to_le_bytes());
+        assert!(layout.check_links(&b).unwrap_err().contains("33 links"));
+    }
+}

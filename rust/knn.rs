@@ -104,6 +104,9 @@ pub fn exact_search_dim(
             },
         )
         .reduce(|| TopKSet::new(nq, kk), TopKSet::merge);
+    if let Some(id) = heaps.nan_row {
+        return Err(Error::NonFinite { id });
+    }
     Ok(heaps.finish(queries, dim, k, metric))
 }
 
@@ -184,6 +187,9 @@ struct TopKSet {
     len: Vec<usize>,
     keys: Vec<f32>,
     ids: Vec<i64>,
+    /// The smallest id whose key was NaN: a stored value is not finite (a corrupt file; appends
+    /// refuse them). Such a row would silently never be found, so the search fails instead.
+    nan_row: Option<i64>,
 }
 
 impl TopKSet {
@@ -193,7 +199,12 @@ impl TopKSet {
             len: vec![0; nq],
             keys: vec![f32::NEG_INFINITY; nq * k],
             ids: vec![-1; nq * k],
+            nan_row: None,
         }
+    }
+
+    fn flag_nan(&mut self, id: i64) {
+        self.nan_row = Some(self.nan_row.map_or(id, |r| r.min(id)));
     }
 
     /// Smallest key that may still enter query `q`'s heap.
@@ -260,6 +271,9 @@ impl TopKSet {
     }
 
     fn merge(mut self, other: TopKSet) -> TopKSet {
+        if let Some(id) = other.nan_row {
+            self.flag_nan(id);
+        }
         let k = self.k;
         for q in 0..self.len.len() {
             for j in 0..other.len[q] {
@@ -313,6 +327,7 @@ fn key_to_score(metric: Metric, key: f32, qq: f32) -> f32 {
 /// out-of-range entries are skipped): the best `ids.len()` are written as `start + row` with
 /// their exact scores, best first, in [`exact_search`]'s order and score convention (padding:
 /// id -1, score NaN). This is what turns an approximate candidate list into exact scores.
+/// A candidate whose score is NaN (a non-finite stored value) is an error.
 pub fn rerank_one(
     block: &VectorsRef<'_>,
     start: u64,
@@ -321,7 +336,7 @@ pub fn rerank_one(
     metric: Metric,
     ids: &mut [i64],
     scores: &mut [f32],
-) {
+) -> Result<()> {
     let d = block.dim;
     let level = simd_level();
     let mut row: Vec<(f32, i64)> = cands
@@ -340,6 +355,9 @@ pub fn rerank_one(
             (dot.mul_add(a, c), start as i64 + r)
         })
         .collect();
+    if let Some(&(_, id)) = row.iter().find(|e| e.0.is_nan()) {
+        return Err(Error::NonFinite { id });
+    }
     row.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     row.dedup_by_key(|e| e.1);
     let qq: f32 = query.iter().map(|v| v * v).sum();
@@ -349,6 +367,7 @@ pub fn rerank_one(
         *id = i;
         *score = key_to_score(metric, key, qq);
     }
+    Ok(())
 }
 
 /// True when (ka, ia) ranks strictly below (kb, ib): lower key, or equal key and larger id.
@@ -440,6 +459,8 @@ fn scan_rows_with(
             let key = dot.mul_add(a, c);
             if key > acc.threshold(qi) {
                 acc.push(qi, key, id);
+            } else if key.is_nan() {
+                acc.flag_nan(id);
             }
         }
     }
@@ -533,7 +554,11 @@ fn scan_gemm(
                     let base = start as i64 + t0 as i64;
                     let thr = acc.threshold(gq);
                     let mut hit = |j: usize, key: f32| {
-                        acc.push(gq, key, base + j as i64);
+                        if key.is_nan() {
+                            acc.flag_nan(base + j as i64);
+                        } else {
+                            acc.push(gq, key, base + j as i64);
+                        }
                         acc.threshold(gq)
                     };
                     scan_keys(level, srow, &a[..n], &c[..n], thr, &mut hit);
@@ -647,7 +672,8 @@ fn scan_keys_scalar(
 ) -> f32 {
     for j in from..s.len().min(a.len()).min(c.len()) {
         let key = s[j].mul_add(a[j], c[j]);
-        if key > thr {
+        // NaN keys are handed over too: the caller flags the row (a corrupt stored value).
+        if key > thr || key.is_nan() {
             thr = hit(j, key);
         }
     }
@@ -718,12 +744,13 @@ mod x86 {
                 _mm256_loadu_ps(ap.add(j)),
                 _mm256_loadu_ps(cp.add(j)),
             );
-            let mut m = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(k8, t8)) as u32;
+            // Greater than the threshold, or NaN (unordered): see `scan_keys_scalar`.
+            let mut m = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NLE_UQ>(k8, t8)) as u32;
             if m != 0 {
                 _mm256_storeu_ps(keys.as_mut_ptr(), k8);
                 while m != 0 {
                     let b = m.trailing_zeros() as usize;
-                    if keys[b] > thr {
+                    if keys[b] > thr || keys[b].is_nan() {
                         thr = hit(j + b, keys[b]);
                     }
                     m &= m - 1;

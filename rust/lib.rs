@@ -14,6 +14,7 @@ pub mod error;
 pub mod hnsw;
 mod hnsw_file;
 pub mod knn;
+mod lock;
 pub mod pack;
 pub mod ragged;
 pub mod store;

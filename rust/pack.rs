@@ -153,7 +153,18 @@ pub fn pack_windows_as<T: PackElem>(docs: &[&[u32]], opts: &PackOptions) -> Resu
 
     let pad = T::from(opts.pad_id);
     let eos = T::from(opts.eos_id.unwrap_or(opts.pad_id));
-    let mut input_ids = vec![pad; n_windows * l];
+    // The size comes from the caller's context_length: too large is an error, not an abort.
+    let too_large = || {
+        Error::InvalidArgument(format!(
+            "{n_windows} windows of context_length {l} do not fit in memory"
+        ))
+    };
+    let total = n_windows.checked_mul(l).ok_or_else(too_large)?;
+    let mut input_ids = Vec::new();
+    input_ids
+        .try_reserve_exact(total)
+        .map_err(|_| too_large())?;
+    input_ids.resize(total, pad);
     let fill = |(row, w): (&mut [T], &WindowPlan)| {
         let mut pos = 0;
         for (k, p) in pieces[w.first..w.last].iter().enumerate() {

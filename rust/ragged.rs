@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use bytemuck::Pod;
 use memmap2::Mmap;
@@ -268,6 +269,8 @@ pub struct Ragged<T: RaggedElem> {
     data_xxh3: u64,
     data_path: PathBuf,
     off_path: PathBuf,
+    /// The outcome of [`Ragged::check_offsets`], once per process (a corrupt-file message).
+    offsets_ok: OnceLock<std::result::Result<(), String>>,
     _elem: PhantomData<T>,
 }
 
@@ -319,6 +322,7 @@ impl<T: RaggedElem> Ragged<T> {
             data_xxh3: h.d,
             data_path: data_path.to_path_buf(),
             off_path: off_path.to_path_buf(),
+            offsets_ok: OnceLock::new(),
             _elem: PhantomData,
         })
     }
@@ -341,8 +345,40 @@ impl<T: RaggedElem> Ragged<T> {
         self.offsets_xxh3
     }
 
-    /// Record `i`, borrowed from the memory map. Offsets are checked on access (not at open, which
-    /// must not read them all): a corrupt offset gives an error, never an out-of-bounds read.
+    fn offsets(&self) -> Result<&[u64]> {
+        bytemuck::try_cast_slice(&self.offsets.bytes()[HEADER_LEN..])
+            .map_err(|e| Error::corrupt(&self.off_path, format!("misaligned offsets: {e}")))
+    }
+
+    /// All offsets: their xxh3 is the header's, they start at 0, never decrease and end at the
+    /// element total. Once per process, at the first access (8 bytes per record, not done at
+    /// open, which must stay constant time): an offset moved by a few bytes but still in order
+    /// would otherwise shift every record after it without an error.
+    pub fn check_offsets(&self) -> Result<()> {
+        self.offsets_ok
+            .get_or_init(|| {
+                let off = self.offsets().map_err(|e| e.to_string())?;
+                if xxh3_64(bytemuck::cast_slice(off)) != self.offsets_xxh3 {
+                    return Err("offsets checksum differs from the header".into());
+                }
+                let ordered = off.first() == Some(&0)
+                    && off.windows(2).all(|w| w[0] <= w[1])
+                    && off.last() == Some(&self.total);
+                if !ordered {
+                    return Err(format!(
+                        "offsets are not increasing from 0 to the element total {}",
+                        self.total
+                    ));
+                }
+                Ok(())
+            })
+            .clone()
+            .map_err(|msg| Error::corrupt(&self.off_path, msg))
+    }
+
+    /// Record `i`, borrowed from the memory map. The offsets are checked at the first access
+    /// ([`Ragged::check_offsets`]), and the bounds of each record at every access: a corrupt
+    /// offset gives an error, never an out-of-bounds read or a shifted record.
     pub fn get(&self, i: usize) -> Result<&[T]> {
         if i >= self.count {
             return Err(Error::InvalidArgument(format!(
@@ -350,8 +386,8 @@ impl<T: RaggedElem> Ragged<T> {
                 self.count
             )));
         }
-        let off: &[u64] = bytemuck::try_cast_slice(&self.offsets.bytes()[HEADER_LEN..])
-            .map_err(|e| Error::corrupt(&self.off_path, format!("misaligned offsets: {e}")))?;
+        self.check_offsets()?;
+        let off = self.offsets()?;
         let (lo, hi) = (off[i], off[i + 1]);
         if lo > hi || hi > self.total {
             return Err(Error::corrupt(

@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::hnsw::{HnswIndex, HnswParams};
+use crate::lock::WriterLock;
 use crate::ragged::{
     align64, file_len, fsync_dir, hash_file, write_hashed, write_ragged, FileSum, Header, Mapped,
     Ragged, FILE_VERSION, HEADER_LEN,
@@ -114,6 +115,23 @@ struct Manifest {
     count: u64,
     meta: serde_json::Value,
     shards: Vec<ShardEntry>,
+    /// xxh3 of the manifest serialised without this field (compact JSON, fields in this order),
+    /// as 16 hex digits: a hand edit of `metric` or `hnsw_scale` is a corrupt manifest, not a
+    /// different store. Manifests written before it have none and are not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checksum: Option<String>,
+}
+
+impl Manifest {
+    fn digest(&self) -> Result<String> {
+        let bare = Manifest {
+            checksum: None,
+            ..self.clone()
+        };
+        let json = serde_json::to_vec(&bare)
+            .map_err(|e| Error::InvalidArgument(format!("cannot serialize manifest: {e}")))?;
+        Ok(format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&json)))
+    }
 }
 
 /// Byte layout of a `vectors.bin` file.
@@ -363,6 +381,47 @@ struct Shard {
     tokens: Option<Ragged<u32>>,
     records: Option<Ragged<u8>>,
     hnsw: Option<HnswIndex>,
+    /// The outcome of [`Shard::check_values`], once per process (a corrupt-file message).
+    values: std::sync::OnceLock<std::result::Result<(), String>>,
+}
+
+impl Shard {
+    /// The per-row values every search relies on are sane: norms (and i8 scales) finite and
+    /// non-negative. One pass over 4 (or 8) bytes per row, at the first search of the shard; a
+    /// flipped bit there would otherwise make one row win or vanish from every query.
+    fn check_values(&self) -> Result<()> {
+        let path = &self.vectors.path;
+        self.values
+            .get_or_init(|| {
+                let v = self.vectors.view().map_err(|e| e.to_string())?;
+                let bad = |what: &str, x: &[f32]| {
+                    x.iter()
+                        .position(|x| !(x.is_finite() && *x >= 0.0))
+                        .map(|i| format!("row {i} has {what} {}", x[i]))
+                };
+                let scales = match v.data {
+                    VectorData::I8 { scales, .. } => scales,
+                    _ => &[],
+                };
+                match bad("norm", v.norms).or_else(|| bad("scale", scales)) {
+                    Some(msg) => Err(msg),
+                    None => Ok(()),
+                }
+            })
+            .clone()
+            .map_err(|msg| Error::corrupt(path, msg))
+    }
+
+    /// A search error about row `id` of this shard names its file.
+    fn name_row_error(&self, e: Error) -> Error {
+        match e {
+            Error::NonFinite { id } => Error::corrupt(
+                &self.vectors.path,
+                format!("row {id} has a non-finite stored value (NaN or inf)"),
+            ),
+            other => other,
+        }
+    }
 }
 
 fn shard_dir_name(id: u32) -> String {
@@ -385,6 +444,63 @@ fn parse_meta(meta: &str) -> Result<serde_json::Value> {
     Ok(v)
 }
 
+/// Read and check `manifest.json`: format, version, fields, and its checksum when it has one.
+fn read_manifest(mpath: &Path) -> Result<Manifest> {
+    let bytes = std::fs::read(mpath).map_err(|e| Error::io(mpath, e))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| Error::corrupt(mpath, format!("not UTF-8 text: {e}")))?;
+    let raw: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::corrupt(mpath, format!("invalid JSON: {e}")))?;
+    if raw.get("format").and_then(|v| v.as_str()) != Some(MANIFEST_FORMAT) {
+        return Err(Error::corrupt(
+            mpath,
+            format!("not a tttnn store manifest (format must be {MANIFEST_FORMAT:?})"),
+        ));
+    }
+    let version = raw.get("version").and_then(|v| v.as_u64());
+    if version != Some(u64::from(MANIFEST_VERSION)) {
+        return Err(Error::Version {
+            path: mpath.to_path_buf(),
+            found: version.map_or(u32::MAX, |v| u32::try_from(v).unwrap_or(u32::MAX)),
+            supported: MANIFEST_VERSION,
+        });
+    }
+    let mut manifest: Manifest = serde_json::from_value(raw)
+        .map_err(|e| Error::corrupt(mpath, format!("invalid manifest: {e}")))?;
+    if let Some(recorded) = manifest.checksum.take() {
+        let actual = manifest.digest()?;
+        if recorded != actual {
+            return Err(Error::corrupt(
+                mpath,
+                format!("checksum mismatch: xxh3 {actual}, the manifest says {recorded} (edited by hand?)"),
+            ));
+        }
+    }
+    if manifest.dim == 0 || manifest.shard_size == 0 {
+        return Err(Error::corrupt(mpath, "dim and shard_size must be positive"));
+    }
+    Ok(manifest)
+}
+
+/// `path` must resolve inside the store directory `root` (canonical): a symlink to a file
+/// elsewhere would make the store read, and its checksums vouch for, data it does not own.
+fn inside(root: &Path, path: &Path) -> Result<()> {
+    let real = path.canonicalize().map_err(|e| Error::io(path, e))?;
+    if real.starts_with(root) {
+        Ok(())
+    } else {
+        Err(Error::corrupt(
+            path,
+            format!(
+                "resolves to {}, outside the store directory {} (symlinks out of a store are \
+                 refused)",
+                real.display(),
+                root.display()
+            ),
+        ))
+    }
+}
+
 fn not_found(path: &Path, what: &str) -> Error {
     Error::io(
         path,
@@ -398,6 +514,8 @@ pub struct EmbeddingStore {
     dir: PathBuf,
     manifest: Manifest,
     shards: Vec<Shard>,
+    /// Taken by the first write of this handle (or its creation) and held until it is dropped.
+    lock: Option<WriterLock>,
 }
 
 impl EmbeddingStore {
@@ -436,6 +554,7 @@ impl EmbeddingStore {
         }
         let shards_dir = dir.join("shards");
         std::fs::create_dir_all(&shards_dir).map_err(|e| Error::io(&shards_dir, e))?;
+        let lock = Some(WriterLock::acquire(dir)?);
         let store = EmbeddingStore {
             dir: dir.to_path_buf(),
             manifest: Manifest {
@@ -452,8 +571,10 @@ impl EmbeddingStore {
                 count: 0,
                 meta,
                 shards: Vec::new(),
+                checksum: None,
             },
             shards: Vec::new(),
+            lock,
         };
         store.write_manifest(&store.manifest)?;
         Ok(store)
@@ -465,32 +586,10 @@ impl EmbeddingStore {
         if !dir.is_dir() {
             return Err(not_found(dir, "store directory not found"));
         }
+        let root = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
         let mpath = dir.join(MANIFEST);
-        let text = std::fs::read_to_string(&mpath).map_err(|e| Error::io(&mpath, e))?;
-        let raw: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::corrupt(&mpath, format!("invalid JSON: {e}")))?;
-        if raw.get("format").and_then(|v| v.as_str()) != Some(MANIFEST_FORMAT) {
-            return Err(Error::corrupt(
-                &mpath,
-                format!("not a tttnn store manifest (format must be {MANIFEST_FORMAT:?})"),
-            ));
-        }
-        let version = raw.get("version").and_then(|v| v.as_u64());
-        if version != Some(u64::from(MANIFEST_VERSION)) {
-            return Err(Error::Version {
-                path: mpath,
-                found: version.map_or(u32::MAX, |v| u32::try_from(v).unwrap_or(u32::MAX)),
-                supported: MANIFEST_VERSION,
-            });
-        }
-        let manifest: Manifest = serde_json::from_value(raw)
-            .map_err(|e| Error::corrupt(&mpath, format!("invalid manifest: {e}")))?;
-        if manifest.dim == 0 || manifest.shard_size == 0 {
-            return Err(Error::corrupt(
-                &mpath,
-                "dim and shard_size must be positive",
-            ));
-        }
+        inside(&root, &mpath)?;
+        let manifest = read_manifest(&mpath)?;
         let mut shards = Vec::with_capacity(manifest.shards.len());
         let mut start = 0u64;
         for (i, e) in manifest.shards.iter().enumerate() {
@@ -503,8 +602,10 @@ impl EmbeddingStore {
                     ),
                 ));
             }
-            start += e.count;
-            shards.push(Self::open_shard(dir, &manifest, e.clone())?);
+            start = start
+                .checked_add(e.count)
+                .ok_or_else(|| Error::corrupt(&mpath, "shard counts overflow"))?;
+            shards.push(Self::open_shard(dir, &root, &manifest, e.clone())?);
         }
         if start != manifest.count {
             return Err(Error::corrupt(
@@ -519,11 +620,32 @@ impl EmbeddingStore {
             dir: dir.to_path_buf(),
             manifest,
             shards,
+            lock: None,
         })
     }
 
-    fn open_shard(root: &Path, m: &Manifest, entry: ShardEntry) -> Result<Shard> {
+    /// Take the writer lock before the first write of this handle. The manifest on disk must
+    /// still be the one this handle read: otherwise another writer changed the store since.
+    fn lock_for_writing(&mut self) -> Result<()> {
+        if self.lock.is_some() {
+            return Ok(());
+        }
+        let lock = WriterLock::acquire(&self.dir)?;
+        let now = read_manifest(&self.dir.join(MANIFEST))?;
+        if now.digest()? != self.manifest.digest()? {
+            return Err(Error::Index(format!(
+                "{}: the store was changed by another writer after this handle opened it; open \
+                 it again to write",
+                self.dir.display()
+            )));
+        }
+        self.lock = Some(lock);
+        Ok(())
+    }
+
+    fn open_shard(root: &Path, canon: &Path, m: &Manifest, entry: ShardEntry) -> Result<Shard> {
         let dir = root.join(&entry.dir);
+        inside(canon, &dir)?;
         // Every listed file must exist with the recorded size (cheap: metadata only).
         for (name, sum) in &entry.files {
             if name.contains('/') || name.contains('\\') || name.starts_with('.') {
@@ -536,6 +658,7 @@ impl EmbeddingStore {
             if !p.exists() {
                 return Err(not_found(&p, "file listed in manifest.json is missing"));
             }
+            inside(canon, &p)?;
             let have = file_len(&p)?;
             if have != sum.bytes {
                 return Err(Error::corrupt(
@@ -621,13 +744,18 @@ impl EmbeddingStore {
             tokens,
             records,
             hnsw,
+            values: std::sync::OnceLock::new(),
         })
     }
 
     /// Write `m` as the manifest: `manifest.json.tmp`, fsync, rename, fsync the directory.
     fn write_manifest(&self, m: &Manifest) -> Result<()> {
         let tmp = self.dir.join("manifest.json.tmp");
-        let json = serde_json::to_vec_pretty(m)
+        let m = Manifest {
+            checksum: Some(m.digest()?),
+            ..m.clone()
+        };
+        let json = serde_json::to_vec_pretty(&m)
             .map_err(|e| Error::InvalidArgument(format!("cannot serialize manifest: {e}")))?;
         write_hashed(&tmp, &[&json])?;
         let dst = self.dir.join(MANIFEST);
@@ -645,6 +773,7 @@ impl EmbeddingStore {
         tokens: Option<&[&[u32]]>,
         records: Option<&[&[u8]]>,
     ) -> Result<Vec<u32>> {
+        self.lock_for_writing()?;
         let dim = self.manifest.dim;
         if vectors.len() % dim != 0 {
             return Err(Error::Shape(format!(
@@ -786,7 +915,11 @@ impl EmbeddingStore {
         next.shards.push(entry.clone());
         // The shard is sealed (visible) once this rename lands.
         self.write_manifest(&next)?;
-        let shard = Self::open_shard(&self.dir, &next, entry)?;
+        let canon = self
+            .dir
+            .canonicalize()
+            .map_err(|e| Error::io(&self.dir, e))?;
+        let shard = Self::open_shard(&self.dir, &canon, &next, entry)?;
         self.manifest = next;
         self.shards.push(shard);
         Ok(id)
@@ -796,6 +929,7 @@ impl EmbeddingStore {
     /// listed in the manifest, so an interrupted build resumes where it stopped. Returns how many
     /// graphs were built. Later appends build their graphs as they seal.
     pub fn build_hnsw(&mut self, threads: usize) -> Result<usize> {
+        self.lock_for_writing()?;
         let params = self.manifest.hnsw.unwrap_or_default();
         let mut built = 0;
         for i in 0..self.shards.len() {
@@ -848,27 +982,37 @@ impl EmbeddingStore {
         Ok(built)
     }
 
-    /// Read every file and check sizes and xxh3 checksums (manifest and headers), in parallel.
+    /// Read every file and check sizes and xxh3 checksums (manifest and headers), and the
+    /// structure of every HNSW graph: [`EmbeddingStore::verify_shard`] for every shard.
     pub fn verify(&self) -> Result<()> {
-        let mut jobs: Vec<(PathBuf, FileSum, Option<u64>)> = Vec::new();
-        for s in &self.shards {
-            for (name, sum) in &s.entry.files {
-                let payload = if name == VECTORS {
-                    Some(s.vectors.payload_xxh3)
-                } else if name.ends_with(".off") {
-                    let col = match name.as_str() {
-                        "text.off" => s.text.as_ref().map(|r| r.offsets_xxh3()),
-                        "records.off" => s.records.as_ref().map(|r| r.offsets_xxh3()),
-                        "tokens.off" => s.tokens.as_ref().map(|r| r.offsets_xxh3()),
-                        _ => None,
-                    };
-                    col
-                } else {
-                    None
-                };
-                jobs.push((s.dir.join(name), *sum, payload));
-            }
-        }
+        (0..self.shards.len())
+            .into_par_iter()
+            .try_for_each(|i| self.verify_shard(i))
+    }
+
+    /// Verify shard `i` (its files in parallel): sizes and xxh3 of every file against the
+    /// manifest and the headers, norms and scales, ragged offsets, and every link of its HNSW
+    /// graph. Callers can show progress shard by shard.
+    pub fn verify_shard(&self, i: usize) -> Result<()> {
+        let s = self.shards.get(i).ok_or_else(|| {
+            Error::OutOfRange(format!(
+                "shard {i} out of range: the store has {} shards",
+                self.shards.len()
+            ))
+        })?;
+        let payload_of = |name: &str| match name {
+            VECTORS => Some(s.vectors.payload_xxh3),
+            "text.off" => s.text.as_ref().map(|r| r.offsets_xxh3()),
+            "records.off" => s.records.as_ref().map(|r| r.offsets_xxh3()),
+            "tokens.off" => s.tokens.as_ref().map(|r| r.offsets_xxh3()),
+            _ => None,
+        };
+        let jobs: Vec<(PathBuf, FileSum, Option<u64>)> = s
+            .entry
+            .files
+            .iter()
+            .map(|(name, sum)| (s.dir.join(name), *sum, payload_of(name)))
+            .collect();
         jobs.par_iter().try_for_each(|(path, sum, payload)| {
             let (bytes, whole, tail) = hash_file(path, HEADER_LEN as u64)?;
             if bytes != sum.bytes {
@@ -889,20 +1033,26 @@ impl EmbeddingStore {
                     ),
                 ));
             }
-            if let Some(p) = payload {
-                if tail != *p {
-                    return Err(Error::corrupt(
-                        path,
-                        "payload checksum differs from the header",
-                    ));
-                }
+            if payload.is_some_and(|p| p != tail) {
+                return Err(Error::corrupt(
+                    path,
+                    "payload checksum differs from the header",
+                ));
             }
             Ok(())
-        })
+        })?;
+        s.check_values()?;
+        for col in [&s.text, &s.records] {
+            col.as_ref().map(Ragged::check_offsets).transpose()?;
+        }
+        s.tokens.as_ref().map(Ragged::check_offsets).transpose()?;
+        s.hnsw.as_ref().map(HnswIndex::check_links).transpose()?;
+        Ok(())
     }
 
     /// Replace the user metadata (a JSON object string), atomically.
     pub fn set_meta(&mut self, meta: &str) -> Result<()> {
+        self.lock_for_writing()?;
         let mut next = self.manifest.clone();
         next.meta = parse_meta(meta)?;
         self.write_manifest(&next)?;
@@ -1005,35 +1155,81 @@ impl EmbeddingStore {
             return Ok(SearchResult::empty(nq, k));
         }
         let metric = self.manifest.metric;
-        if exact {
-            return crate::knn::exact_search(&self.views()?, queries, k, metric);
+        self.shards.par_iter().try_for_each(|s| s.check_values())?;
+        // A non-finite stored value found by a search names the shard's file.
+        let named = |e: Error| match e {
+            Error::NonFinite { id } => match self.locate(id) {
+                Ok((s, _)) => s.name_row_error(e),
+                Err(_) => e,
+            },
+            other => other,
+        };
+        let result = if exact {
+            crate::knn::exact_search(&self.views()?, queries, k, metric).map_err(named)?
+        } else {
+            if !self.shards.iter().any(|s| s.hnsw.is_some()) {
+                return Err(Error::InvalidArgument(
+                    "this store has no HNSW graphs: create it with hnsw=True, call build_hnsw(), or search with exact=True".into(),
+                ));
+            }
+            let parts = self
+                .shards
+                .iter()
+                .map(|s| {
+                    let start = s.entry.start as i64;
+                    match &s.hnsw {
+                        Some(h) => {
+                            let mut r = h.search(s.vectors.view()?, queries, k, ef).map_err(
+                                |e| match e {
+                                    Error::NonFinite { id } => {
+                                        s.name_row_error(Error::NonFinite { id: id + start })
+                                    }
+                                    other => other,
+                                },
+                            )?;
+                            for id in r.ids.iter_mut().filter(|id| **id >= 0) {
+                                *id += start;
+                            }
+                            Ok(r)
+                        }
+                        None => crate::knn::exact_search(
+                            &[(s.entry.start, s.vectors.view()?)],
+                            queries,
+                            k,
+                            metric,
+                        )
+                        .map_err(named),
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            crate::knn::merge_topk(&parts, k, metric)
+        };
+        if metric == Metric::Cosine {
+            self.check_cosine(&result)?;
         }
-        if !self.shards.iter().any(|s| s.hnsw.is_some()) {
-            return Err(Error::InvalidArgument(
-                "this store has no HNSW graphs: create it with hnsw=True, call build_hnsw(), or search with exact=True".into(),
+        Ok(result)
+    }
+
+    /// Cosine scores are within [-1, 1] up to rounding. One outside means the row's stored norm
+    /// does not match its vector (a norm of 0.001 would make the row win every query).
+    fn check_cosine(&self, r: &SearchResult) -> Result<()> {
+        const SLACK: f32 = 1e-3;
+        let bad = r
+            .ids
+            .iter()
+            .zip(&r.scores)
+            .find(|(&id, s)| id >= 0 && s.abs() > 1.0 + SLACK);
+        if let Some((&id, score)) = bad {
+            let (s, local) = self.locate(id)?;
+            return Err(Error::corrupt(
+                &s.vectors.path,
+                format!(
+                    "row {local} (id {id}) scores {score} under cosine, outside [-1, 1]: its \
+                     stored norm does not match its vector"
+                ),
             ));
         }
-        let parts = self
-            .shards
-            .iter()
-            .map(|s| match &s.hnsw {
-                Some(h) => {
-                    let mut r = h.search(s.vectors.view()?, queries, k, ef)?;
-                    let start = s.entry.start as i64;
-                    for id in r.ids.iter_mut().filter(|id| **id >= 0) {
-                        *id += start;
-                    }
-                    Ok(r)
-                }
-                None => crate::knn::exact_search(
-                    &[(s.entry.start, s.vectors.view()?)],
-                    queries,
-                    k,
-                    metric,
-                ),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(crate::knn::merge_topk(&parts, k, metric))
+        Ok(())
     }
 
     fn locate(&self, id: i64) -> Result<(&Shard, usize)> {
@@ -1277,6 +1473,30 @@ mod tests {
         // Missing file listed in the manifest.
         std::fs::remove_file(dir.join("shards/00000/text.off")).unwrap();
         assert!(matches!(EmbeddingStore::open(&dir), Err(Error::Io { .. })));
+    }
+
+    #[test]
+    fn manifest_checksum_and_writer_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        let mut store = EmbeddingStore::create(&dir, &opts(3, DType::F32), "{}").unwrap();
+        fill(&mut store, 5, 1);
+        // A second handle may read, but not write while `store` lives.
+        let mut other = EmbeddingStore::open(&dir).unwrap();
+        assert!(matches!(other.set_meta("{}"), Err(Error::Locked { .. })));
+        drop(store);
+        other.set_meta("{\"b\": 2}").unwrap();
+        drop(other);
+        let mpath = dir.join(MANIFEST);
+        let m = std::fs::read_to_string(&mpath).unwrap();
+        std::fs::write(&mpath, m.replace("\"cosine\"", "\"l2\"")).unwrap();
+        let err = EmbeddingStore::open(&dir).err().unwrap();
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
+        // Manifests written before the checksum open as they are.
+        let mut v: serde_json::Value = serde_json::from_str(&m).unwrap();
+        v.as_object_mut().unwrap().remove("checksum");
+        std::fs::write(&mpath, serde_json::to_string(&v).unwrap()).unwrap();
+        assert_eq!(EmbeddingStore::open(&dir).unwrap().meta(), "{\"b\":2}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ import pytest
 
 import tttnn
 from tttnn import CorruptIndexError, EmbeddingStore
+from tttnn._tttnn import StoreLockedError
 
 TEXTS = ["naïve 東京 🙂", "", "plain ascii", "é" * 100, "line\nbreak\ttab", "\u0000nul"]
 
@@ -134,13 +135,25 @@ def test_reopen_after_append_and_meta(tmp_path: Path) -> None:
     x1, x2 = rows(7, 4, 1), rows(3, 4, 2)
     store.append(x1)
     again = EmbeddingStore.open(store.path)
+    stale = EmbeddingStore.open(store.path)
+    # One writer at a time: `store` holds the lock until it is dropped; readers are unaffected.
+    with pytest.raises(StoreLockedError, match="another writer"):
+        again.append(x2)
+    assert again.search(x1[:1], 1)[0].tolist() == [[0]]
+    path = store.path
+    del store
     assert again.append(x2) == [2]
-    assert len(again) == 10 and len(store) == 7  # the first handle sees its own sealed state
-    final = EmbeddingStore.open(store.path)
+    assert len(again) == 10 and len(stale) == 7  # an older handle sees its own sealed state
+    del again
+    # A handle opened before another writer appended must not write over its shards.
+    with pytest.raises(RuntimeError, match="changed by another writer"):
+        stale.append(x2)
+    del stale
+    final = EmbeddingStore.open(path)
     np.testing.assert_array_equal(final.get_vectors(np.arange(10)), np.vstack([x1, x2]))
     assert json.loads(final.meta) == {"model": "minilm"}
     final.set_meta('{"model": "x", "n": [1, 2]}')
-    assert json.loads(EmbeddingStore.open(store.path).meta) == {"model": "x", "n": [1, 2]}
+    assert json.loads(EmbeddingStore.open(path).meta) == {"model": "x", "n": [1, 2]}
     with pytest.raises(ValueError, match="JSON object"):
         final.set_meta("[1]")
     with pytest.raises(ValueError, match="valid JSON"):
@@ -291,6 +304,10 @@ def test_unknown_versions(tmp_path: Path) -> None:
         EmbeddingStore.open(str(root))
     manifest["version"] = 1
     manifest["count"] = 11
+    m.write_text(json.dumps(manifest))
+    with pytest.raises(CorruptIndexError, match="checksum mismatch"):
+        EmbeddingStore.open(str(root))
+    del manifest["checksum"]  # as written before manifests had one: still checked for sense
     m.write_text(json.dumps(manifest))
     with pytest.raises(CorruptIndexError, match="count"):
         EmbeddingStore.open(str(root))
@@ -448,4 +465,5 @@ def test_kill_9_during_append_leaves_last_sealed_state(tmp_path: Path) -> None:
                 texts=[f"batch {j} row {i} 🙂" * 20 for i in range(batch - rest, batch)],
                 tokens=[np.full(50, j, np.uint32)] * rest,
             )
+        del store  # this handle wrote: it holds the writer lock until dropped
         EmbeddingStore.open(str(root)).verify()

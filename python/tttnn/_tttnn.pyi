@@ -32,7 +32,11 @@ class StoreLockedError(BlockingIOError):
 @final
 class EmbeddingStore:
     """Append-only, sharded, memory-mapped vectors (f32/f16/i8) with optional per-document text,
-    token ids and records (small JSON bytes). Global ids are 0..len(store) in append order."""
+    token ids and records (small JSON bytes). Global ids are 0..len(store) in append order.
+
+    One writer per directory: the first write of a handle (create, append, build_hnsw,
+    set_meta) takes an advisory lock on `DIR/.lock`, held until the handle is garbage-collected
+    or its process exits; a second writer gets StoreLockedError. Readers never take it."""
 
     @staticmethod
     def create(
@@ -81,7 +85,11 @@ class EmbeddingStore:
     def build_hnsw(self, *, threads: int = 0) -> int:
         """Build the HNSW graph of every shard that lacks one (resumable); returns how many."""
     def verify(self) -> None:
-        """Read every file and check its checksum; raises CorruptIndexError on a mismatch."""
+        """Read every file and check its checksum, the norms, the ragged offsets and every link
+        of the HNSW graphs; raises CorruptIndexError naming the file on the first problem."""
+    def verify_shard(self, i: int) -> None:
+        """`verify()` for shard `i` only (0 <= i < num_shards), so a caller can show progress;
+        IndexError for a shard that does not exist."""
     def get_vectors(self, ids: Sequence[int] | npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         """Dequantized vectors of the given ids, `(len(ids), dim)`."""
     def text(self, id: int) -> str: ...

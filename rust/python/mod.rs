@@ -37,7 +37,9 @@ pub(crate) fn to_py(err: Error) -> PyErr {
         }
         Error::Shape(_) | Error::DType(_) | Error::InvalidArgument(_) => PyValueError::new_err(msg),
         Error::OutOfRange(_) => PyIndexError::new_err(msg),
-        Error::Corrupt { .. } | Error::Version { .. } => CorruptIndexError::new_err(msg),
+        Error::Corrupt { .. } | Error::Version { .. } | Error::NonFinite { .. } => {
+            CorruptIndexError::new_err(msg)
+        }
         Error::Locked { .. } => StoreLockedError::new_err(msg),
         Error::Index(_) => PyRuntimeError::new_err(msg),
     }

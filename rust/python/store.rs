@@ -218,9 +218,15 @@ impl EmbeddingStore {
         detach(py, || self.write()?.build_hnsw(threads))
     }
 
-    /// Read every file and check its checksum; raises CorruptIndexError on a mismatch.
+    /// Read every file and check its checksum, the norms, the ragged offsets and every link of
+    /// the HNSW graphs; raises CorruptIndexError naming the file on the first problem.
     fn verify(&self, py: Python<'_>) -> PyResult<()> {
         detach(py, || self.read()?.verify())
+    }
+
+    /// `verify()` for shard `i` only (0 <= i < num_shards), so a caller can show progress.
+    fn verify_shard(&self, py: Python<'_>, i: usize) -> PyResult<()> {
+        detach(py, || self.read()?.verify_shard(i))
     }
 
     /// Dequantized vectors of the given ids, `(len(ids), dim)` float32.
