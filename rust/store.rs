@@ -1338,6 +1338,15 @@ mod tests {
         x
     }
 
+    /// A store of `n` filled rows in a new temporary directory (kept alive by the returned guard).
+    fn filled(dim: usize, dtype: DType, n: usize) -> (tempfile::TempDir, PathBuf, EmbeddingStore) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        let mut store = EmbeddingStore::create(&dir, &opts(dim, dtype), "{}").unwrap();
+        fill(&mut store, n, 1);
+        (tmp, dir, store)
+    }
+
     #[test]
     fn roundtrip_every_dtype() {
         for (dtype, tol) in [
@@ -1421,10 +1430,7 @@ mod tests {
 
     #[test]
     fn truncated_flipped_and_bad_version() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("s");
-        let mut store = EmbeddingStore::create(&dir, &opts(8, DType::I8), "{}").unwrap();
-        fill(&mut store, 10, 1);
+        let (_tmp, dir, store) = filled(8, DType::I8, 10);
         drop(store);
         let vec_path = dir.join("shards/00001/vectors.bin");
         let orig = std::fs::read(&vec_path).unwrap();
@@ -1477,10 +1483,7 @@ mod tests {
 
     #[test]
     fn manifest_checksum_and_writer_lock() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("s");
-        let mut store = EmbeddingStore::create(&dir, &opts(3, DType::F32), "{}").unwrap();
-        fill(&mut store, 5, 1);
+        let (_tmp, dir, store) = filled(3, DType::F32, 5);
         // A second handle may read, but not write while `store` lives.
         let mut other = EmbeddingStore::open(&dir).unwrap();
         assert!(matches!(other.set_meta("{}"), Err(Error::Locked { .. })));
@@ -1501,10 +1504,7 @@ mod tests {
 
     #[test]
     fn orphan_tmp_and_unlisted_dirs_are_ignored_and_replaced() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("s");
-        let mut store = EmbeddingStore::create(&dir, &opts(3, DType::F32), "{}").unwrap();
-        fill(&mut store, 7, 1);
+        let (_tmp, dir, store) = filled(3, DType::F32, 7);
         drop(store);
         // An interrupted append: half a tmp dir and an unlisted sealed dir with junk.
         std::fs::create_dir_all(dir.join("shards/00001.tmp")).unwrap();
