@@ -120,9 +120,11 @@ def config_options(cls: type, skip: tuple[str, ...] = ()) -> Callable[[Any], Any
             elif meta.get("multiple"):
                 kw.update(multiple=True, type=kind, default=default or ())
             else:
-                show = ",".join(map(str, default)) if isinstance(default, tuple) else default
-                kw.update(type=_Nullable(kind) if nullable and default is not None else kind,
-                          default=default, show_default=show is not None and str(show))  # fmt: skip
+                show: Any = default is not None  # a tuple is shown as the list one types
+                if isinstance(default, tuple):
+                    show = ",".join(map(str, default))
+                kind = _Nullable(kind) if nullable and default is not None else kind
+                kw.update(type=kind, default=default, show_default=show)
             f = click.option(*flags, name, **kw)(f)
         return f
 
