@@ -308,3 +308,16 @@ def test_verify_shard_by_shard(tmp_path: Path) -> None:
         store.verify_shard(3)
     with pytest.raises(CorruptIndexError):
         store.verify()
+
+
+def test_release_lock_and_with_block(tmp_path: Path) -> None:
+    path = str(tmp_path / "s")
+    with EmbeddingStore.create(path, 4) as store:
+        store.append(rows(2, 4, 0))
+        with pytest.raises(StoreLockedError):
+            EmbeddingStore.open(path).append(rows(1, 4, 1))
+    other = EmbeddingStore.open(path)  # `store` is still referenced, but released its lock
+    assert other.append(rows(1, 4, 1)) == [1]
+    other.release_lock()
+    assert EmbeddingStore.open(path).append(rows(1, 4, 2)) == [2]
+    assert len(store) == 2  # still readable after its lock was released

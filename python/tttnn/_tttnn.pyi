@@ -81,7 +81,9 @@ class EmbeddingStore:
         first; missing hits are id -1 / score NaN. `exact=False` walks the HNSW graphs (i8 codes)
         with a beam of `max(ef, k)` candidates (default `ef`: the store's `expansion_search`, 64)
         and re-ranks them exactly against the stored vectors: the scores are exact, recall grows
-        with `ef`."""
+        with `ef`. `k` beyond the store's size only adds padding, refused (ValueError) past 2**26
+        result entries. A stored value found to be corrupt (a non-finite value, a cosine score
+        outside [-1, 1], a damaged HNSW graph) raises CorruptIndexError naming the file."""
     def build_hnsw(self, *, threads: int = 0) -> int:
         """Build the HNSW graph of every shard that lacks one (resumable); returns how many."""
     def verify(self) -> None:
@@ -108,6 +110,12 @@ class EmbeddingStore:
         pad_id: int = 0,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """Stored token ids of `ids` (in that order) as training windows; see `pack_windows`."""
+    def release_lock(self) -> None:
+        """Release this handle's writer lock now (it is otherwise held until the handle is
+        garbage-collected); the handle stays usable and its next write takes the lock again."""
+    def __enter__(self) -> EmbeddingStore: ...
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
+        """Leaving a `with` block releases the writer lock (see `release_lock`)."""
     def set_meta(self, meta: str) -> None:
         """Replace the user metadata (a JSON object string), atomically."""
     @property

@@ -190,8 +190,9 @@ impl EmbeddingStore {
     }
 
     /// `queries` is `(nq, dim)` or `(dim,)`; returns `(ids, scores)` of shape `(nq, k)`, best
-    /// first; missing hits are id -1 / score NaN. `exact=False` uses the HNSW graphs (`ef` is
-    /// the search expansion).
+    /// first; missing hits are id -1 / score NaN (`k` beyond the store only pads, up to 2**26
+    /// result entries). `exact=False` uses the HNSW graphs (`ef` is the search expansion). A
+    /// corrupt stored value or graph raises CorruptIndexError naming the file.
     #[pyo3(signature = (queries, k, *, exact=true, ef=None))]
     fn search<'py>(
         &self,
@@ -299,6 +300,27 @@ impl EmbeddingStore {
             crate::pack::pack_windows_as::<i64>(&docs, &opts)
         })?;
         packed_to_numpy(py, packed)
+    }
+
+    /// Release this handle's writer lock now (it is otherwise held until the handle is
+    /// garbage-collected); the handle stays usable and its next write takes the lock again.
+    fn release_lock(&self) -> PyResult<()> {
+        self.write().map(|mut s| s.release_lock()).map_err(to_py)
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// Leaving a `with` block releases the writer lock (see `release_lock`).
+    fn __exit__(
+        &self,
+        _exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        self.release_lock()?;
+        Ok(false)
     }
 
     /// Replace the user metadata (a JSON object string), atomically.
