@@ -75,12 +75,18 @@ def test_corrupt_hnsw_link_is_an_error_not_a_segfault(hnsw_store: Path) -> None:
         EmbeddingStore.open(str(hnsw_store)).verify()
 
 
-@pytest.mark.parametrize("field", [1, 2, 3, 4])  # connectivity, base, max level, entry
-def test_corrupt_hnsw_header_is_an_error_not_an_abort(hnsw_store: Path, field: int) -> None:
+# Graph header fields: 1 connectivity, 2 base-level connectivity, 3 max level, 4 entry node.
+# Connectivity 2 or 3 and base 17 made usearch abort (SIGABRT); connectivity 0 searched silently.
+@pytest.mark.parametrize(
+    ("field", "value"), [(1, 2), (1, 3), (1, 0), (2, 17), (3, 10**9), (4, 10**9)]
+)
+def test_corrupt_hnsw_header_is_an_error_not_an_abort(
+    hnsw_store: Path, field: int, value: int
+) -> None:
     graph = hnsw_store / "shards" / "00000" / "hnsw.usearch"
     header, _, _ = graph_offsets(graph)
     data = bytearray(graph.read_bytes())
-    struct.pack_into("<Q", data, header + 8 * field, 10**9)
+    struct.pack_into("<Q", data, header + 8 * field, value)
     graph.write_bytes(bytes(data))
     child = run_child(
         f"""
