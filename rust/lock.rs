@@ -8,6 +8,7 @@
 //! On platforms without `flock` the lock is not taken.
 
 use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -24,26 +25,34 @@ impl WriterLock {
     /// holds it.
     pub fn acquire(dir: &Path) -> Result<WriterLock> {
         let path = dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        try_lock(&file).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::WouldBlock {
-                Error::Locked {
-                    path: dir.to_path_buf(),
-                    msg: format!(
-                        "another writer holds this store's lock ({LOCK_FILE}): one writer at a \
-                         time (readers are not affected); wait for it to finish or close the \
-                         other handle"
-                    ),
-                }
-            } else {
-                Error::io(&path, e)
+        if let Err(e) = try_lock(&file) {
+            if e.kind() != std::io::ErrorKind::WouldBlock {
+                return Err(Error::io(&path, e));
             }
-        })?;
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(Error::Locked {
+                path: dir.to_path_buf(),
+                msg: format!(
+                    "another writer holds this store's lock ({LOCK_FILE}, process {}): one \
+                     writer at a time (readers are not affected); wait for it to finish or \
+                     release the other handle",
+                    holder.trim()
+                ),
+            });
+        }
+        // The holder's pid, for the message above (advisory: the flock is what counts).
+        let _ = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| write!(file, "{}", std::process::id()));
         Ok(WriterLock { _file: file })
     }
 }
@@ -75,6 +84,8 @@ mod tests {
         let first = WriterLock::acquire(tmp.path()).unwrap();
         let err = WriterLock::acquire(tmp.path()).err().unwrap();
         assert!(matches!(err, Error::Locked { .. }), "{err}");
+        let me = format!("process {}", std::process::id());
+        assert!(err.to_string().contains(&me), "{err}");
         drop(first);
         WriterLock::acquire(tmp.path()).unwrap();
     }
