@@ -315,68 +315,72 @@ def build_index(
     store = (
         _open_for_resume(out, params, corpus) if resuming else _create(out, params, cfg, enc.dim)
     )
+    with store:  # the writer lock (DIR/.lock) is released when the build ends or fails
+        domain_docs: Counter[str] = Counter()
+        domain_entries: Counter[str] = Counter()
+        docs = itertools.islice(corpus, cfg.limit)
+        chunk_tok = lm_tok if lm_tok is not None else enc.tokenizer
+        pairs = to_entries(skip_stored(docs, store, out), lm_tok, cfg.chunk_tokens, chunk_tok,
+                           lambda: corpus.bytes_read)  # fmt: skip
 
-    domain_docs: Counter[str] = Counter()
-    domain_entries: Counter[str] = Counter()
-    docs = itertools.islice(corpus, cfg.limit)
-    chunk_tok = lm_tok if lm_tok is not None else enc.tokenizer
-    pairs = to_entries(skip_stored(docs, store, out), lm_tok, cfg.chunk_tokens, chunk_tok,
-                       lambda: corpus.bytes_read)  # fmt: skip
+        def counted() -> Iterator[Entry]:
+            seen: set[str] = set()
+            for doc, entry in pairs:
+                if doc.doc_id not in seen:
+                    seen.add(doc.doc_id)
+                    domain_docs[doc.domain] += 1
+                if entry is not None:
+                    domain_entries[doc.domain] += 1
+                    yield entry
 
-    def counted() -> Iterator[Entry]:
-        seen: set[str] = set()
-        for doc, entry in pairs:
-            if doc.doc_id not in seen:
-                seen.add(doc.doc_id)
-                domain_docs[doc.domain] += 1
-            if entry is not None:
-                domain_entries[doc.domain] += 1
-                yield entry
+        stored_before = len(store)
+        stored = _stored_counts(store)
 
-    stored_before = len(store)
-    stored = _stored_counts(store)
+        def sealed(n: int) -> None:
+            """After each sealed shard: the documents started so far, for `tttnn index info`."""
+            started = stored["documents"] + writer.first_chunks
+            store.set_meta(
+                json.dumps({**params, "status": "building", "documents_so_far": started})
+            )
+            if on_shard is not None:
+                on_shard(n)
 
-    def sealed(n: int) -> None:
-        """After each sealed shard: the documents started so far, for `tttnn index info`."""
-        started = stored["documents"] + writer.first_chunks
-        store.set_meta(json.dumps({**params, "status": "building", "documents_so_far": started}))
-        if on_shard is not None:
-            on_shard(n)
-
-    writer = ShardWriter(store, cfg.shard_size, sealed)
-    bar = tqdm(total=corpus.total_bytes, unit="B", unit_scale=True, desc=f"indexing {out.name}",
-               disable=not progress, smoothing=0.1)  # fmt: skip
-    started, embedded = time.perf_counter(), 0
-    groups = prefetch(embed_groups(counted()), _PREFETCH)
-    try:
-        for group in groups:
-            vecs = enc.encode([e.text for e in group], batch_size=cfg.batch_size, progress=False)
-            writer.add(group, vecs)
-            embedded += len(group)
-            bar.update(max(0, group[-1].pos - bar.n))
-            rate = embedded / max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix(docs=sum(domain_docs.values()), entries=stored_before + embedded,
-                            per_s=f"{rate:.1f}", refresh=False)  # fmt: skip
-        writer.finish()
-        bar.update(max(0, corpus.total_bytes - bar.n))
-    finally:
-        groups.close()
-        writer.close()
-        bar.close()
-    if not domain_docs and cfg.limit != 0:
-        raise InvalidIndexError(f"no documents in {', '.join(map(str, corpus.paths))}")
-    if cfg.hnsw:
-        store.build_hnsw()
-    domain_entries.update(stored["entries"])  # resumed: what was stored before counts too
-    meta = {
-        **params, "status": "complete", "documents": sum(domain_docs.values()),
-        "entries": len(store),
-        "domains": {d: {"documents": domain_docs[d], "entries": domain_entries[d]}
-                    for d in sorted(domain_docs)},
-        "corpus_stats": corpus.stats.to_dict(),
-    }  # fmt: skip
-    store.set_meta(json.dumps(meta))
-    return Index(store, meta, enc)
+        writer = ShardWriter(store, cfg.shard_size, sealed)
+        bar = tqdm(total=corpus.total_bytes, unit="B", unit_scale=True, desc=f"indexing {out.name}",
+                   disable=not progress, smoothing=0.1)  # fmt: skip
+        started, embedded = time.perf_counter(), 0
+        groups = prefetch(embed_groups(counted()), _PREFETCH)
+        try:
+            for group in groups:
+                vecs = enc.encode(
+                    [e.text for e in group], batch_size=cfg.batch_size, progress=False
+                )
+                writer.add(group, vecs)
+                embedded += len(group)
+                bar.update(max(0, group[-1].pos - bar.n))
+                rate = embedded / max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix(docs=sum(domain_docs.values()), entries=stored_before + embedded,
+                                per_s=f"{rate:.1f}", refresh=False)  # fmt: skip
+            writer.finish()
+            bar.update(max(0, corpus.total_bytes - bar.n))
+        finally:
+            groups.close()
+            writer.close()
+            bar.close()
+        if not domain_docs and cfg.limit != 0:
+            raise InvalidIndexError(f"no documents in {', '.join(map(str, corpus.paths))}")
+        if cfg.hnsw:
+            store.build_hnsw()
+        domain_entries.update(stored["entries"])  # resumed: what was stored before counts too
+        meta = {
+            **params, "status": "complete", "documents": sum(domain_docs.values()),
+            "entries": len(store),
+            "domains": {d: {"documents": domain_docs[d], "entries": domain_entries[d]}
+                        for d in sorted(domain_docs)},
+            "corpus_stats": corpus.stats.to_dict(),
+        }  # fmt: skip
+        store.set_meta(json.dumps(meta))
+        return Index(store, meta, enc)
 
 
 def _stored_counts(store: Any) -> dict[str, Any]:
