@@ -9,6 +9,7 @@ from __future__ import annotations
 from tttnn._tttnn import (
     CorruptIndexError,
     EmbeddingStore,
+    StoreLockedError,
     __version__,
     dedup_neighbors,
     exact_search,
@@ -29,6 +30,7 @@ __all__ = [
     "Index",
     "Neighbor",
     "SearchResult",
+    "StoreLockedError",
     "TTTConfig",
     "TTTOutcome",
     "TestTimeTrainer",
