@@ -387,6 +387,13 @@ impl HnswIndex {
         })
     }
 
+    /// Path and bytes of the file a viewed graph maps (`None`: built in this process).
+    pub fn file_bytes(&self) -> Option<(&Path, &[u8])> {
+        self.file
+            .as_ref()
+            .map(|f| (f.path.as_path(), f.map.bytes()))
+    }
+
     /// Check every link of a viewed graph (once per process; later calls return the first
     /// outcome). Searches call it first, so usearch never walks a corrupt graph.
     pub fn check_links(&self) -> Result<()> {

@@ -271,6 +271,8 @@ pub struct Ragged<T: RaggedElem> {
     off_path: PathBuf,
     /// The outcome of [`Ragged::check_offsets`], once per process (a corrupt-file message).
     offsets_ok: OnceLock<std::result::Result<(), String>>,
+    /// The outcome of [`Ragged::check_data`], once per process (a corrupt-file message).
+    data_ok: OnceLock<std::result::Result<(), String>>,
     _elem: PhantomData<T>,
 }
 
@@ -323,6 +325,7 @@ impl<T: RaggedElem> Ragged<T> {
             data_path: data_path.to_path_buf(),
             off_path: off_path.to_path_buf(),
             offsets_ok: OnceLock::new(),
+            data_ok: OnceLock::new(),
             _elem: PhantomData,
         })
     }
@@ -376,9 +379,30 @@ impl<T: RaggedElem> Ragged<T> {
             .map_err(|msg| Error::corrupt(&self.off_path, msg))
     }
 
-    /// Record `i`, borrowed from the memory map. The offsets are checked at the first access
-    /// ([`Ragged::check_offsets`]), and the bounds of each record at every access: a corrupt
-    /// offset gives an error, never an out-of-bounds read or a shifted record.
+    /// The xxh3 of the data file equals the one the offsets header records (itself checked
+    /// against the manifest at open). Once per process, at the first access: a changed byte of
+    /// a record would otherwise be returned without an error.
+    pub fn check_data(&self) -> Result<()> {
+        self.data_ok
+            .get_or_init(|| {
+                let got = xxh3_64(self.data.bytes());
+                if got == self.data_xxh3 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "checksum mismatch: xxh3 {got:016x}, the offsets header says {:016x}",
+                        self.data_xxh3
+                    ))
+                }
+            })
+            .clone()
+            .map_err(|msg| Error::corrupt(&self.data_path, msg))
+    }
+
+    /// Record `i`, borrowed from the memory map. The offsets and the data's checksum are checked
+    /// at the first access ([`Ragged::check_offsets`], [`Ragged::check_data`]), and the bounds
+    /// of each record at every access: a corrupt offset gives an error, never an out-of-bounds
+    /// read or a shifted record.
     pub fn get(&self, i: usize) -> Result<&[T]> {
         if i >= self.count {
             return Err(Error::InvalidArgument(format!(
@@ -387,6 +411,7 @@ impl<T: RaggedElem> Ragged<T> {
             )));
         }
         self.check_offsets()?;
+        self.check_data()?;
         let off = self.offsets()?;
         let (lo, hi) = (off[i], off[i + 1]);
         if lo > hi || hi > self.total {
