@@ -345,3 +345,17 @@ def test_a_corrupt_record_is_an_error_naming_the_file(sample_index: Path, tmp_pa
     for i in (0, 1):
         with pytest.raises(CorruptIndexError, match=r"00000/records\.bin.*checksum mismatch"):
             index.record(i)
+
+
+def test_a_record_that_is_not_json_names_the_entry(tmp_path: Path) -> None:
+    """Records intact on disk (checksums agree) whose bytes are not a record: written so by a
+    writer other than tttnn's build."""
+    meta = json.dumps({"kind": "tttnn.index", "format": 1, "dim": 4, "status": "complete"})
+    store = EmbeddingStore.create(str(tmp_path / "idx"), 4, with_records=True, meta=meta)
+    store.append(np.eye(4, dtype=np.float32)[:2], records=[b"not json", b'{"doc_id": "a"}'])
+    store.release_lock()
+    index = Index.open(tmp_path / "idx")
+    with pytest.raises(CorruptIndexError, match=r"record of entry 0 \(records.bin of shard 0\)"):
+        index.record(0)
+    with pytest.raises(CorruptIndexError, match="not a record object"):
+        index.record(1)
