@@ -168,6 +168,33 @@ impl Mapped {
 }
 
 /// Size of a file, with its path in the error.
+/// A check made once per process, its outcome (an error message) remembered.
+pub(crate) type CheckedOnce = OnceLock<std::result::Result<(), String>>;
+
+/// Once per process, remembered in `cell`: `bytes` hash (xxh3) to `want`, the value that
+/// `source` records for them. A mismatch (or no recorded value) is a corrupt-file error naming
+/// `path`, now and at every later call.
+pub(crate) fn check_sum_once(
+    cell: &CheckedOnce,
+    path: &Path,
+    bytes: &[u8],
+    want: Option<u64>,
+    source: &str,
+) -> Result<()> {
+    cell.get_or_init(|| {
+        let got = xxh3_64(bytes);
+        match want {
+            Some(w) if w == got => Ok(()),
+            Some(w) => Err(format!(
+                "checksum mismatch: the data hashes to xxh3 {got:016x}, {source} says {w:016x}"
+            )),
+            None => Err(format!("{source} records no checksum")),
+        }
+    })
+    .clone()
+    .map_err(|msg| Error::corrupt(path, msg))
+}
+
 pub(crate) fn file_len(path: &Path) -> Result<u64> {
     std::fs::metadata(path)
         .map(|m| m.len())
@@ -272,7 +299,7 @@ pub struct Ragged<T: RaggedElem> {
     /// The outcome of [`Ragged::check_offsets`], once per process (a corrupt-file message).
     offsets_ok: OnceLock<std::result::Result<(), String>>,
     /// The outcome of [`Ragged::check_data`], once per process (a corrupt-file message).
-    data_ok: OnceLock<std::result::Result<(), String>>,
+    data_ok: CheckedOnce,
     _elem: PhantomData<T>,
 }
 
@@ -383,20 +410,14 @@ impl<T: RaggedElem> Ragged<T> {
     /// against the manifest at open). Once per process, at the first access: a changed byte of
     /// a record would otherwise be returned without an error.
     pub fn check_data(&self) -> Result<()> {
-        self.data_ok
-            .get_or_init(|| {
-                let got = xxh3_64(self.data.bytes());
-                if got == self.data_xxh3 {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "checksum mismatch: xxh3 {got:016x}, the offsets header says {:016x}",
-                        self.data_xxh3
-                    ))
-                }
-            })
-            .clone()
-            .map_err(|msg| Error::corrupt(&self.data_path, msg))
+        let want = Some(self.data_xxh3);
+        check_sum_once(
+            &self.data_ok,
+            &self.data_path,
+            self.data.bytes(),
+            want,
+            "the offsets header",
+        )
     }
 
     /// Record `i`, borrowed from the memory map. The offsets and the data's checksum are checked

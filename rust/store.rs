@@ -53,8 +53,8 @@ use crate::error::{Error, Result};
 use crate::hnsw::{HnswIndex, HnswParams};
 use crate::lock::WriterLock;
 use crate::ragged::{
-    align64, file_len, fsync_dir, hash_file, write_hashed, write_ragged, FileSum, Header, Mapped,
-    Ragged, FILE_VERSION, HEADER_LEN,
+    align64, check_sum_once, file_len, fsync_dir, hash_file, write_hashed, write_ragged,
+    CheckedOnce, FileSum, Header, Mapped, Ragged, FILE_VERSION, HEADER_LEN,
 };
 use crate::vectors::{check_k, check_queries, DType, Metric, SearchResult, VectorData, VectorsRef};
 
@@ -398,9 +398,9 @@ struct Shard {
     /// The outcome of [`Shard::check_values`], once per process (a corrupt-file message).
     values: std::sync::OnceLock<std::result::Result<(), String>>,
     /// The outcome of [`Shard::check_vectors_sum`], once per process.
-    vectors_sum: std::sync::OnceLock<std::result::Result<(), String>>,
+    vectors_sum: CheckedOnce,
     /// The outcome of [`Shard::check_graph_sum`], once per process (reset when a graph is built).
-    graph_sum: std::sync::OnceLock<std::result::Result<(), String>>,
+    graph_sum: CheckedOnce,
 }
 
 impl Shard {
@@ -409,21 +409,14 @@ impl Shard {
     /// data (which no structure check sees) is an error, never a moved result.
     fn check_vectors_sum(&self) -> Result<()> {
         let v = &self.vectors;
-        self.vectors_sum
-            .get_or_init(|| {
-                let bytes = v.map.bytes().get(HEADER_LEN..).unwrap_or(&[]);
-                let got = xxhash_rust::xxh3::xxh3_64(bytes);
-                if got == v.payload_xxh3 {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "checksum mismatch: the data hashes to xxh3 {got:016x}, its header says {:016x}",
-                        v.payload_xxh3
-                    ))
-                }
-            })
-            .clone()
-            .map_err(|msg| Error::corrupt(&v.path, msg))
+        let bytes = v.map.bytes().get(HEADER_LEN..).unwrap_or(&[]);
+        check_sum_once(
+            &self.vectors_sum,
+            &v.path,
+            bytes,
+            Some(v.payload_xxh3),
+            "its header",
+        )
     }
 
     /// Every link of the HNSW graph is checked ([`HnswIndex::check_links`]), then the xxh3 of
@@ -436,19 +429,7 @@ impl Shard {
         };
         h.check_links()?;
         let want = self.entry.files.get(HNSW_FILE).map(|s| s.xxh3);
-        self.graph_sum
-            .get_or_init(|| {
-                let got = xxhash_rust::xxh3::xxh3_64(bytes);
-                match want {
-                    Some(w) if w == got => Ok(()),
-                    Some(w) => Err(format!(
-                        "checksum mismatch: xxh3 {got:016x}, manifest says {w:016x}"
-                    )),
-                    None => Err("the manifest lists no checksum for this graph".into()),
-                }
-            })
-            .clone()
-            .map_err(|msg| Error::corrupt(path, msg))
+        check_sum_once(&self.graph_sum, path, bytes, want, "the manifest")
     }
 
     /// Everything a search of this shard reads is checked (once per process): the vectors'
@@ -830,8 +811,8 @@ impl EmbeddingStore {
             records,
             hnsw,
             values: std::sync::OnceLock::new(),
-            vectors_sum: std::sync::OnceLock::new(),
-            graph_sum: std::sync::OnceLock::new(),
+            vectors_sum: CheckedOnce::new(),
+            graph_sum: CheckedOnce::new(),
         })
     }
 
@@ -1056,7 +1037,7 @@ impl EmbeddingStore {
             )?;
             self.shards[i].entry = next.shards[i].clone();
             self.shards[i].hnsw = Some(view);
-            self.shards[i].graph_sum = std::sync::OnceLock::new();
+            self.shards[i].graph_sum = CheckedOnce::new();
             self.manifest = next;
             built += 1;
         }
