@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar, Union
 
@@ -48,7 +48,7 @@ from tttnn.index import (
     vocab_fingerprint,
 )
 
-__all__ = ["Entry", "build_index", "embed_groups", "skip_stored", "to_entries"]
+__all__ = ["Entry", "StoredCounts", "build_index", "embed_groups", "skip_stored", "to_entries"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 T = TypeVar("T")
@@ -80,12 +80,21 @@ def _record(doc: Document, chunk: int) -> bytes:
 # --- the steps -------------------------------------------------------------------------------
 
 
+@dataclass
+class StoredCounts:
+    """What `skip_stored` found stored: entries by domain, documents with an entry stored."""
+
+    entries: Counter[str] = field(default_factory=Counter)
+    documents: int = 0
+
+
 def skip_stored(
-    docs: Iterable[Document], store: Any, out: Path
+    docs: Iterable[Document], store: Any, out: Path, found: StoredCounts
 ) -> Iterator[tuple[Document, Optional[int]]]:
     """`(document, chunks already stored)` for each document; `None` for one wholly stored. The
     stored entries `[0, len(store))` must be the corpus's first entries, in order: a different
-    corpus, order or option is an `InvalidIndexError`. On an empty store every count is 0."""
+    corpus, order or option is an `InvalidIndexError`. On an empty store every count is 0.
+    What is stored is counted into `found` on the way."""
     done, cursor = len(store), 0
     for doc in docs:
         if cursor >= done:
@@ -108,6 +117,8 @@ def skip_stored(
                 f"{json.loads(store.record(cursor)).get('doc_id')!r} but the corpus has "
                 f"{doc.doc_id!r} there (different corpus, order or options)"
             )
+        found.entries[doc.domain] += n
+        found.documents += 1
         # another document follows in the store: this one is whole; else chunks may be missing
         yield doc, (None if cursor < done else n)
     if cursor < done:
@@ -336,7 +347,8 @@ def build_index(
         domain_entries: Counter[str] = Counter()
         docs = itertools.islice(corpus, cfg.limit)
         chunk_tok = lm_tok if lm_tok is not None else enc.tokenizer
-        pairs = to_entries(skip_stored(docs, store, out), lm_tok, cfg.chunk_tokens, chunk_tok,
+        stored = StoredCounts()
+        pairs = to_entries(skip_stored(docs, store, out, stored), lm_tok, cfg.chunk_tokens, chunk_tok,
                            lambda: corpus.bytes_read)  # fmt: skip
 
         def counted() -> Iterator[Entry]:
@@ -350,11 +362,10 @@ def build_index(
                     yield entry
 
         stored_before = len(store)
-        stored = _stored_counts(store)
 
         def sealed(n: int) -> None:
             """After each sealed shard: the documents started so far, for `tttnn index info`."""
-            started = stored["documents"] + writer.first_chunks
+            started = stored.documents + writer.first_chunks
             store.set_meta(
                 json.dumps({**params, "status": "building", "documents_so_far": started})
             )
@@ -387,7 +398,7 @@ def build_index(
             raise InvalidIndexError(f"no documents in {', '.join(map(str, corpus.paths))}")
         if cfg.hnsw:
             store.build_hnsw()
-        domain_entries.update(stored["entries"])  # resumed: what was stored before counts too
+        domain_entries.update(stored.entries)  # resumed: what was stored before counts too
         meta = {
             **params, "status": "complete", "documents": sum(domain_docs.values()),
             "entries": len(store),
@@ -397,17 +408,6 @@ def build_index(
         }  # fmt: skip
         store.set_meta(json.dumps(meta))
         return Index(store, meta, enc)
-
-
-def _stored_counts(store: Any) -> dict[str, Any]:
-    """Entries by domain and documents started, of what a resumed build finds stored."""
-    entries: Counter[str] = Counter()
-    first = 0
-    for i in range(len(store)):
-        rec = json.loads(store.record(i))
-        entries[rec["domain"]] += 1
-        first += rec["chunk"] == 0
-    return {"entries": entries, "documents": first}
 
 
 def _create(out: Path, params: dict[str, Any], cfg: BuildConfig, dim: int) -> Any:
