@@ -4,7 +4,7 @@ PY ?= python3
 .PHONY: install dev test lint rust-test py-test bench demo stubtest fmt
 
 install:            ## build the release extension and install the package (editable)
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev,ray,lm-eval]"
 
 dev:                ## rebuild the extension after a Rust change
 	$(PY) -m pip install -e . --no-build-isolation --no-deps -q
