@@ -7,8 +7,9 @@
     ├── pack: PackConfig             neighbors' tokens -> training windows
     ├── ttt: TTTConfig               the loop: AdamW, windows, autocast, LoRA, when to score
     ├── baselines                    extra scores of each document ("in-context")
+    ├── ray: RayConfig               on Ray: address, workers, CPUs/GPUs each: not a result
     └── run: RunConfig               where and how it runs (out, device, progress): not a result
-    BuildConfig                      one `tttnn index build`
+    BuildConfig                      one `tttnn index build` (with its own `ray: RayConfig`)
 
 Every leaf field has a unique name across the tree. That flat name is the CLI option
 (`--weight-decay` for `ttt.weight_decay`; `cli.config_options` makes the options from the fields
@@ -38,6 +39,7 @@ __all__ = [
     "BuildConfig",
     "EvalConfig",
     "PackConfig",
+    "RayConfig",
     "RetrievalConfig",
     "RunConfig",
     "TTTConfig",
@@ -169,9 +171,18 @@ class RetrievalConfig(Config):
     ef: Optional[int] = opt(None, "HNSW beam width (default: the index's).")
     guard: bool = opt(True, "Leakage guard: drop neighbors that copy the query text.")
     guard_threshold: float = opt(0.9, "Leakage guard: similarity at which a neighbor is a copy.")
+    shards: Optional[tuple[int, ...]] = opt(
+        None, "Search only these shards of the index, e.g. 0,1,2 (the paper's index-size study)."
+    )
 
     def __post_init__(self) -> None:
         _check(self.neighbors >= 0, f"neighbors must be >= 0, got {self.neighbors}")
+        if self.shards is not None:
+            self.shards = tuple(sorted({int(s) for s in self.shards}))
+            _check(
+                bool(self.shards) and self.shards[0] >= 0,
+                f"shards must be non-negative shard numbers, got {self.shards}",
+            )
         _check(self.ef is None or self.ef >= 1, f"ef must be >= 1, got {self.ef}")
         _check(
             0 < self.guard_threshold <= 1,
@@ -238,6 +249,37 @@ class RunConfig(Config):
 
 
 @dataclass
+class RayConfig(Config):
+    """Where the work runs beyond this process (`tttnn.distributed`, the extra `tttnn[ray]`).
+    None of it changes results: the index and the rows are those of the single-process path."""
+
+    ray: bool = opt(False, "Run on Ray: a local cluster, or the one at --address.")
+    address: Optional[str] = opt(
+        None, "Ray cluster to join ('auto', or HOST:PORT of the head; its token as Ray reads it)."
+    )
+    workers: Optional[int] = opt(
+        None, "Ray workers: encoders (build), TTT models (eval), shard actors (search); "
+        "default: one per GPU, else per CPU.",
+    )  # fmt: skip
+    cpus_per_worker: float = opt(1.0, "Logical CPUs each Ray worker reserves (torch threads).")
+    gpus_per_worker: float = opt(0.0, "GPUs each Ray worker reserves (1: one model per GPU).")
+
+    def __post_init__(self) -> None:
+        _check(
+            self.workers is None or self.workers >= 1, f"workers must be >= 1, got {self.workers}"
+        )
+        _check(self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        _check(
+            self.gpus_per_worker >= 0, f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}"
+        )
+        if not self.ray:
+            _check(
+                self.address is None and self.workers is None,
+                "--address and --workers need --ray",
+            )
+
+
+@dataclass
 class EvalConfig(Config):
     """One evaluation run (`tttnn eval`)."""
 
@@ -248,6 +290,7 @@ class EvalConfig(Config):
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     pack: PackConfig = field(default_factory=PackConfig)
     ttt: TTTConfig = field(default_factory=TTTConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     baselines: tuple[str, ...] = opt(
         (), "Also score each document another way: in-context = the neighbors in the context, no "
         "training (the paper's baseline).", flags=("--baseline",), choices=BASELINES,
@@ -274,10 +317,10 @@ class EvalConfig(Config):
 
     def results_settings(self) -> dict[str, Any]:
         """The settings that decide each document's row, compared when a run resumes: all but
-        `run` and the choice of documents among `data` (`limit`, `limit_per_domain`, `domains`),
-        so a run can be extended to more documents."""
+        `run`, `ray` and the choice of documents among `data` (`limit`, `limit_per_domain`,
+        `domains`), so a run can be extended to more documents, or resumed on another cluster."""
         d = self.to_dict()
-        del d["run"]
+        del d["run"], d["ray"]
         for key in ("limit", "limit_per_domain", "domains"):
             del d["test"][key]
         return d
@@ -300,6 +343,7 @@ class BuildConfig(Config):
     max_doc_bytes: int = opt(DEFAULT_MAX_DOC_BYTES, "Larger documents are bad inputs.")
     batch_size: int = opt(32, "Encoder batch size.")
     limit: Optional[int] = opt(None, "Index at most N documents.")
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
         if self.tokenizer is not None and self.tokenizer.lower() == "none":
