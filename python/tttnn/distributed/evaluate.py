@@ -1,0 +1,230 @@
+"""The evaluation spread over TTT worker actors (`tttnn eval ... --ray --workers N`).
+
+    driver: retrieval in batches (one fan-out over the shard actors per batch)
+       │  (document, its neighbors) ──▶ TTT workers: the model loaded once; pack, train, score, reset
+       └─ the only writer of RUN/results.jsonl (`tttnn.evaluate.run_eval` writes what this yields)
+
+A worker runs `tttnn.evaluate.score_document`, the code of the single-process path, on the same
+retrieved neighbors, so a row is the one a single process writes (on CPU, bitwise: the tests
+check it with 2 workers against 1 process). Each worker reserves `cpus_per_worker` CPUs (torch
+runs that many threads) and `gpus_per_worker` GPUs (1: one model per GPU; it then runs on CUDA).
+
+Faults: a worker that dies (killed, lost node) has its documents re-dispatched to the others and
+is replaced; a document during which workers died `MAX_ATTEMPTS` times gets a failed row instead
+of taking the run down (a rerun retries it).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import time
+from collections.abc import Generator, Iterator
+from typing import Any, Optional
+
+from tttnn.config import EvalConfig
+from tttnn.corpus import Document
+from tttnn.distributed.cluster import require_ray, session
+from tttnn.evaluate import Retrieved, batches, failed_row, retrieve_or_fail
+
+__all__ = ["MAX_ATTEMPTS", "TTTWorker", "evaluate_on_ray"]
+
+MAX_ATTEMPTS = 3
+"""Workers that may die while evaluating one document before it is written as failed."""
+
+IN_FLIGHT = 2
+"""Documents queued on each worker, so it never waits for the driver between documents."""
+
+
+class TTTWorker:
+    """A Ray actor: one causal LM and its trainer, evaluating documents one after another."""
+
+    def __init__(self, config: dict[str, Any], index: Any) -> None:
+        import torch
+
+        from tttnn.models import load_causal_lm, resolve_model
+        from tttnn.ttt import TestTimeTrainer
+
+        self.cfg = EvalConfig.from_dict(config)
+        ray_cfg = self.cfg.ray
+        torch.set_num_threads(max(1, int(ray_cfg.cpus_per_worker)))
+        device = self.cfg.run.device or ("cuda" if ray_cfg.gpus_per_worker > 0 else "cpu")
+        model, tokenizer = load_causal_lm(resolve_model(self.cfg.model), device=device)
+        self.index = index
+        if self.cfg.retrieval.neighbors > 0:
+            index.check_tokens_for(tokenizer, retokenize=self.cfg.pack.retokenize)
+        self.trainer = TestTimeTrainer(model, tokenizer, self.cfg.ttt)
+
+    def evaluate(self, doc: Document, retrieved: Retrieved) -> dict[str, Any]:
+        from tttnn.evaluate import score_document
+
+        return score_document(doc, self.cfg, self.index, self.trainer, retrieved)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def open_ray_index(cfg: EvalConfig) -> Any:
+    """The run's index served by shard actors (`tttnn.distributed.index.RayIndex`)."""
+    from tttnn.distributed.index import RayIndex
+
+    index = RayIndex.open(cfg.index, cfg.ray, shards=cfg.retrieval.shards)
+    index.check_complete()
+    return index
+
+
+def evaluate_on_ray(
+    cfg: EvalConfig, resolved_model: str, todo: list[Document], *, index: Any = None
+) -> Generator[dict[str, Any], None, None]:
+    """Rows of the `todo` documents, evaluated by Ray workers, in the order they finish.
+    `index`: an opened index (local or `RayIndex`) instead of the run's served by shard actors."""
+    from tttnn.models import load_tokenizer
+
+    with session(cfg.ray.address, num_cpus=_local_cpus(cfg)):
+        if index is None:
+            index = open_ray_index(cfg)
+        tokenizer = load_tokenizer(resolved_model)  # the driver splits documents (--split-text)
+        pool = _WorkerPool(cfg, index)
+        try:
+            yield from _dispatch(cfg, index, tokenizer, todo, pool)
+        finally:
+            pool.close()
+
+
+def _local_cpus(cfg: EvalConfig) -> Optional[float]:
+    """Logical CPUs of a local cluster: enough for the workers asked for, at least this
+    machine's count (a logical count: Ray does not pin processes to cores)."""
+    if cfg.ray.address is not None:
+        return None
+    n = os.cpu_count() or 1
+    if cfg.ray.workers is not None:
+        n = max(n, int(cfg.ray.workers * cfg.ray.cpus_per_worker + 0.999) + 1)
+    return n
+
+
+class _WorkerPool:
+    """The TTT actors, with replacements for the ones that die."""
+
+    def __init__(self, cfg: EvalConfig, index: Any) -> None:
+        ray = require_ray()
+        self.ray = ray
+        rc = cfg.ray
+        self.cls = ray.remote(num_cpus=rc.cpus_per_worker, num_gpus=rc.gpus_per_worker,
+                              max_restarts=0, max_concurrency=1)(TTTWorker)  # fmt: skip
+        self.config = ray.put(cfg.to_dict())
+        self.index = index
+        n = rc.workers or _default_workers(ray, rc.cpus_per_worker, rc.gpus_per_worker)
+        self.workers: list[Any] = [self._new() for _ in range(n)]
+        self.replaced = 0
+
+    def _new(self) -> Any:
+        return self.cls.remote(self.config, self.index)
+
+    def replace(self, worker: Any) -> Any:
+        """A new actor instead of `worker` (dead); refuses after as many replacements as there
+        are workers, twice: something kills every worker."""
+        self.replaced += 1
+        if self.replaced > 2 * len(self.workers):
+            raise RuntimeError(
+                f"{self.replaced} TTT workers died; giving up (see the Ray logs of the workers)"
+            )
+        i = self.workers.index(worker)
+        self.workers[i] = self._new()
+        return self.workers[i]
+
+    def close(self) -> None:
+        for w in self.workers:
+            self.ray.kill(w)
+
+
+def _default_workers(ray: Any, cpus: float, gpus: float) -> int:
+    free = ray.available_resources()
+    if gpus > 0:
+        return max(1, int(free.get("GPU", 0) // gpus))
+    return max(1, int(free.get("CPU", 1) // cpus))
+
+
+def _dispatch(
+    cfg: EvalConfig, index: Any, tokenizer: Any, todo: list[Document], pool: _WorkerPool
+) -> Iterator[dict[str, Any]]:
+    ray = pool.ray
+    from ray.exceptions import RayActorError
+
+    to_retrieve = batches(todo)
+    ready: collections.deque[tuple[Document, Retrieved]] = collections.deque()
+    attempts: collections.Counter[str] = collections.Counter()
+    running: dict[Any, tuple[Any, Document, Retrieved]] = {}  # ref -> (worker, doc, retrieved)
+    load: collections.Counter[Any] = collections.Counter()
+    exhausted = False
+    while True:
+        # keep every worker IN_FLIGHT documents deep; retrieve the next batch when out of work
+        while True:
+            idle = [w for w in pool.workers if load[w] < IN_FLIGHT]
+            if not idle:
+                break
+            if not ready:
+                if exhausted:
+                    break
+                batch = next(to_retrieve, None)
+                if batch is None:
+                    exhausted = True
+                    break
+                for doc, got in zip(batch, retrieve_or_fail(batch, cfg, index, tokenizer)):
+                    if isinstance(got, dict):
+                        yield got
+                    else:
+                        ready.append((doc, got))
+                continue
+            worker = min(idle, key=lambda w: load[w])
+            doc, got = ready.popleft()
+            running[worker.evaluate.remote(doc, _detached(got))] = (worker, doc, got)
+            load[worker] += 1
+        if not running:
+            return
+        done, _ = ray.wait(list(running), num_returns=1)
+        ref = done[0]
+        worker, doc, got = running.pop(ref)
+        load[worker] -= 1
+        t0 = time.perf_counter()
+        try:
+            row = ray.get(ref)
+        except RayActorError as e:  # the worker died: its document goes to another one
+            attempts[doc.doc_id] += 1
+            if worker in pool.workers:
+                _requeue_all(running, load, ready, worker)
+                pool.replace(worker)
+            if attempts[doc.doc_id] >= MAX_ATTEMPTS:
+                yield failed_row(
+                    doc, RuntimeError(f"{MAX_ATTEMPTS} TTT workers died evaluating it: {e}"),
+                    time.perf_counter() - t0,
+                )  # fmt: skip
+            else:
+                ready.appendleft((doc, got))
+            continue
+        row["redispatched"] = attempts.get(doc.doc_id, 0)
+        yield row
+
+
+def _detached(got: Retrieved) -> Retrieved:
+    """`got` without the store handles of its neighbors (they do not travel; the worker reads
+    through its own index)."""
+    if got.hits is None:
+        return got
+    hits = dataclasses.replace(
+        got.hits, neighbors=[dataclasses.replace(n, _store=None) for n in got.hits.neighbors]
+    )
+    return dataclasses.replace(got, hits=hits)
+
+
+def _requeue_all(
+    running: dict[Any, tuple[Any, Document, Retrieved]],
+    load: collections.Counter[Any],
+    ready: collections.deque[tuple[Document, Retrieved]],
+    dead: Any,
+) -> None:
+    """The other documents queued on a dead worker go back to the front of the queue."""
+    for ref in [r for r, (w, _, _) in running.items() if w is dead]:
+        _, doc, got = running.pop(ref)
+        ready.appendleft((doc, got))
+    load.pop(dead, None)

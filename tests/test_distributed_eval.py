@@ -1,0 +1,118 @@
+"""The evaluation over Ray workers (`tttnn eval --ray`): one local cluster for the module (4
+logical CPUs), the shipped sample index served by shard actors, a tiny Llama with SmolLM2's
+vocabulary. The rows of 2 workers equal those of one process, bitwise (timings aside); a worker
+killed mid-document has its document re-run; the driver stays the only writer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import SAMPLE_TEST
+from tttnn.config import EvalConfig
+from tttnn.evaluate import run_eval
+
+ray = pytest.importorskip("ray")
+
+TIMING = ("redispatched",)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    from tttnn.distributed.cluster import connect
+
+    connect(num_cpus=4)
+    yield
+    ray.shutdown()
+
+
+def config(index: Path, model: Path, out: Path, **kw) -> EvalConfig:
+    base = dict(
+        index=str(index), data=[str(SAMPLE_TEST)], out=str(out), model=str(model), neighbors=3,
+        eval_at=(0, 1, 3), max_length=64, lr=1e-3, windows_per_neighbor=1, limit=8,
+        autocast_dtype="fp32", progress=False, exact=True,
+    )  # fmt: skip
+    base.update(kw)
+    return EvalConfig.from_flat(**base)
+
+
+def rows_by_id(run: Path) -> dict[str, dict]:
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    out = {r["doc_id"]: r for r in rows}
+    assert len(out) == len(rows), "a document was written twice"
+    return out
+
+
+def results(run: Path) -> dict[str, dict]:
+    """The rows without what may differ between two runs of the same settings: timings."""
+    return {
+        i: {k: v for k, v in r.items() if not k.endswith("_s") and k not in TIMING}
+        for i, r in rows_by_id(run).items()
+    }
+
+
+@pytest.fixture(scope="module")
+def single(sample_index, tiny_lm, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("single") / "run"
+    run_eval(config(sample_index, tiny_lm, run))
+    return run
+
+
+def worker_pids() -> list[int]:
+    """Processes of live TTT workers (Ray names an actor's process after its class)."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmd.startswith(b"ray::TTTWorker"):
+                pids.append(int(p.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_two_workers_write_the_rows_of_one_process(sample_index, tiny_lm, single, tmp_path):
+    run = tmp_path / "ray"
+    summary = run_eval(config(sample_index, tiny_lm, run, ray=True, workers=2))
+    assert (summary.ok, summary.failed) == (8, 0)
+    one, two = results(single), results(run)
+    assert all(r["status"] == "ok" for r in one.values())
+    assert two == one
+    # resuming over Ray: nothing left to do, nothing written twice
+    summary = run_eval(config(sample_index, tiny_lm, run, ray=True, workers=2))
+    assert (summary.ok, summary.resumed) == (0, 8)
+    assert results(run) == one
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_document_has_its_document_rerun(
+    sample_index, tiny_lm, single, tmp_path
+):
+    run = tmp_path / "killed"
+    cfg = config(sample_index, tiny_lm, run, ray=True, workers=2)
+    outcome: dict = {}
+    t = threading.Thread(target=lambda: outcome.update(summary=run_eval(cfg)))
+    t.start()
+    # once a row is written both workers are busy (two documents queued on each): kill one
+    deadline = time.monotonic() + 300
+    killed = None
+    while killed is None and t.is_alive() and time.monotonic() < deadline:
+        rows = run / "results.jsonl"
+        if rows.exists() and rows.read_text().count("\n") >= 1 and len(worker_pids()) == 2:
+            killed = worker_pids()[0]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    t.join(timeout=600)
+    assert killed is not None, "no worker was seen busy"
+    summary = outcome["summary"]
+    assert (summary.ok, summary.failed) == (8, 0)
+    assert results(run) == results(single)
+    assert sum(r.get("redispatched", 0) for r in rows_by_id(run).values()) >= 1
