@@ -423,6 +423,52 @@ def report_cmd(run_dir: Path, fmt: str, no_plot: bool) -> None:
                 click.echo(f"wrote {p}", err=True)
 
 
+@main.command("compare")
+@click.argument("sides", nargs=-1, required=True, metavar="RUN[:BASELINE][@K]...")
+@click.option("--baseline", "baselines", multiple=True, type=click.Choice(["in-context", "dynamic-eval"]),
+              help="Also compare this baseline, from the first run that recorded it (repeatable).")  # fmt: skip
+@click.option("-k", "--at", "at", type=click.IntRange(min=0), default=None,
+              help="Compare every side at this k (default: each side's largest; RUN@K for one).")  # fmt: skip
+@click.option("--intersect", is_flag=True,
+              help="Compare the documents all sides scored when their test sets differ.")  # fmt: skip
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text",
+              show_default=True)  # fmt: skip
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a PNG of each side's change per domain, with intervals.")  # fmt: skip
+@click.option("--reps", type=click.IntRange(min=100), default=None,
+              help="Bootstrap replicates (default: tttnn report's, 4000).")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+def compare_cmd(
+    sides: tuple[str, ...], baselines: tuple[str, ...], at: int | None, intersect: bool,
+    fmt: str, plot: Path | None, reps: int | None, seed: int,
+) -> None:  # fmt: skip
+    """Runs (and their baselines: RUN:in-context, RUN:dynamic-eval) on the same test documents:
+    per domain and on average, each one's change in bits per byte and its difference to the
+    first, with paired bootstrap intervals; steps, tokens trained and seconds per document."""
+    from tttnn import compare as cmp
+    from tttnn.report import BOOTSTRAP_REPS
+
+    with _errors():
+        loaded = []
+        for spec in sides:
+            run, baseline, k = cmp.parse_side(spec)
+            if k is None and baseline != "in-context":  # in-context: the run's neighbors
+                k = at
+            loaded.append(cmp.load_side(run, baseline, k))
+        runs = [cmp.parse_side(spec)[0] for spec in sides]
+        for name in baselines:
+            source = next((r for r in runs if name in cmp.recorded_baselines(r)), None)
+            if source is None:
+                raise ValueError(
+                    f"no run recorded the {name} baseline (tttnn eval --baseline {name})"
+                )
+            loaded.append(cmp.load_side(source, name, None if name == "in-context" else at))
+        c = cmp.compare(loaded, intersect=intersect, reps=reps or BOOTSTRAP_REPS, seed=seed)
+        click.echo(cmp.render_comparison(c, fmt))
+        if plot is not None:
+            click.echo(f"wrote {cmp.plot_comparison(c, plot)}", err=True)
+
+
 @main.command("demo")
 @click.option(
     "--workdir", type=click.Path(path_type=Path), default=None, help="Default: ~/.cache/tttnn/demo."

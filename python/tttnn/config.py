@@ -51,7 +51,7 @@ K_LADDER = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 """Where a document is scored when `eval_at` is not given: these k up to the number of
 neighbors, and that number itself."""
 
-BASELINES = ("in-context",)
+BASELINES = ("in-context", "dynamic-eval")
 
 C = TypeVar("C", bound="Config")
 
@@ -292,8 +292,9 @@ class EvalConfig(Config):
     ttt: TTTConfig = field(default_factory=TTTConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     baselines: tuple[str, ...] = opt(
-        (), "Also score each document another way: in-context = the neighbors in the context, no "
-        "training (the paper's baseline).", flags=("--baseline",), choices=BASELINES,
+        (), "Also score each document another way (the paper's baselines): in-context = the "
+        "neighbors in the context, no training; dynamic-eval = k steps on the query half, then "
+        "score the rest (needs --split-text).", flags=("--baseline",), choices=BASELINES,
         multiple=True,
     )  # fmt: skip
 
@@ -302,6 +303,11 @@ class EvalConfig(Config):
         self.baselines = tuple(self.baselines)
         for b in self.baselines:
             _check(b in BASELINES, f"unknown baseline {b!r}; choose from {', '.join(BASELINES)}")
+        _check(
+            "dynamic-eval" not in self.baselines or self.test.split_text,
+            "--baseline dynamic-eval needs --split-text: dynamic evaluation trains on the query "
+            "half of each document and scores the rest",
+        )
         k = self.retrieval.neighbors
         beyond = [e for e in self.ttt.eval_at or () if e > k]
         _check(

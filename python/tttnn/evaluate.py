@@ -22,7 +22,7 @@ from typing import Any
 
 from tttnn.config import EvalConfig, TestSetConfig
 from tttnn.corpus import Document, read_corpus
-from tttnn.metrics import byte_weighted_bpb, document_loglikelihood, encode_document, nats_to_bpb
+from tttnn.metrics import byte_weighted_bpb
 
 __all__ = ["EvalConfig", "EvalSummary", "iter_test_documents", "run_eval", "split_document"]
 
@@ -162,28 +162,9 @@ def split_document(text: str, tokenizer: Any, max_length: int) -> tuple[str, str
     return query, rest
 
 
-def in_context_bpb(trainer: Any, text: str, store: Any, ids: list[int], max_length: int) -> float:
-    """The paper's in-context baseline: the neighbors' tokens (nearest last, next to the text,
-    EOS-separated, at most half the context) precede the text in the model's rolling context; the
-    weights are θ0 (the trainer has reset them)."""
-    budget = max_length // 2
-    ctx: list[int] = []
-    eos = trainer.tokenizer.eos_token_id
-    for i in ids:  # nearest first; each goes in front of the ones nearer to the text
-        piece = [int(t) for t in store.tokens(i)[-budget:]]
-        ctx = piece + ([eos] if eos is not None else []) + ctx
-        if len(ctx) >= budget:
-            break
-    tokens = encode_document(trainer.tokenizer, text)
-    logprob, _ = document_loglikelihood(
-        trainer.model, tokens, trainer.prefix_token, max_length, trainer.config.autocast_dtype,
-        context_tokens=ctx[-budget:],
-    )  # fmt: skip
-    return nats_to_bpb(-logprob, len(text.encode("utf-8")))
-
-
 def evaluate_document(doc: Document, cfg: EvalConfig, index: Any, trainer: Any) -> dict[str, Any]:
     """Retrieve, pack, test-time train and score one document: its results row."""
+    from tttnn.baselines import dynamic_eval, in_context_bpb
     from tttnn.pack import pack_neighbors
 
     row: dict[str, Any] = {"doc_id": doc.doc_id, "domain": doc.domain}
@@ -215,14 +196,20 @@ def evaluate_document(doc: Document, cfg: EvalConfig, index: Any, trainer: Any) 
     outcome = trainer.run(scored, windows, lengths, doc_index, n_neighbors=len(ids))
     row["tokens"] = outcome.n_tokens
     row["bpb"] = {str(k): v for k, v in outcome.bpb.items()}
-    row["windows_trained"] = outcome.windows_trained
+    row["windows_trained"] = outcome.windows_trained  # = optimizer steps (one per window)
     row["tokens_trained"] = outcome.tokens_trained
+    row["steps"] = {str(k): v for k, v in outcome.steps_at.items()}
+    row["tokens_trained_at"] = {str(k): v for k, v in outcome.tokens_trained_at.items()}
     for phase in ("train", "score", "reset"):
         row[f"{phase}_s"] = outcome.seconds.get(phase, 0.0)
     if "in-context" in cfg.baselines:
         t = time.perf_counter()
         row["bpb_in_context"] = in_context_bpb(trainer, scored, index.store, ids, max_length)
         row["in_context_s"] = time.perf_counter() - t
+    if "dynamic-eval" in cfg.baselines:  # config check: only with split_text
+        t = time.perf_counter()
+        row.update(dynamic_eval(trainer, query, scored, r.neighbors))
+        row["dynamic_eval_s"] = time.perf_counter() - t
     return row
 
 

@@ -47,6 +47,8 @@ class TTTOutcome:
     windows_trained: int = 0  # optimizer steps taken
     windows_skipped: int = 0  # windows with fewer than 2 real tokens (nothing to predict)
     tokens_trained: int = 0  # tokens in the windows trained on
+    steps_at: dict[int, int] = field(default_factory=dict)  # k -> optimizer steps before scoring
+    tokens_trained_at: dict[int, int] = field(default_factory=dict)  # k -> tokens trained by then
     losses: list[float] = field(default_factory=list)  # training loss of each step
     seconds: dict[str, float] = field(default_factory=dict)  # "train", "score", "reset"
 
@@ -138,6 +140,7 @@ class TestTimeTrainer:
         clock = functools.partial(_timed, out.seconds, device=self.device)
         with clock("score"):
             out.nll_nats[0] = self.score(tokens)
+        out.steps_at[0], out.tokens_trained_at[0] = 0, 0
         c = self.config
         optimizer = torch.optim.AdamW(  # fresh for every document; fused: 3x the CPU loop
             self.params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay,
@@ -157,6 +160,8 @@ class TestTimeTrainer:
                                 optimizer, windows[i, : lengths[i]], out, i, doc_index[i]
                             )
                     done = stop
+                    out.steps_at[k] = out.windows_trained
+                    out.tokens_trained_at[k] = out.tokens_trained
                     with clock("score"):
                         out.nll_nats[k] = self.score(tokens)
         finally:

@@ -1,0 +1,467 @@
+"""Runs and baselines compared on the same test documents (`tttnn compare`).
+
+A *side* is one thing compared: a run's test-time training (`RUN`), or a baseline the run
+recorded (`RUN:in-context`, `RUN:dynamic-eval`), at one k (`RUN@20`, `RUN:dynamic-eval@5`;
+default: the largest k every document of that side reached). The in-context baseline has one k,
+the run's number of neighbors (all of them are in the context). Every side has the same two
+numbers per document: bits per byte at k = 0 (θ0) and at its k; its change is byte-weighted, as in
+`tttnn report`: Σ bytes·bpb(k) / Σ bytes·bpb(0) − 1.
+
+Documents are paired by `doc_id`. Sides over different documents are refused (unless
+`intersect`: then the documents all sides share), and so is a document that was scored on other
+text in one side than in another (its scored bytes differ: `--split-text` on one side only).
+
+Each side's change and its difference to the first side (change − change of the first, negative:
+better than the first) come with 95% intervals from one paired bootstrap over documents: each
+replicate draws documents with replacement and takes all sides' scores of each drawn document, so
+what the documents share cancels out of the difference. Per domain the documents of the domain
+are drawn; for the averages, the documents of every domain (stratified: the domain mix stays the
+test set's). The draws are those of `tttnn.report.bootstrap_change` (same seed, same order), so a
+side's interval is the one `tttnn report` prints for that run. `better`: documents whose relative
+change is below the first side's.
+
+Compute, side by side, per document: optimizer steps and tokens trained up to the side's k (rows
+record them by k: `steps`, `tokens_trained_at`; older rows only the totals, used at the largest
+k) and seconds (a run: its whole row's time except its baselines'; a baseline: its own time).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from tttnn.config import BASELINES
+from tttnn.report import BOOTSTRAP_REPS, CI_LEVEL, load_results
+
+__all__ = [
+    "Comparison",
+    "Side",
+    "bootstrap_sides",
+    "compare",
+    "load_side",
+    "parse_side",
+    "plot_comparison",
+    "recorded_baselines",
+    "render_comparison",
+]
+
+WEIGHTED = "average (byte-weighted)"
+MACRO = "average (domains equal)"
+_BASELINE_SECONDS = ("in_context_s", "dynamic_eval_s")
+
+
+@dataclass
+class DocScore:
+    domain: str
+    bytes: int
+    bpb0: float
+    bpbk: float
+    steps: Optional[float]
+    tokens: Optional[float]
+    seconds: Optional[float]
+
+
+@dataclass
+class Side:
+    """One side of a comparison: its label, run directory, baseline (None: the run's TTT), k and
+    the scores of its documents by doc_id."""
+
+    label: str
+    run: str
+    baseline: Optional[str]
+    k: int
+    docs: dict[str, DocScore] = field(repr=False)
+
+
+def parse_side(spec: str) -> tuple[str, Optional[str], Optional[int]]:
+    """`RUN[:BASELINE][@K]` -> (run, baseline, k)."""
+    run, k = spec, None
+    head, at, tail = spec.rpartition("@")
+    if at and tail.isdigit() and head:
+        run, k = head, int(tail)
+    baseline = None
+    head, colon, tail = run.rpartition(":")
+    if colon and tail in BASELINES and head:
+        run, baseline = head, tail
+    elif colon and head and not Path(run).exists():
+        raise ValueError(f"{spec}: unknown baseline {tail!r}; choose from {', '.join(BASELINES)}")
+    return run, baseline, k
+
+
+def recorded_baselines(run: str | Path) -> set[str]:
+    """The baselines every scored document of `run` has."""
+    rows = [r for r in load_results(run) if r.get("status") == "ok"]
+    keys = {"in-context": "bpb_in_context", "dynamic-eval": "bpb_dynamic_eval"}
+    return {b for b, key in keys.items() if rows and all(key in r for r in rows)}
+
+
+def _neighbors_of(run: str, rows: list[dict[str, Any]]) -> int:
+    """The run's number of neighbors (config.json; else the largest k its rows reached)."""
+    path = Path(run) / "config.json"
+    if path.exists():
+        with open(path, encoding="utf-8") as f:
+            return int(json.load(f)["config"]["retrieval"]["neighbors"])
+    return max(int(k) for r in rows for k in r["bpb"])
+
+
+def _at(d: Any, k: int) -> Optional[float]:
+    return None if not isinstance(d, dict) or str(k) not in d else float(d[str(k)])
+
+
+def load_side(
+    run: str | Path, baseline: Optional[str] = None, k: Optional[int] = None,
+    label: Optional[str] = None,
+) -> Side:  # fmt: skip
+    """The side `run` (its TTT, or `baseline`) at `k` (default: its largest k) from the run's
+    `results.jsonl` (`tttnn.report.load_results`: a document with two rows is refused)."""
+    run = str(run)
+    label = label or run + (f":{baseline}" if baseline else "")
+    rows = [r for r in load_results(run) if r.get("status") == "ok"]
+    if not rows:
+        raise ValueError(f"{run}: no document was scored")
+    if baseline is not None and baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; choose from {', '.join(BASELINES)}")
+    key = {None: "bpb", "in-context": "bpb_in_context", "dynamic-eval": "bpb_dynamic_eval"}[
+        baseline
+    ]
+    missing = [r["doc_id"] for r in rows if key not in r]
+    if missing:
+        raise ValueError(
+            f"{run}: {len(missing)} of {len(rows)} documents have no {baseline} scores "
+            f"(e.g. {missing[0]}); run it with --baseline {baseline}"
+        )
+    if baseline == "in-context":
+        own = _neighbors_of(run, rows)
+        if k is not None and k != own:
+            raise ValueError(f"{label}: the in-context baseline has k = {own} only, not {k}")
+        k = own
+    elif k is None:  # the largest k every document reached
+        k = min(max(int(x) for x in r[key]) for r in rows)
+    docs: dict[str, DocScore] = {}
+    for r in rows:
+        b0 = float(r["bpb"]["0"])
+        steps: Optional[float]
+        tokens: Optional[float]
+        secs: Optional[float]
+        if baseline == "in-context":
+            bk: Optional[float] = float(r[key])
+            steps, tokens, secs = 0.0, 0.0, r.get("in_context_s")
+        elif baseline == "dynamic-eval":
+            bk = _at(r[key], k)
+            steps, tokens = _at(r.get("dynamic_eval_steps"), k), _at(r.get("dynamic_eval_tokens_trained"), k)  # fmt: skip
+            secs = r.get("dynamic_eval_s")
+        else:
+            bk = _at(r[key], k)
+            steps, tokens = _at(r.get("steps"), k), _at(r.get("tokens_trained_at"), k)
+            if steps is None and k == max(int(x) for x in r["bpb"]):  # rows before `steps`
+                steps, tokens = r.get("windows_trained"), r.get("tokens_trained")
+            secs = r.get("total_s")
+            if secs is not None:
+                secs -= sum(r.get(s, 0.0) for s in _BASELINE_SECONDS)
+        if bk is None:
+            raise ValueError(f"{label}: document {r['doc_id']} was not scored at k = {k}")
+        docs[str(r["doc_id"])] = DocScore(
+            str(r["domain"]), int(r["bytes"]), b0, bk,
+            None if steps is None else float(steps), None if tokens is None else float(tokens),
+            None if secs is None else float(secs),
+        )  # fmt: skip
+    return Side(label, run, baseline, k, docs)
+
+
+# --- the bootstrap ---------------------------------------------------------------------------
+
+
+Stratum = tuple[np.ndarray, np.ndarray, np.ndarray]  # bytes (n,), bpb at 0 (n, S), at k (n, S)
+
+
+def bootstrap_sides(
+    strata: list[Stratum], reps: int = BOOTSTRAP_REPS, seed: int = 0
+) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """Replicates of every side's relative change, byte-weighted over all documents and with
+    strata (domains) weighted equally: two (reps, S) arrays, by a paired bootstrap that draws the
+    documents of each stratum with replacement (the draws of `tttnn.report.bootstrap_change`).
+    `None` where nothing varies (fewer than two documents in every stratum)."""
+    strata = [s for s in strata if len(s[0])]
+    if not strata or all(len(s[0]) < 2 for s in strata):
+        return None, None
+    n_sides = strata[0][1].shape[1]
+    rng = np.random.default_rng(seed)
+    nll0 = np.zeros((reps, n_sides))
+    nllk = np.zeros((reps, n_sides))
+    macro0 = np.zeros((reps, n_sides))
+    macrok = np.zeros((reps, n_sides))
+    for nbytes, b0, bk in strata:
+        idx = rng.integers(0, len(nbytes), (reps, len(nbytes)))
+        tot = nbytes[idx].sum(axis=1)[:, None]
+        for s in range(n_sides):
+            s0 = (nbytes * b0[:, s])[idx].sum(axis=1)
+            sk = (nbytes * bk[:, s])[idx].sum(axis=1)
+            nll0[:, s] += s0
+            nllk[:, s] += sk
+            macro0[:, s] += s0 / tot[:, 0]
+            macrok[:, s] += sk / tot[:, 0]
+    return nllk / nll0 - 1.0, macrok / macro0 - 1.0
+
+
+def _interval(x: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
+    lo, hi = np.quantile(x, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+# --- the comparison --------------------------------------------------------------------------
+
+
+@dataclass
+class Entry:
+    """One side's figures over one group of documents."""
+
+    side: str
+    k: int
+    bpb0: float
+    bpbk: float
+    change: float
+    change_ci: Optional[tuple[float, float]]
+    diff: Optional[float]  # change − the first side's change (None for the first side)
+    diff_ci: Optional[tuple[float, float]]
+    better: Optional[int]  # documents whose change is below the first side's
+    steps: Optional[float]  # per document
+    tokens: Optional[float]
+    seconds: Optional[float]
+
+
+@dataclass
+class Group:
+    name: str  # a domain, WEIGHTED or MACRO
+    documents: int
+    bytes: int
+    entries: list[Entry]
+
+
+@dataclass
+class Comparison:
+    sides: list[dict[str, Any]]  # label, run, baseline, k
+    documents: int
+    dropped: dict[str, int]  # with intersect: documents of each side left out
+    groups: list[Group]
+    reps: int
+    seed: int
+
+
+def _pair(sides: list[Side], intersect: bool) -> tuple[list[str], dict[str, int]]:
+    """The doc_ids every side scored, and how many each side had beyond them."""
+    sets = [set(s.docs) for s in sides]
+    common = set.intersection(*sets)
+    if any(len(x) != len(common) for x in sets) and not intersect:
+        counts = ", ".join(f"{s.label}: {len(x)}" for s, x in zip(sides, sets))
+        raise ValueError(
+            f"the sides scored different test documents ({counts}; {len(common)} in common); "
+            "compare the same test set, or pass --intersect to compare the documents they share"
+        )
+    if not common:
+        raise ValueError("the sides have no test document in common")
+    ref = sides[0]
+    for s in sides[1:]:
+        for d in common:
+            a, b = ref.docs[d], s.docs[d]
+            if a.bytes != b.bytes or a.domain != b.domain:
+                raise ValueError(
+                    f"document {d} is {a.domain}, {a.bytes} bytes scored in {ref.label} but "
+                    f"{b.domain}, {b.bytes} bytes in {s.label}: not the same text (was "
+                    "--split-text given to one run only?)"
+                )
+    # In the first side's row order, so its draws (and intervals) are those of `tttnn report`.
+    ids = [d for d in sides[0].docs if d in common]
+    return ids, {s.label: len(x) - len(common) for s, x in zip(sides, sets)}
+
+
+def _mean(xs: list[Optional[float]]) -> Optional[float]:
+    return None if not xs or any(x is None for x in xs) else float(np.mean(xs))  # type: ignore[arg-type]
+
+
+def _entries(
+    sides: list[Side], ids: list[str], bpb0: np.ndarray, bpbk: np.ndarray,
+    changes: np.ndarray, reps: Optional[np.ndarray],
+) -> list[Entry]:  # fmt: skip
+    """Entries of every side over documents `ids` whose group figures are bpb0, bpbk, changes
+    (S,) and bootstrap replicates `reps` (R, S) of the changes."""
+    out = []
+    for s, side in enumerate(sides):
+        docs = [side.docs[d] for d in ids]
+        rel = np.array([d.bpbk / d.bpb0 for d in docs])
+        ref = np.array([sides[0].docs[d].bpbk / sides[0].docs[d].bpb0 for d in ids])
+        first = s == 0
+        out.append(
+            Entry(
+                side.label, side.k, float(bpb0[s]), float(bpbk[s]), float(changes[s]),
+                None if reps is None else _interval(reps[:, s]),
+                None if first else float(changes[s] - changes[0]),
+                None if first or reps is None else _interval(reps[:, s] - reps[:, 0]),
+                None if first else int((rel < ref).sum()),
+                _mean([d.steps for d in docs]), _mean([d.tokens for d in docs]),
+                _mean([d.seconds for d in docs]),
+            )
+        )  # fmt: skip
+    return out
+
+
+def compare(
+    sides: list[Side], *, intersect: bool = False, reps: int = BOOTSTRAP_REPS, seed: int = 0
+) -> Comparison:
+    """Per domain and on average, each side's change and its difference to the first side, with
+    paired bootstrap intervals (see the module doc)."""
+    if len(sides) < 2:
+        raise ValueError("nothing to compare: give two sides or more (runs or RUN:baseline)")
+    labels = [s.label for s in sides]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"a side is given twice: {', '.join(labels)}")
+    ids, dropped = _pair(sides, intersect)
+    by_domain: dict[str, list[str]] = {}
+    for d in ids:
+        by_domain.setdefault(sides[0].docs[d].domain, []).append(d)
+
+    def stratum(doc_ids: list[str]) -> Stratum:
+        nbytes = np.array([float(sides[0].docs[d].bytes) for d in doc_ids])
+        b0 = np.array([[s.docs[d].bpb0 for s in sides] for d in doc_ids])
+        bk = np.array([[s.docs[d].bpbk for s in sides] for d in doc_ids])
+        return nbytes, b0, bk
+
+    groups = []
+    domain_bpb: list[tuple[np.ndarray, np.ndarray]] = []
+    strata = []
+    for domain in sorted(by_domain):
+        nbytes, b0, bk = st = stratum(by_domain[domain])
+        strata.append(st)
+        w = nbytes / nbytes.sum()
+        g0, gk = w @ b0, w @ bk
+        domain_bpb.append((g0, gk))
+        rep, _ = bootstrap_sides([st], reps, seed)
+        groups.append(
+            Group(domain, len(nbytes), int(nbytes.sum()),
+                  _entries(sides, by_domain[domain], g0, gk, gk / g0 - 1.0, rep))
+        )  # fmt: skip
+    rep_w, rep_m = bootstrap_sides(strata, reps, seed)
+    nbytes_all = np.concatenate([s[0] for s in strata])
+    w = nbytes_all / nbytes_all.sum()
+    b0_all, bk_all = np.concatenate([s[1] for s in strata]), np.concatenate([s[2] for s in strata])
+    order = [d for domain in sorted(by_domain) for d in by_domain[domain]]
+    g0, gk = w @ b0_all, w @ bk_all
+    total = int(nbytes_all.sum())
+    groups.append(Group(WEIGHTED, len(ids), total, _entries(sides, order, g0, gk, gk / g0 - 1.0, rep_w)))  # fmt: skip
+    m0 = np.mean([x[0] for x in domain_bpb], axis=0)
+    mk = np.mean([x[1] for x in domain_bpb], axis=0)
+    groups.append(Group(MACRO, len(ids), total, _entries(sides, order, m0, mk, mk / m0 - 1.0, rep_m)))  # fmt: skip
+    side_info = [{"label": s.label, "run": s.run, "baseline": s.baseline, "k": s.k} for s in sides]
+    return Comparison(side_info, len(ids), dropped, groups, reps, seed)
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def _num(x: Optional[float], digits: int = 4) -> str:
+    return "–" if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+
+def _pct(x: Optional[float]) -> str:
+    return "–" if x is None else f"{x * 100:+.1f}%"
+
+
+def _ci(ci: Optional[tuple[float, float]]) -> str:
+    return "–" if ci is None else f"[{ci[0] * 100:+.1f}, {ci[1] * 100:+.1f}]"
+
+
+def _count(x: Optional[float]) -> str:
+    return "–" if x is None else (f"{x:.0f}" if x >= 100 or x == int(x) else f"{x:.1f}")
+
+
+def render_comparison(c: Comparison, fmt: str = "text") -> str:
+    """The comparison as an aligned text table, Markdown or JSON."""
+    if fmt == "json":
+        d = asdict(c)
+        d["ci_level"] = CI_LEVEL
+        return json.dumps(d, indent=2)
+    ref = c.sides[0]["label"]
+    header = [
+        "group", "side", "k", "docs", "bpb@0", "bpb@k", "change", f"{CI_LEVEL:.0%} CI",
+        "Δ vs first", f"{CI_LEVEL:.0%} CI", "better", "steps/doc", "tokens/doc", "s/doc",
+    ]  # fmt: skip
+    body = []
+    for g in c.groups:
+        for i, e in enumerate(g.entries):
+            body.append([
+                g.name if i == 0 else "", e.side, str(e.k), str(g.documents) if i == 0 else "",
+                _num(e.bpb0), _num(e.bpbk), _pct(e.change), _ci(e.change_ci), _pct(e.diff),
+                _ci(e.diff_ci), "–" if e.better is None else f"{e.better}/{g.documents}",
+                _count(e.steps), _count(e.tokens), _num(e.seconds, 1),
+            ])  # fmt: skip
+    notes = [
+        f"change: bits per byte at k vs k = 0, byte-weighted. Δ vs first: change minus that of "
+        f"{ref}, in points (negative: better). {CI_LEVEL:.0%} CI: paired bootstrap over "
+        f"documents ({c.reps} replicates, seed {c.seed}; the averages resample within each "
+        f"domain). better: documents whose change is below {ref}'s. {c.documents} documents."
+    ]
+    if any(c.dropped.values()):
+        left = ", ".join(f"{k}: {v}" for k, v in c.dropped.items() if v)
+        notes.append(f"--intersect: documents left out ({left}).")
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]  # fmt: skip
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+        return "\n".join([*lines, "", *notes])
+    if fmt != "text":
+        raise ValueError(f"unknown format {fmt!r}; expected text, markdown or json")
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+
+    def line(r: list[str]) -> str:
+        return "  ".join(
+            x.ljust(w) if i < 2 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths))
+        ).rstrip()
+
+    lines = [line(header)]
+    for r in body:
+        if r[0] and len(lines) > 1:
+            lines.append("")
+        lines.append(line(r))
+    return "\n".join([*lines, "", *notes])
+
+
+def plot_comparison(c: Comparison, path: str | Path) -> Path:
+    """Horizontal bars: each side's change per domain and on average, with its interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    n_sides = len(c.sides)
+    height = 0.8 / n_sides
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(c.groups) * n_sides + 1.8), dpi=120)
+    cmap = plt.get_cmap("tab10")
+    for s, info in enumerate(c.sides):
+        ys = [g_i + (s - (n_sides - 1) / 2) * height for g_i in range(len(c.groups))]
+        vals = [g.entries[s].change * 100 for g in c.groups]
+        ax.barh(ys, vals, height=height * 0.9, color=cmap(s % 10), alpha=0.85,
+                label=f"{info['label']} (k={info['k']})")  # fmt: skip
+        for y, g in zip(ys, c.groups):
+            ci = g.entries[s].change_ci
+            if ci is not None:
+                v = g.entries[s].change * 100
+                # a percentile interval of a ratio may leave out its point: bars from the point
+                lo, hi = max(v - ci[0] * 100, 0.0), max(ci[1] * 100 - v, 0.0)
+                ax.errorbar(v, y, xerr=[[lo], [hi]], fmt="none",
+                            ecolor="black", elinewidth=0.8, capsize=2)  # fmt: skip
+    ax.set_yticks(range(len(c.groups)), [g.name for g in c.groups])
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel(f"relative change in bits per byte vs k = 0 (%), {CI_LEVEL:.0%} paired bootstrap")
+    ax.set_title(f"Comparison on {c.documents} test documents")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.02 * n_sides),
+              frameon=False, ncol=1)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
