@@ -6,6 +6,7 @@
 //! * [`knn`]: exact search (SIMD, rayon, blocked matrix products) and top-k merging.
 //! * [`hnsw`]: approximate search with usearch HNSW, saved and reopened as a memory-mapped view.
 //! * [`pack`]: neighbor token ids into training windows, and neighbor de-duplication.
+//! * [`select`]: which retrieved candidates to train on, in what order: nearest first, or SIFT.
 //!
 //! This crate has no Python in it unless the `python` feature is on: the pyo3 glue lives in
 //! `rust/python/` only.
@@ -17,6 +18,7 @@ pub mod knn;
 mod lock;
 pub mod pack;
 pub mod ragged;
+pub mod select;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -14,6 +14,7 @@ from tttnn._tttnn import (
     dedup_neighbors,
     exact_search,
     pack_windows,
+    sift_select,
 )
 from tttnn.corpus import Document
 from tttnn.embed import Encoder
@@ -39,4 +40,5 @@ __all__ = [
     "dedup_neighbors",
     "exact_search",
     "pack_windows",
+    "sift_select",
 ]

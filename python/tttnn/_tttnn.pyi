@@ -19,6 +19,7 @@ __all__ = [
     "dedup_neighbors",
     "exact_search",
     "pack_windows",
+    "sift_select",
 ]
 
 __version__: str
@@ -191,3 +192,20 @@ def dedup_neighbors(
     sets when either text has < 5 words): catches lightly edited copies and excerpts/supersets.
     Reasons: "empty", "exact-duplicate-of-query", "near-duplicate-of-query", "exact-duplicate",
     "near-duplicate". ValueError for invalid UTF-8 bytes or threshold outside (0, 1]."""
+
+def sift_select(
+    candidates: npt.ArrayLike,
+    query: npt.ArrayLike,
+    n: int,
+    *,
+    lam: float = 0.01,
+    alpha: float | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """SIFT (Hübotter et al., ICLR 2025): `n` greedy picks among the rows of `candidates` `(K, d)`
+    that minimise the posterior variance at `query` `(d,)` of a linear-kernel Gaussian process
+    with noise variance `lam`; ties go to the lowest row. A row can be picked again. With
+    `alpha`, pick t (1-based) is dropped where sqrt(variance_t) > 1 / (alpha * t).
+
+    Returns `(indices int64 (m,), variances float64 (m,))`: candidate rows in pick order and the
+    posterior variance after each pick (m = n, or fewer with `alpha`). ValueError for shapes that
+    do not match, NaN/inf, n < 1, or lam / alpha that are not positive numbers."""

@@ -3,7 +3,7 @@
     EvalConfig                       one `tttnn eval` run
     ├── index, model                 the index directory; the causal LM (HF id, folder, alias)
     ├── test: TestSetConfig          test documents: files, limits, domains, --split-text
-    ├── retrieval: RetrievalConfig   neighbors per document, exact or HNSW, leakage guard
+    ├── retrieval: RetrievalConfig   neighbors per document, exact or HNSW, leakage guard, SIFT
     ├── pack: PackConfig             neighbors' tokens -> training windows
     ├── ttt: TTTConfig               the loop: AdamW, windows, autocast, LoRA, when to score
     ├── baselines                    extra scores of each document ("in-context")
@@ -52,6 +52,7 @@ K_LADDER = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 neighbors, and that number itself."""
 
 BASELINES = ("in-context", "dynamic-eval")
+SELECTIONS = ("nearest", "sift")
 
 C = TypeVar("C", bound="Config")
 
@@ -174,6 +175,18 @@ class RetrievalConfig(Config):
     shards: Optional[tuple[int, ...]] = opt(
         None, "Search only these shards of the index, e.g. 0,1,2 (the paper's index-size study)."
     )
+    select: str = opt(
+        "nearest", "Which candidates to train on, in what order: nearest first (the paper), or "
+        "sift (relevant and not redundant, Hübotter et al. 2025; may pick a neighbor again).",
+        choices=SELECTIONS,
+    )  # fmt: skip
+    candidates: int = opt(200, "SIFT: pick among this many nearest neighbors (K).")
+    sift_lambda: float = opt(
+        0.01, "SIFT: noise variance λ (small: shun redundant neighbors; large: nearest first)."
+    )
+    sift_alpha: Optional[float] = opt(
+        None, "SIFT adaptive stop: drop pick t where its posterior std > 1/(alpha·t)."
+    )
 
     def __post_init__(self) -> None:
         _check(self.neighbors >= 0, f"neighbors must be >= 0, got {self.neighbors}")
@@ -187,6 +200,18 @@ class RetrievalConfig(Config):
         _check(
             0 < self.guard_threshold <= 1,
             f"guard_threshold must be in (0, 1], got {self.guard_threshold}",
+        )
+        _check(
+            self.select in SELECTIONS,
+            f"select must be one of {', '.join(SELECTIONS)}, got {self.select!r}",
+        )
+        _check(self.candidates >= 1, f"candidates must be >= 1, got {self.candidates}")
+        _positive("sift_lambda", self.sift_lambda)
+        _positive("sift_alpha", self.sift_alpha, allow_none=True)
+        _check(
+            self.select != "sift" or self.candidates >= self.neighbors,
+            f"SIFT picks {self.neighbors} neighbors among the {self.candidates} nearest: "
+            "raise --candidates to at least --neighbors",
         )
 
 

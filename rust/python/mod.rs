@@ -11,6 +11,7 @@ use crate::error::Error;
 mod convert;
 mod knn;
 mod pack;
+mod select;
 mod store;
 
 create_exception!(
@@ -75,5 +76,6 @@ fn tttnn_ext(m: &Bound<'_, PyModule>) -> PyResult<()> {
     store::register(m)?;
     knn::register(m)?;
     pack::register(m)?;
+    select::register(m)?;
     Ok(())
 }
