@@ -469,6 +469,36 @@ def compare_cmd(
             click.echo(f"wrote {cmp.plot_comparison(c, plot)}", err=True)
 
 
+@main.command("sample")
+@click.argument("corpus", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--per-domain", type=click.IntRange(min=1), required=True,
+              help="Documents drawn from each domain.")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True, help="Which documents.")
+@click.option("--max-chars", type=click.IntRange(min=1), default=None,
+              help="Only documents at most this long.")  # fmt: skip
+@click.option("--domain", "domains", multiple=True, help="Only these domains (repeatable).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Output .jsonl (or .jsonl.zst), Pile format.")  # fmt: skip
+def sample_cmd(
+    corpus: tuple[Path, ...], per_domain: int, seed: int, max_chars: int | None,
+    domains: tuple[str, ...], out: Path,
+) -> None:  # fmt: skip
+    """Draw a validation set from a (training) CORPUS: --per-domain documents of each domain,
+    picked by --seed (the same on every machine), for `tttnn eval --data`."""
+    from tttnn.validation import sample_documents, write_documents
+
+    with _errors():
+        docs = sample_documents(
+            list(corpus), per_domain, seed, max_chars=max_chars, domains=domains
+        )
+        write_documents(docs, out)
+    counts: dict[str, int] = {}
+    for d in docs:
+        counts[d.domain] = counts.get(d.domain, 0) + 1
+    parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    click.echo(f"wrote {len(docs)} documents to {out} ({parts})")
+
+
 @main.command("demo")
 @click.option(
     "--workdir", type=click.Path(path_type=Path), default=None, help="Default: ~/.cache/tttnn/demo."
