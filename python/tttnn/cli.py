@@ -536,5 +536,28 @@ def demo_cmd(
     click.echo(text)
 
 
+# --- tttnn lm-eval (issue 11): lm-evaluation-harness with the model `tttnn` registered ---------
+@main.command(
+    "lm-eval",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False,
+                      "help_option_names": []},
+    add_help_option=False,
+)  # fmt: skip
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def lm_eval_cmd(args: tuple[str, ...]) -> None:
+    """lm-evaluation-harness with the model `tttnn` (ARGS go to `lm_eval`; `tttnn lm-eval -h`
+    for its help): `tttnn lm-eval --model tttnn --model_args pretrained=smollm2-135m,index=DIR,
+    neighbors=20 --tasks wikitext`."""
+    try:
+        from tttnn.lm_eval import run_harness_cli
+    except ImportError as e:
+        raise click.ClickException(
+            f"lm-eval is not installed ({e}): pip install 'tttnn[lm-eval]'"
+        ) from None
+    _quiet_transformers()
+    with _errors():
+        run_harness_cli(args)
+
+
 if __name__ == "__main__":  # `python -m tttnn.cli` as well as `python -m tttnn`
     main()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -124,10 +124,7 @@ class TestTimeTrainer:
         `n_neighbors` (default: the last of `doc_index` + 1); back at θ0 afterwards, also after a
         failure. `windows` (W, L), `lengths` (W,), `doc_index` (W,) as `tttnn.pack_windows` packs
         them: token ids padded after `lengths[i]`, the neighbor each window comes from."""
-        import torch
-
-        vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
-        windows, lengths, doc_index = check_windows(windows, lengths, doc_index, self.config.max_length, vocab)  # fmt: skip
+        windows, lengths, doc_index = self._check_windows(windows, lengths, doc_index)
         last = int(doc_index[-1]) if len(doc_index) else -1
         n = last + 1 if n_neighbors is None else n_neighbors
         if last >= n:
@@ -141,34 +138,64 @@ class TestTimeTrainer:
         with clock("score"):
             out.nll_nats[0] = self.score(tokens)
         out.steps_at[0], out.tokens_trained_at[0] = 0, 0
+        with self._session(windows, lengths, doc_index, out) as train_to:
+            for k in eval_points(self.config.eval_at, n)[1:]:
+                train_to(int(np.searchsorted(doc_index, k, side="left")))
+                out.steps_at[k], out.tokens_trained_at[k] = out.windows_trained, out.tokens_trained
+                with clock("score"):
+                    out.nll_nats[k] = self.score(tokens)
+        return out
+
+    @contextlib.contextmanager
+    def trained(self, windows: Any, lengths: Any, doc_index: Any) -> Iterator[TTTOutcome]:
+        """Test-time train on all `windows` as `run` does, without scoring: the block runs with
+        the trained weights, in eval mode, under the same seeded RNG; θ0 back afterwards, also
+        after a failure (`tttnn.lm_eval` scores the harness's requests in the block)."""
+        windows, lengths, doc_index = self._check_windows(windows, lengths, doc_index)
+        out = TTTOutcome(nll_nats={}, n_bytes=0, n_tokens=0)
+        with self._session(windows, lengths, doc_index, out) as train_to:
+            train_to(len(windows))
+            self.model.eval()
+            yield out
+
+    def _check_windows(self, windows: Any, lengths: Any, doc_index: Any) -> tuple[np.ndarray, ...]:
+        vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
+        return check_windows(windows, lengths, doc_index, self.config.max_length, vocab)
+
+    @contextlib.contextmanager
+    def _session(
+        self, windows: np.ndarray, lengths: np.ndarray, doc_index: np.ndarray, out: TTTOutcome
+    ) -> Iterator[Callable[[int], None]]:
+        """One document's training: a fresh optimizer, dropout seeded, train mode. Yields
+        `train_to(stop)`, one AdamW step per window up to window `stop`; the model's mode, θ0
+        and the caller's RNG state are back afterwards, also after a failure."""
+        import torch
+
         c = self.config
         optimizer = torch.optim.AdamW(  # fresh for every document; fused: 3x the CPU loop
             self.params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay,
             fused=self.device.type in ("cpu", "cuda"),
         )  # fmt: skip
+        clock = functools.partial(_timed, out.seconds, device=self.device)
+        done = 0
+
+        def train_to(stop: int) -> None:
+            nonlocal done
+            with clock("train"):
+                for i in range(done, stop):
+                    self._train_window(optimizer, windows[i, : lengths[i]], out, i, doc_index[i])
+            done = max(done, stop)
+
         was_training = self.model.training
-        try:  # dropout seeded per document; the caller's RNG state is left as it was
+        try:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.manual_seed(c.seed)
                 self.model.train()
-                done = 0
-                for k in eval_points(self.config.eval_at, n)[1:]:
-                    stop = int(np.searchsorted(doc_index, k, side="left"))
-                    with clock("train"):
-                        for i in range(done, stop):
-                            self._train_window(
-                                optimizer, windows[i, : lengths[i]], out, i, doc_index[i]
-                            )
-                    done = stop
-                    out.steps_at[k] = out.windows_trained
-                    out.tokens_trained_at[k] = out.tokens_trained
-                    with clock("score"):
-                        out.nll_nats[k] = self.score(tokens)
+                yield train_to
         finally:
             self.model.train(was_training)
             with clock("reset"):
                 self.reset()
-        return out
 
     def _train_window(
         self, optimizer: torch.optim.Optimizer, window: np.ndarray, out: TTTOutcome, i: int,
