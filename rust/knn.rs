@@ -1084,6 +1084,28 @@ mod tests {
     }
 
     #[test]
+    fn merge_breaks_ties_by_id() {
+        // Equal scores in several parts, listed in any order: smaller id first, whatever the
+        // order of the parts, and the k-th place goes to the smaller id too.
+        let part = |ids: Vec<i64>, scores: Vec<f32>| SearchResult {
+            nq: 1,
+            k: ids.len(),
+            ids,
+            scores,
+        };
+        let a = part(vec![30, 12, 5], vec![0.9, 0.5, 0.5]);
+        let b = part(vec![2, 40, 7], vec![0.9, 0.5, 0.1]);
+        let c = part(vec![11, -1], vec![0.5, f32::NAN]);
+        for parts in [vec![a.clone(), b.clone(), c.clone()], vec![c, b, a]] {
+            let m = merge_topk(&parts, 5, Metric::Cosine);
+            assert_eq!(m.ids, vec![2, 30, 5, 11, 12]);
+            assert_eq!(m.scores, vec![0.9, 0.9, 0.5, 0.5, 0.5]);
+            let m = merge_topk(&parts, 4, Metric::L2);
+            assert_eq!(m.ids, vec![7, 5, 11, 12]);
+        }
+    }
+
+    #[test]
     fn bad_inputs_are_clear_errors() {
         let data = Owned::random(10, 8, 1);
         let b = [(0u64, data.view(0, 0, 10))];

@@ -77,6 +77,7 @@ class EmbeddingStore:
         *,
         exact: bool = True,
         ef: int | None = None,
+        shards: Sequence[int] | None = None,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """`queries` is `(nq, dim)` or `(dim,)`; returns `(ids, scores)` of shape `(nq, k)`, best
         first; missing hits are id -1 / score NaN. `exact=False` walks the HNSW graphs (i8 codes)
@@ -84,7 +85,11 @@ class EmbeddingStore:
         and re-ranks them exactly against the stored vectors: the scores are exact, recall grows
         with `ef`. `k` beyond the store's size only adds padding, refused (ValueError) past 2**26
         result entries. A stored value found to be corrupt (a non-finite value, a cosine score
-        outside [-1, 1], a damaged HNSW graph) raises CorruptIndexError naming the file."""
+        outside [-1, 1], a damaged HNSW graph) raises CorruptIndexError naming the file.
+        `shards` searches only those shard numbers (ids stay global): exactly the full search's
+        ranking restricted to them; IndexError for a shard that does not exist. Every search
+        merges per-shard lists by score, then id, so merging the searches of groups of shards
+        gives the search of all of them, bitwise."""
     def build_hnsw(self, *, threads: int = 0) -> int:
         """Build the HNSW graph of every shard that lacks one (resumable); returns how many."""
     def verify(self) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Callable, TextIO
 import click
 
 from tttnn import __version__
-from tttnn.config import BuildConfig, EvalConfig, leaf_fields
+from tttnn.config import BASELINES, BuildConfig, EvalConfig, leaf_fields
 from tttnn.corpus import Corpus
 from tttnn.index import Index, PartialIndexWarning, SearchResult
 
@@ -425,7 +425,7 @@ def report_cmd(run_dir: Path, fmt: str, no_plot: bool) -> None:
 
 @main.command("compare")
 @click.argument("sides", nargs=-1, required=True, metavar="RUN[:BASELINE][@K]...")
-@click.option("--baseline", "baselines", multiple=True, type=click.Choice(["in-context", "dynamic-eval"]),
+@click.option("--baseline", "baselines", multiple=True, type=click.Choice(list(BASELINES)),
               help="Also compare this baseline, from the first run that recorded it (repeatable).")  # fmt: skip
 @click.option("-k", "--at", "at", type=click.IntRange(min=0), default=None,
               help="Compare every side at this k (default: each side's largest; RUN@K for one).")  # fmt: skip

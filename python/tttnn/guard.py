@@ -23,7 +23,7 @@ Hits = tuple[np.ndarray, np.ndarray, int]  # ids, scores (best first), candidate
 
 def search_with_guard(
     search: Callable[[list[int], int], tuple[np.ndarray, np.ndarray]],
-    text_of: Callable[[int], bytes],
+    texts_of: Callable[[list[int]], Sequence[bytes]],
     query_texts: Sequence[str | bytes],
     k: int,
     n: int,
@@ -32,18 +32,22 @@ def search_with_guard(
     margin: Optional[int] = None,
 ) -> list[Hits]:
     """The guarded top-`k` of each query. `search(rows, depth)` returns `(ids, scores)` of the
-    queries `rows` (padded with id -1), `text_of(id)` a candidate's text, `n` the index size.
-    `dropped` counts the candidates removed among those that ranked above the k-th kept one."""
+    queries `rows` (padded with id -1), `texts_of(ids)` the candidates' texts (called once per
+    round with every candidate of the round, so a remote store answers in one batch), `n` the
+    index size. `dropped` counts the candidates removed among those that ranked above the k-th
+    kept one."""
     depth = min(n, k + (margin if margin is not None else max(k, 10)))
     results: list[Optional[Hits]] = [None] * len(query_texts)
     todo = list(range(len(query_texts)))
     while todo:
         ids, scores = search(todo, depth)
+        wanted = sorted({int(i) for i in ids[ids >= 0].tolist()})
+        text = dict(zip(wanted, texts_of(wanted)))
         again = []
         for row, q in enumerate(todo):
             valid = ids[row] >= 0
             cand_ids, cand_scores = ids[row][valid], scores[row][valid]
-            cands = [text_of(int(i)) for i in cand_ids]
+            cands = [text[int(i)] for i in cand_ids]
             kept, dropped = dedup_neighbors(query_texts[q], cands, threshold=threshold)
             if len(kept) < k and depth < n:
                 again.append(q)

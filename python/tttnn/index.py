@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from tttnn.embed import DEFAULT_ENCODER, Encoder
 from tttnn.guard import search_with_guard
 
 if TYPE_CHECKING:
-    from tttnn.config import BuildConfig
+    from tttnn.config import BuildConfig, RayConfig
 
 __all__ = [
     "INDEX_FORMAT",
@@ -132,16 +132,30 @@ class Index:
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: PathLike, *, encoder: Encoder | None = None) -> Index:
+    def open(
+        cls, path: PathLike, *, encoder: Encoder | None = None,
+        ray: RayConfig | bool | None = None,
+    ) -> Index:  # fmt: skip
         """Open an index directory (constant time: memory maps). The store checks its manifest
         and file sizes; this checks that the store is an index. `encoder` (optional) is used for
-        text queries instead of loading the one named in the index."""
+        text queries instead of loading the one named in the index. `ray` (True, or a
+        `RayConfig` with `ray=True`) serves the shards from Ray actors instead: a
+        `tttnn.distributed.index.RayIndex`, same searches and same answers."""
+        if ray is True or (ray is not None and ray is not False and ray.ray):
+            from tttnn.distributed.index import RayIndex
+
+            return RayIndex.open(path, encoder=encoder, ray=ray)
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"no index at {p}")
         if not (p / "manifest.json").is_file():
             raise InvalidIndexError(f"{p} is not a tttnn index (no manifest.json)")
-        store = EmbeddingStore.open(str(p))
+        return cls._checked(EmbeddingStore.open(str(p)), p, encoder)
+
+    @classmethod
+    def _checked(cls, store: Any, p: Path, encoder: Encoder | None) -> Index:
+        """An index of `store` (an `EmbeddingStore` or a store served elsewhere) once its meta
+        says it is one and `encoder` (if any) is its encoder."""
         meta = _check_meta(store, p)
         if encoder is not None and encoder.dim != store.dim:
             raise InvalidIndexError(
@@ -185,7 +199,9 @@ class Index:
 
     def record(self, id: int) -> dict[str, Any]:
         """The record of entry `id`: doc_id, domain, source, chunk."""
-        raw = self.store.record(int(id))
+        return self._parse_record(int(id), self.store.record(int(id)))
+
+    def _parse_record(self, id: int, raw: bytes) -> dict[str, Any]:
         try:
             rec = json.loads(raw)
             if not isinstance(rec, dict) or not {"doc_id", "domain", "chunk"} <= rec.keys():
@@ -254,6 +270,7 @@ class Index:
         threshold: float = 0.9,
         margin: int | None = None,
         ef: int | None = None,
+        shards: Optional[Sequence[int]] = None,
     ) -> list[SearchResult]:
         """The `k` nearest entries of each query (texts, embedded with the index's encoder, or
         vectors `(nq, dim)` / `(dim,)`), best first, cosine scores.
@@ -263,9 +280,11 @@ class Index:
         per query (needed for vector queries). It over-fetches `k + margin` candidates and drops
         those identical or nearly identical to the query (`tttnn.dedup_neighbors` at
         `threshold`) or to a better kept neighbor; `SearchResult.dropped` counts them.
+        `shards` searches only those shards (the full search's ranking restricted to them).
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, not {k}")
+        n = self._entries_in(shards)
         texts: list[str] | None = None
         if isinstance(queries, str):
             queries = [queries]
@@ -300,32 +319,64 @@ class Index:
                 PartialIndexWarning,
                 stacklevel=2,
             )
-        n = len(self.store)
         if nq == 0 or n == 0:
             return [SearchResult(q, [], 0) for q in range(nq)]
         # an index built without HNSW graphs is searched exactly
         kw: dict[str, Any] = {"exact": exact or not self.store.has_hnsw}
         if ef is not None:
             kw["ef"] = ef
+        if shards is not None:
+            kw["shards"] = sorted({int(s) for s in shards})
         vecs = np.ascontiguousarray(vecs)
         if guard_texts is None:
             ids, scores = self.store.search(vecs, min(k, n), **kw)
-            return [SearchResult(q, self._neighbors(ids[q], scores[q]), 0) for q in range(nq)]
-        hits = search_with_guard(
-            lambda rows, depth: self.store.search(vecs[rows], depth, **kw),
-            self.store.text_bytes, guard_texts, k, n, threshold=threshold, margin=margin,
-        )  # fmt: skip
-        return [SearchResult(q, self._neighbors(i, sc), d) for q, (i, sc, d) in enumerate(hits)]
+            hits = [(ids[q], scores[q], 0) for q in range(nq)]
+        else:
+            hits = search_with_guard(
+                lambda rows, depth: self.store.search(vecs[rows], depth, **kw),
+                self._texts_of, guard_texts, k, n, threshold=threshold, margin=margin,
+            )  # fmt: skip
+        return self._results(hits)
 
-    def _neighbors(self, ids: np.ndarray, scores: np.ndarray) -> list[Neighbor]:
-        out = []
-        for i, s in zip(ids.tolist(), scores.tolist()):
-            if i < 0:
-                continue
-            rec = self.record(i)
-            out.append(
-                Neighbor(i, float(s), rec["doc_id"], rec["domain"], int(rec["chunk"]), self.store)
+    def _entries_in(self, shards: Optional[Sequence[int]]) -> int:
+        """Entries of the shards `shards` (None: all); IndexError naming a missing shard."""
+        if shards is None:
+            return len(self.store)
+        counts = self.store.shard_counts()
+        wanted = sorted({int(s) for s in shards})
+        if not wanted:
+            raise ValueError("shards is empty: give at least one shard number")
+        bad = [s for s in wanted if not 0 <= s < len(counts)]
+        if bad:
+            raise IndexError(
+                f"shard {bad[0]} out of range: the index at {self.path} has {len(counts)} "
+                "shards, numbered from 0"
             )
+        return int(sum(counts[s] for s in wanted))
+
+    def _texts_of(self, ids: list[int]) -> list[bytes]:
+        """Text bytes of `ids` (one batch: a store served elsewhere answers in one round)."""
+        return [bytes(self.store.text_bytes(i)) for i in ids]
+
+    def _raw_records(self, ids: list[int]) -> list[bytes]:
+        """Record bytes of `ids` (one batch, as `_texts_of`)."""
+        return [bytes(self.store.record(i)) for i in ids]
+
+    def _results(self, hits: Sequence[tuple[np.ndarray, np.ndarray, int]]) -> list[SearchResult]:
+        """SearchResults (with their Neighbors and records) of per-query `(ids, scores,
+        dropped)`, padding (id -1) left out; the records of all queries fetched in one batch."""
+        rows = [(ids[ids >= 0].tolist(), scores[ids >= 0].tolist(), d) for ids, scores, d in hits]
+        wanted = sorted({i for ids, _, _ in rows for i in ids})
+        recs = {i: self._parse_record(i, raw) for i, raw in zip(wanted, self._raw_records(wanted))}
+        out = []
+        for q, (ids, scores, dropped) in enumerate(rows):
+            nbs = []
+            for i, s in zip(ids, scores):
+                r = recs[i]
+                nbs.append(
+                    Neighbor(i, float(s), r["doc_id"], r["domain"], int(r["chunk"]), self.store)
+                )
+            out.append(SearchResult(q, nbs, dropped))
         return out
 
     # -- description -----------------------------------------------------------------------------

@@ -192,8 +192,10 @@ impl EmbeddingStore {
     /// `queries` is `(nq, dim)` or `(dim,)`; returns `(ids, scores)` of shape `(nq, k)`, best
     /// first; missing hits are id -1 / score NaN (`k` beyond the store only pads, up to 2**26
     /// result entries). `exact=False` uses the HNSW graphs (`ef` is the search expansion). A
-    /// corrupt stored value or graph raises CorruptIndexError naming the file.
-    #[pyo3(signature = (queries, k, *, exact=true, ef=None))]
+    /// corrupt stored value or graph raises CorruptIndexError naming the file. `shards` (shard
+    /// numbers) searches only those shards, ids still global: exactly the full search's ranking
+    /// restricted to them (IndexError for a shard that does not exist).
+    #[pyo3(signature = (queries, k, *, exact=true, ef=None, shards=None))]
     fn search<'py>(
         &self,
         py: Python<'py>,
@@ -201,11 +203,26 @@ impl EmbeddingStore {
         k: i64,
         exact: bool,
         ef: Option<i64>,
+        shards: Option<Vec<i64>>,
     ) -> PyResult<SearchArrays<'py>> {
         let arr = f32_matrix(queries, "queries", Some(self.dim), true)?;
         let q = arr.as_slice()?;
+        let shards = shards
+            .map(|v| {
+                v.into_iter()
+                    .map(|i| {
+                        usize::try_from(i).map_err(|_| {
+                            pyo3::exceptions::PyIndexError::new_err(format!(
+                                "shard {i} out of range: shard numbers are >= 0"
+                            ))
+                        })
+                    })
+                    .collect::<PyResult<Vec<usize>>>()
+            })
+            .transpose()?;
         let r = detach(py, || {
-            self.read()?.search(q, count(k), exact, ef.map(count))
+            self.read()?
+                .search_shards(q, count(k), exact, ef.map(count), shards.as_deref())
         })?;
         let ids = PyArray1::from_vec(py, r.ids).reshape([r.nq, r.k])?;
         let scores = PyArray1::from_vec(py, r.scores).reshape([r.nq, r.k])?;
