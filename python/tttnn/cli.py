@@ -26,7 +26,7 @@ from typing import Any, Callable, TextIO
 import click
 
 from tttnn import __version__
-from tttnn.config import BASELINES, BuildConfig, EvalConfig, leaf_fields
+from tttnn.config import BASELINES, BuildConfig, EvalConfig, RayConfig, leaf_fields
 from tttnn.corpus import Corpus
 from tttnn.index import Index, PartialIndexWarning, SearchResult
 
@@ -39,7 +39,7 @@ def _errors() -> Iterator[None]:
     """Library errors as a clean `Error: ...` line and exit code 1."""
     try:
         yield
-    except (ValueError, OSError, RuntimeError, TypeError) as e:
+    except (ValueError, OSError, RuntimeError, TypeError, IndexError) as e:
         raise click.ClickException(str(e) or type(e).__name__) from None
 
 
@@ -282,18 +282,31 @@ def search(
     query: tuple[str, ...],
     k: int,
     exact: bool,
+@click.option(
+    "--shards",
+    type=_CommaList(int),
+    default=None,
+    help="Search only these shards of the index, e.g. 0,1,2.",
+)
+@config_options(RayConfig, skip=("gpus_per_worker",))
     ef: int | None,
     guard: bool,
     queries_file: Path | None,
     out: Path | None,
     as_json: bool,
 ) -> None:
-    """Nearest neighbors of QUERY texts (or of every document of --queries) in INDEX_DIR."""
+    """Nearest neighbors of QUERY texts (or of every document of --queries) in INDEX_DIR.
+    With --ray its shards are served by Ray actors (same neighbors)."""
     if bool(query) == bool(queries_file):
         raise click.UsageError("give query texts or --queries FILE (one of them)")
     _quiet_transformers()
-    with _errors():
-        index = Index.open(index_dir)
+    shards: tuple[int, ...] | None,
+    **ray_settings: Any,
+    with _errors(), contextlib.ExitStack() as closing:
+        ray_cfg = RayConfig(**ray_settings)
+        index = Index.open(index_dir, ray=ray_cfg if ray_cfg.ray else None)
+        if ray_cfg.ray:
+            closing.callback(index.close)  # type: ignore[attr-defined]
         if index.meta.get("status") != "complete":
             click.echo(
                 f"warning: the index at {index_dir} is {index.meta.get('status')}: searching the "
@@ -308,7 +321,9 @@ def search(
             n = 0
             for batch in _query_batches(query, queries_file):
                 texts = [t for _, _, t in batch]
-                results = index.search(texts, k=k, exact=exact, ef=ef, guard=guard or None)
+                results = index.search(
+                    texts, k=k, exact=exact, ef=ef, guard=guard or None, shards=shards
+                )
                 for (qid, domain, text), res in zip(batch, results):
                     res.query_index = n
                     n += 1
