@@ -124,6 +124,12 @@ class EmbeddingStore:
         """Leaving a `with` block releases the writer lock (see `release_lock`)."""
     def set_meta(self, meta: str) -> None:
         """Replace the user metadata (a JSON object string), atomically."""
+    def adopt(self, unit: str | os.PathLike[str], *, meta: str | None = None) -> list[int]:
+        """Adopt the sealed shards of the store in `unit` as the next shards of this one (ids
+        continue from `len(self)`), with `meta` replacing the user metadata in the same atomic
+        manifest write. The unit must match: dim, dtype, metric, columns, HNSW settings, shards
+        of at most `shard_size` (ValueError otherwise). Returns the ids of the adopted shards;
+        the unit is left with no shard (remove its directory)."""
     @property
     def path(self) -> str: ...
     @property

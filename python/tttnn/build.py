@@ -48,7 +48,16 @@ from tttnn.index import (
     vocab_fingerprint,
 )
 
-__all__ = ["Entry", "StoredCounts", "build_index", "embed_groups", "skip_stored", "to_entries"]
+__all__ = [
+    "Embedded",
+    "Entry",
+    "StoredCounts",
+    "build_index",
+    "embed_groups",
+    "embed_into",
+    "skip_stored",
+    "to_entries",
+]
 
 PathLike = Union[str, "os.PathLike[str]"]
 T = TypeVar("T")
@@ -178,11 +187,18 @@ def lm_token_ids(tokenizer: Any, texts: list[str]) -> list[np.ndarray]:
     return [np.asarray(x, dtype=np.uint32) for x in ids]
 
 
-def embed_groups(entries: Iterable[Entry], size: int = _EMBED_GROUP) -> Iterator[list[Entry]]:
-    """Entries in groups of `size`, the unit of one encoder call and of progress."""
+def embed_groups(
+    entries: Iterable[Entry], size: int = _EMBED_GROUP, offset: int = 0
+) -> Iterator[list[Entry]]:
+    """Entries in groups of `size`, the unit of one encoder call and of progress. `offset`:
+    entries before these in the whole build; groups then start at multiples of `size` of the
+    whole build (the first is shorter), so an encoder batch holds the same entries however the
+    build is cut (the encoder pads a batch to its longest text, which can move the last bits)."""
     it = iter(entries)
-    while group := list(itertools.islice(it, size)):
+    first = size - offset % size
+    while group := list(itertools.islice(it, first)):
         yield group
+        first = size
 
 
 def prefetch(items: Iterable[T], depth: int) -> Generator[T, None, None]:
@@ -276,6 +292,60 @@ class ShardWriter:
         self.pool.shutdown(wait=True)
 
 
+@dataclass
+class Embedded:
+    """What `embed_into` read and stored: documents (wholly stored ones included) and entries
+    stored, by domain."""
+
+    documents: Counter[str] = field(default_factory=Counter)
+    entries: Counter[str] = field(default_factory=Counter)
+
+
+def embed_into(
+    pairs: Iterable[tuple[Document, Entry | None]],
+    store: Any,
+    enc: Encoder,
+    cfg: BuildConfig,
+    *,
+    offset: int = 0,
+    on_shard: Callable[[int, int], None] | None = None,
+    on_group: Callable[[list[Entry], Embedded], None] | None = None,
+) -> Embedded:
+    """The end of the pipeline: `to_entries` output grouped (`embed_groups`, aligned by
+    `offset`), prefetched, embedded and appended to `store` a shard at a time. Calls
+    `on_group(group, counts so far)` after each encoder call and `on_shard(entries stored,
+    documents with their first entry sealed)` after each sealed shard."""
+    done = Embedded()
+
+    def counted() -> Iterator[Entry]:
+        seen: set[str] = set()
+        for doc, entry in pairs:
+            if doc.doc_id not in seen:
+                seen.add(doc.doc_id)
+                done.documents[doc.domain] += 1
+            if entry is not None:
+                done.entries[doc.domain] += 1
+                yield entry
+
+    def sealed(n: int) -> None:
+        if on_shard is not None:
+            on_shard(n, writer.first_chunks)
+
+    writer = ShardWriter(store, cfg.shard_size, sealed)
+    groups = prefetch(embed_groups(counted(), offset=offset), _PREFETCH)
+    try:
+        for group in groups:
+            vecs = enc.encode([e.text for e in group], batch_size=cfg.batch_size, progress=False)
+            writer.add(group, vecs)
+            if on_group is not None:
+                on_group(group, done)
+        writer.finish()
+    finally:
+        groups.close()
+        writer.close()
+    return done
+
+
 # --- the build -------------------------------------------------------------------------------
 
 
@@ -330,70 +400,46 @@ def build_index(
         from tttnn.models import load_tokenizer
 
         lm_tok = load_tokenizer(cfg.tokenizer)
-    params = {
-        "kind": INDEX_KIND, "format": INDEX_FORMAT, "encoder": enc.name,
-        "encoder_fingerprint": enc.fingerprint, "encoder_max_length": enc.max_length, "encoder_precision": enc.precision, "dim": enc.dim,
-        "pooling": "mean", "normalized": True, "tokenizer": cfg.tokenizer,
-        "tokenizer_sha256": vocab_fingerprint(lm_tok) if lm_tok is not None else None,
-        "special_tokens": False, "dtype": cfg.vector_dtype, "chunk_tokens": cfg.chunk_tokens,
-        "corpus": [str(p) for p in corpus.paths], "max_doc_bytes": cfg.max_doc_bytes,
-        "limit": cfg.limit,
-    }  # fmt: skip
+    params = index_params(models_identity(enc, lm_tok), cfg, corpus)
     store = (
         _open_for_resume(out, params, corpus) if resuming else _create(out, params, cfg, enc.dim)
     )
     with store:  # the writer lock (DIR/.lock) is released when the build ends or fails
-        domain_docs: Counter[str] = Counter()
-        domain_entries: Counter[str] = Counter()
         docs = itertools.islice(corpus, cfg.limit)
         chunk_tok = lm_tok if lm_tok is not None else enc.tokenizer
         stored = StoredCounts()
         pairs = to_entries(skip_stored(docs, store, out, stored), lm_tok, cfg.chunk_tokens, chunk_tok,
                            lambda: corpus.bytes_read)  # fmt: skip
-
-        def counted() -> Iterator[Entry]:
-            seen: set[str] = set()
-            for doc, entry in pairs:
-                if doc.doc_id not in seen:
-                    seen.add(doc.doc_id)
-                    domain_docs[doc.domain] += 1
-                if entry is not None:
-                    domain_entries[doc.domain] += 1
-                    yield entry
-
         stored_before = len(store)
 
-        def sealed(n: int) -> None:
+        def sealed(n: int, first_chunks: int) -> None:
             """After each sealed shard: the documents started so far, for `tttnn index info`."""
-            started = stored.documents + writer.first_chunks
+            started = stored.documents + first_chunks
             store.set_meta(
                 json.dumps({**params, "status": "building", "documents_so_far": started})
             )
             if on_shard is not None:
                 on_shard(n)
 
-        writer = ShardWriter(store, cfg.shard_size, sealed)
         bar = tqdm(total=corpus.total_bytes, unit="B", unit_scale=True, desc=f"indexing {out.name}",
                    disable=not progress, smoothing=0.1)  # fmt: skip
         started, embedded = time.perf_counter(), 0
-        groups = prefetch(embed_groups(counted()), _PREFETCH)
+
+        def shown(group: list[Entry], done: Embedded) -> None:
+            nonlocal embedded
+            embedded += len(group)
+            bar.update(max(0, group[-1].pos - bar.n))
+            rate = embedded / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix(docs=sum(done.documents.values()), entries=stored_before + embedded,
+                            per_s=f"{rate:.1f}", refresh=False)  # fmt: skip
+
         try:
-            for group in groups:
-                vecs = enc.encode(
-                    [e.text for e in group], batch_size=cfg.batch_size, progress=False
-                )
-                writer.add(group, vecs)
-                embedded += len(group)
-                bar.update(max(0, group[-1].pos - bar.n))
-                rate = embedded / max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(docs=sum(domain_docs.values()), entries=stored_before + embedded,
-                                per_s=f"{rate:.1f}", refresh=False)  # fmt: skip
-            writer.finish()
+            done = embed_into(pairs, store, enc, cfg, offset=stored_before, on_shard=sealed,
+                              on_group=shown)  # fmt: skip
             bar.update(max(0, corpus.total_bytes - bar.n))
         finally:
-            groups.close()
-            writer.close()
             bar.close()
+        domain_docs, domain_entries = done.documents, done.entries
         if not domain_docs and cfg.limit != 0:
             raise InvalidIndexError(f"no documents in {', '.join(map(str, corpus.paths))}")
         if cfg.hnsw:
@@ -408,6 +454,31 @@ def build_index(
         }  # fmt: skip
         store.set_meta(json.dumps(meta))
         return Index(store, meta, enc)
+
+
+def models_identity(enc: Encoder, lm_tok: Any) -> dict[str, Any]:
+    """What the index meta records of the encoder and the LM tokenizer (the vectors and token
+    ids depend on it): every worker of a distributed build must report the same."""
+    return {
+        "encoder": enc.name, "encoder_fingerprint": enc.fingerprint,
+        "encoder_max_length": enc.max_length, "encoder_precision": enc.precision, "dim": enc.dim,
+        "tokenizer_sha256": vocab_fingerprint(lm_tok) if lm_tok is not None else None,
+    }  # fmt: skip
+
+
+def index_params(identity: dict[str, Any], cfg: BuildConfig, corpus: Corpus) -> dict[str, Any]:
+    """The index meta fixed when a build starts (`status`, counts and statistics come later)."""
+    return {
+        "kind": INDEX_KIND, "format": INDEX_FORMAT, "encoder": identity["encoder"],
+        "encoder_fingerprint": identity["encoder_fingerprint"],
+        "encoder_max_length": identity["encoder_max_length"],
+        "encoder_precision": identity["encoder_precision"], "dim": identity["dim"],
+        "pooling": "mean", "normalized": True, "tokenizer": cfg.tokenizer,
+        "tokenizer_sha256": identity["tokenizer_sha256"],
+        "special_tokens": False, "dtype": cfg.vector_dtype, "chunk_tokens": cfg.chunk_tokens,
+        "corpus": [str(p) for p in corpus.paths], "max_doc_bytes": cfg.max_doc_bytes,
+        "limit": cfg.limit,
+    }  # fmt: skip
 
 
 def _create(out: Path, params: dict[str, Any], cfg: BuildConfig, dim: int) -> Any:

@@ -159,7 +159,12 @@ def index_build(
     try:
         with _errors():
             cfg = BuildConfig.from_flat(**settings)
-            index = Index.build(list(corpus), out, cfg, resume=resume, progress=not quiet)
+            if cfg.ray.ray:  # on Ray workers: the same index (tttnn.distributed.build)
+                from tttnn.distributed.build import build_distributed
+
+                index = build_distributed(list(corpus), out, cfg, resume=resume, progress=not quiet)
+            else:
+                index = Index.build(list(corpus), out, cfg, resume=resume, progress=not quiet)
     except KeyboardInterrupt:
         click.echo(
             f"\ninterrupted: the sealed shards in {out} are kept; continue with --resume",

@@ -3,7 +3,7 @@
     EvalConfig                       one `tttnn eval` run
     ├── index, model                 the index directory; the causal LM (HF id, folder, alias)
     ├── test: TestSetConfig          test documents: files, limits, domains, --split-text
-    ├── retrieval: RetrievalConfig   neighbors per document, exact or HNSW, leakage guard, SIFT
+    ├── retrieval: RetrievalConfig   neighbors per document, exact/HNSW, leakage guard, SIFT
     ├── pack: PackConfig             neighbors' tokens -> training windows
     ├── ttt: TTTConfig               the loop: AdamW, windows, autocast, LoRA, when to score
     ├── baselines                    extra scores of each document ("in-context")
@@ -182,7 +182,7 @@ class RetrievalConfig(Config):
     )  # fmt: skip
     candidates: int = opt(200, "SIFT: pick among this many nearest neighbors (K).")
     sift_lambda: float = opt(
-        0.01, "SIFT: noise variance λ (small: shun redundant neighbors; large: nearest first)."
+        0.01, "SIFT: noise variance λ (small: shun redundancy; large: repeat the nearest)."
     )
     sift_alpha: Optional[float] = opt(
         None, "SIFT adaptive stop: drop pick t where its posterior std > 1/(alpha·t)."
@@ -374,6 +374,10 @@ class BuildConfig(Config):
     max_doc_bytes: int = opt(DEFAULT_MAX_DOC_BYTES, "Larger documents are bad inputs.")
     batch_size: int = opt(32, "Encoder batch size.")
     limit: Optional[int] = opt(None, "Index at most N documents.")
+    unit_documents: int = opt(
+        8192, "With --ray: documents per work unit (the unit of re-runs and --resume); keep it a "
+        "multiple of 64 so encoder batches are those of one process.",
+    )  # fmt: skip
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
@@ -392,6 +396,7 @@ class BuildConfig(Config):
         _check(self.max_doc_bytes >= 1, f"max_doc_bytes must be >= 1, not {self.max_doc_bytes}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, not {self.batch_size}")
         _check(self.limit is None or self.limit >= 0, f"limit must be >= 0, not {self.limit}")
+        _check(self.unit_documents >= 1, f"unit_documents must be >= 1, not {self.unit_documents}")
 
 
 # --- the tree as data ------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -205,21 +205,28 @@ class Corpus:
         self.stats = CorpusStats()
         self.bytes_read = 0
         self._bytes_done = 0
-        for path, label in zip(self.paths, self._labels):
-            self.stats.files += 1
-            kind = _kind_of(path)
-            if kind == "jsonl":
-                yield from self._read_jsonl(path, label)
-            elif kind == "parquet":
-                yield from self._read_parquet(path, label)
-            else:
-                yield from self._read_txt(path, label, kind == "txt_dir")
+        for i, path in enumerate(self.paths):
+            yield from self.read_file(i)
             self._bytes_done += _size_on_disk(path)
             self.bytes_read = self._bytes_done
         if self.require_documents and self.stats.empty:
             raise EmptyCorpusError(
                 f"no documents in {', '.join(map(str, self.paths))}: {self.stats.summary()}"
             )
+
+    def read_file(self, i: int) -> Generator[Document, None, None]:
+        """The documents of the `i`-th input alone, with the doc ids of the whole stream, counted
+        into `stats` (not reset) as the whole stream counts them. A distributed build reads its
+        work units this way."""
+        path, label = self.paths[i], self._labels[i]
+        self.stats.files += 1
+        kind = _kind_of(path)
+        if kind == "jsonl":
+            yield from self._read_jsonl(path, label)
+        elif kind == "parquet":
+            yield from self._read_parquet(path, label)
+        else:
+            yield from self._read_txt(path, label, kind == "txt_dir")
 
     # -- bad input ----------------------------------------------------------------------------
     def _bad(self, kind: str, where: str, message: str) -> None:

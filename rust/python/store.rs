@@ -340,6 +340,16 @@ impl EmbeddingStore {
         Ok(false)
     }
 
+    /// Adopt the sealed shards of the store in `unit` as the next shards of this one (renamed
+    /// into its `shards/`, ids continuing from `len(self)`), with `meta` (a JSON object string)
+    /// replacing the user metadata in the same atomic manifest write. The unit must match:
+    /// dim, dtype, metric, columns, HNSW settings, shards of at most `shard_size`. Returns the
+    /// ids of the adopted shards; the unit is left with no shard (remove its directory).
+    #[pyo3(signature = (unit, *, meta=None))]
+    fn adopt(&self, py: Python<'_>, unit: PathBuf, meta: Option<&str>) -> PyResult<Vec<u32>> {
+        detach(py, || self.write()?.adopt(&unit, meta))
+    }
+
     /// Replace the user metadata (a JSON object string), atomically.
     fn set_meta(&self, meta: &str) -> PyResult<()> {
         self.write()

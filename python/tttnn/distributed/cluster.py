@@ -50,6 +50,7 @@ def connect(
         )
     kw: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
     if address is None:
+        kw["address"] = "local"  # a new cluster: never join one another process started here
         kw["num_cpus"] = int(num_cpus) if num_cpus is not None else (os.cpu_count() or 1)
         kw["num_gpus"] = num_gpus if num_gpus is not None else _local_gpus()
     else:
