@@ -1371,13 +1371,55 @@ impl EmbeddingStore {
         exact: bool,
         ef: Option<usize>,
     ) -> Result<SearchResult> {
+        self.search_shards(queries, k, exact, ef, None)
+    }
+
+    /// [`EmbeddingStore::search`] over the shards numbered `shards` only (`None`: all), ids
+    /// global. Every search is the per-shard top-`k` lists merged by [`crate::knn::merge_topk`]
+    /// (score, then id), so searching groups of shards and merging their lists gives exactly the
+    /// search of all of them: what a search spread over processes relies on. A shard number
+    /// out of range is an error; repeats count once.
+    pub fn search_shards(
+        &self,
+        queries: &[f32],
+        k: usize,
+        exact: bool,
+        ef: Option<usize>,
+        shards: Option<&[usize]>,
+    ) -> Result<SearchResult> {
         let nq = check_queries(queries, self.manifest.dim)?;
-        check_k(k, nq, self.len() as usize)?;
-        if self.shards.is_empty() || nq == 0 {
+        let chosen: Vec<&Shard> = match shards {
+            None => self.shards.iter().collect(),
+            Some(list) => {
+                if list.is_empty() {
+                    return Err(Error::InvalidArgument(
+                        "shards is empty: give at least one shard number".into(),
+                    ));
+                }
+                let mut list = list.to_vec();
+                list.sort_unstable();
+                list.dedup();
+                if let Some(&bad) = list.iter().find(|&&i| i >= self.shards.len()) {
+                    return Err(Error::OutOfRange(format!(
+                        "shard {bad} out of range: the store has {} shards, numbered from 0",
+                        self.shards.len()
+                    )));
+                }
+                list.iter().map(|&i| &self.shards[i]).collect()
+            }
+        };
+        let available: u64 = chosen.iter().map(|s| s.entry.count).sum();
+        check_k(k, nq, available as usize)?;
+        if chosen.is_empty() || nq == 0 {
             return Ok(SearchResult::empty(nq, k));
         }
         let metric = self.manifest.metric;
-        self.shards
+        if !exact && !self.shards.iter().any(|s| s.hnsw.is_some()) {
+            return Err(Error::InvalidArgument(
+                "this store has no HNSW graphs: create it with hnsw=True, call build_hnsw(), or search with exact=True".into(),
+            ));
+        }
+        chosen
             .par_iter()
             .try_for_each(|s| s.check_for_search(!exact))?;
         // A non-finite stored value found by a search names the shard's file.
@@ -1388,46 +1430,45 @@ impl EmbeddingStore {
             },
             other => other,
         };
-        let result = if exact {
-            crate::knn::exact_search(&self.views()?, queries, k, metric).map_err(named)?
-        } else {
-            if !self.shards.iter().any(|s| s.hnsw.is_some()) {
-                return Err(Error::InvalidArgument(
-                    "this store has no HNSW graphs: create it with hnsw=True, call build_hnsw(), or search with exact=True".into(),
-                ));
-            }
-            let parts = self
-                .shards
-                .iter()
-                .map(|s| {
-                    let start = s.entry.start as i64;
-                    match &s.hnsw {
-                        Some(h) => {
-                            let mut r = h.search(s.vectors.view()?, queries, k, ef).map_err(
-                                |e| match e {
-                                    Error::NonFinite { id } => {
-                                        s.name_row_error(Error::NonFinite { id: id + start })
-                                    }
-                                    other => other,
-                                },
-                            )?;
-                            for id in r.ids.iter_mut().filter(|id| **id >= 0) {
-                                *id += start;
-                            }
-                            Ok(r)
-                        }
-                        None => crate::knn::exact_search(
-                            &[(s.entry.start, s.vectors.view()?)],
-                            queries,
-                            k,
-                            metric,
-                        )
-                        .map_err(named),
+        let one = |s: &Shard| -> Result<SearchResult> {
+            let start = s.entry.start as i64;
+            // No padding per shard (the merge pads), so no shard refuses a `k` the store takes.
+            let k = k.min(s.entry.count as usize).max(1);
+            match (&s.hnsw, exact) {
+                (Some(h), false) => {
+                    let mut r =
+                        h.search(s.vectors.view()?, queries, k, ef)
+                            .map_err(|e| match e {
+                                Error::NonFinite { id } => {
+                                    s.name_row_error(Error::NonFinite { id: id + start })
+                                }
+                                other => other,
+                            })?;
+                    for id in r.ids.iter_mut().filter(|id| **id >= 0) {
+                        *id += start;
                     }
-                })
-                .collect::<Result<Vec<_>>>()?;
-            crate::knn::merge_topk(&parts, k, metric)
+                    Ok(r)
+                }
+                _ => crate::knn::exact_search(
+                    &[(s.entry.start, s.vectors.view()?)],
+                    queries,
+                    k,
+                    metric,
+                )
+                .map_err(named),
+            }
         };
+        // Exact: shards in parallel (each scan is parallel too); HNSW: one after another, as
+        // before (each graph search parallelises over the queries).
+        let parts = if exact {
+            chosen
+                .par_iter()
+                .map(|s| one(s))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            chosen.iter().map(|s| one(s)).collect::<Result<Vec<_>>>()?
+        };
+        let result = crate::knn::merge_topk(&parts, k, metric);
         if metric == Metric::Cosine {
             self.check_cosine(&result)?;
         }
@@ -1761,6 +1802,81 @@ mod tests {
         v.as_object_mut().unwrap().remove("checksum");
         std::fs::write(&mpath, serde_json::to_string(&v).unwrap()).unwrap();
         assert_eq!(EmbeddingStore::open(&dir).unwrap().meta(), "{\"b\":2}");
+    }
+
+    /// Searching groups of shards and merging their lists (what a search spread over
+    /// processes does) is bitwise the search of all shards, ties across shards included; a
+    /// subset is the full ranking restricted to its shards.
+    #[test]
+    fn shard_groups_merge_to_the_full_search() {
+        let dim = 8;
+        for hnsw in [false, true] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("s");
+            let o = StoreOptions {
+                shard_size: 7,
+                hnsw: hnsw.then(HnswParams::default),
+                ..StoreOptions::new(dim)
+            };
+            let mut store = EmbeddingStore::create(&dir, &o, "{}").unwrap();
+            // Rows i, i + 7 and i + 14 are equal: every score ties across three shards.
+            let base = test_matrix(7, dim, 5);
+            let mut x: Vec<f32> = base.iter().cycle().take(21 * dim).copied().collect();
+            x.extend(test_matrix(5, dim, 6));
+            store.append(&x, None, None, None).unwrap();
+            assert_eq!(store.shard_counts(), vec![7, 7, 7, 5]);
+            let mut q = base[..3 * dim].to_vec();
+            q.extend(test_matrix(3, dim, 7));
+            let bits = |r: &SearchResult| r.scores.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
+            for k in [1, 4, 9, 26] {
+                let full = store.search(&q, k, !hnsw, None).unwrap();
+                for groups in [
+                    vec![vec![0], vec![1, 2], vec![3]],
+                    vec![vec![2, 0], vec![3, 1]],
+                ] {
+                    let parts: Vec<SearchResult> = groups
+                        .iter()
+                        .map(|g| store.search_shards(&q, k, !hnsw, None, Some(g)).unwrap())
+                        .collect();
+                    let merged = crate::knn::merge_topk(&parts, k, Metric::Cosine);
+                    assert_eq!(merged.ids, full.ids, "k {k} groups {groups:?}");
+                    assert_eq!(bits(&merged), bits(&full), "k {k} groups {groups:?}");
+                }
+                // The first query's ties come out by id, one per shard holding the row.
+                if k >= 3 {
+                    assert_eq!(&full.ids[..3], &[0, 7, 14]);
+                }
+            }
+            if !hnsw {
+                let all = store.search(&q, 26, true, None).unwrap();
+                for subset in [vec![1usize], vec![3, 0], vec![0, 0, 2]] {
+                    let got = store
+                        .search_shards(&q, 4, true, None, Some(&subset))
+                        .unwrap();
+                    let starts = [0i64, 7, 14, 21, 26];
+                    let inside = |id: i64| {
+                        subset
+                            .iter()
+                            .any(|&s| (starts[s]..starts[s + 1]).contains(&id))
+                    };
+                    for row in 0..6 {
+                        let want: Vec<i64> = all.ids[row * 26..(row + 1) * 26]
+                            .iter()
+                            .copied()
+                            .filter(|&id| inside(id))
+                            .take(4)
+                            .collect();
+                        assert_eq!(&got.ids[row * 4..row * 4 + want.len()], &want[..]);
+                    }
+                }
+            }
+            let err = store
+                .search_shards(&q, 3, true, None, Some(&[1, 4]))
+                .unwrap_err();
+            assert!(matches!(err, Error::OutOfRange(_)), "{err}");
+            assert!(err.to_string().contains("shard 4"), "{err}");
+            assert!(store.search_shards(&q, 3, true, None, Some(&[])).is_err());
+        }
     }
 
     #[test]
