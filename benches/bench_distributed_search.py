@@ -111,11 +111,14 @@ def run(args: argparse.Namespace) -> None:
         "exact": (args.dir / "exact", True, args.exact_batch, args.exact_batches),
         "hnsw": (args.dir / "hnsw", False, args.hnsw_batch, args.hnsw_batches),
     }
-    out: dict[str, Any] = {"cores": os.cpu_count(), "k": args.k}
+    out: dict[str, Any] = {"cores": os.cpu_count(), "k": args.k,
+                           "load_avg_at_start": os.getloadavg()}  # fmt: skip
     cores = os.cpu_count() or 1
     connect(num_cpus=cores)  # a local cluster, token authentication on
     try:
         for mode, (path, exact, bs, nb) in modes.items():
+            if mode not in args.modes:
+                continue
             store = EmbeddingStore.open(path)
             batches = [clustered(rng, centers, bs) for _ in range(nb)]
             res: dict[str, Any] = {"entries": len(store), "shards": store.num_shards,
@@ -148,6 +151,10 @@ def run(args: argparse.Namespace) -> None:
                 res[f"ray_{w}"] = r
                 print(mode, f"ray x{w}", r, flush=True)
                 index.close()
+            # again after the actors: the same page cache and machine load as theirs
+            secs, _ = timed(local, batches)
+            res["local_again"] = summary(secs, bs)
+            print(mode, "local again", res["local_again"], flush=True)
             out[mode] = res
             del store
     finally:
@@ -171,6 +178,7 @@ def main() -> None:
     ap.add_argument("--exact-batches", type=int, default=10)
     ap.add_argument("--hnsw-batch", type=int, default=16)
     ap.add_argument("--hnsw-batches", type=int, default=100)
+    ap.add_argument("--modes", nargs="+", default=["exact", "hnsw"], choices=["exact", "hnsw"])
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     make(args) if args.what == "make" else run(args)
