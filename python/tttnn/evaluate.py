@@ -15,14 +15,18 @@ import os
 import platform
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+import numpy as np
 
 from tttnn.config import EvalConfig, TestSetConfig
 from tttnn.corpus import Document, read_corpus
+from tttnn.index import SearchResult
 from tttnn.metrics import byte_weighted_bpb
+from tttnn.select import search_depth, select_neighbors
 
 __all__ = ["EvalConfig", "EvalSummary", "iter_test_documents", "run_eval", "split_document"]
 
@@ -162,38 +166,92 @@ def split_document(text: str, tokenizer: Any, max_length: int) -> tuple[str, str
     return query, rest
 
 
-def evaluate_document(doc: Document, cfg: EvalConfig, index: Any, trainer: Any) -> dict[str, Any]:
-    """Retrieve, pack, test-time train and score one document: its results row."""
-    from tttnn.baselines import dynamic_eval, in_context_bpb
+@dataclass
+class Retrieved:
+    """A test document's query and scored text, and its neighbors (`hits`, None when the run
+    trains on none) with the query's embedding; `seconds`: its share of the batch's search."""
+
+    query: str
+    scored: str
+    hits: Optional[SearchResult]
+    query_vector: Optional[np.ndarray]
+    seconds: float
+
+
+def retrieve(
+    docs: Sequence[Document], cfg: EvalConfig, index: Any, tokenizer: Any
+) -> list[Retrieved]:
+    """The neighbors of a batch of test documents: one embedding batch and one search (one
+    fan-out over the shards), whatever the index (`Index`, or `RayIndex` over Ray)."""
+    r, max_length = cfg.retrieval, cfg.ttt.max_length
+    pairs = [
+        split_document(d.text, tokenizer, max_length) if cfg.test.split_text else (d.text, d.text)
+        for d in docs
+    ]
+    if r.neighbors == 0 or not docs:
+        return [Retrieved(q, s, None, None, 0.0) for q, s in pairs]
+    t = time.perf_counter()
+    queries = [q for q, _ in pairs]
+    vectors = index.encoder.encode(queries, progress=False)
+    results = index.search(vectors, k=search_depth(r), exact=r.exact, ef=r.ef,
+                           guard=queries if r.guard else None, threshold=r.guard_threshold,
+                           shards=r.shards)  # fmt: skip
+    share = (time.perf_counter() - t) / len(docs)
+    return [
+        Retrieved(q, s, hits, vectors[i], share)
+        for i, ((q, s), hits) in enumerate(zip(pairs, results))
+    ]
+
+
+def neighbor_windows(
+    retrieved: Retrieved, cfg: EvalConfig, index: Any, tokenizer: Any
+) -> tuple[dict[str, Any], tuple[Any, Any, Any]]:
+    """The retrieved neighbors packed into training windows, nearest first: the results-row
+    fields `retrieve_s`, `neighbors`, `guard_dropped`, `pack_s`, and `(windows, lengths,
+    doc_index)`. Fewer neighbors than asked is an error. `tttnn.lm_eval` trains through here."""
     from tttnn.pack import pack_neighbors
 
+    neighbors, dropped = [], 0
+    if retrieved.hits is not None:
+        neighbors, dropped = retrieved.hits.neighbors, retrieved.hits.dropped
+        if len(neighbors) < cfg.retrieval.neighbors:
+            raise RuntimeError(
+                f"retrieval returned {len(neighbors)} neighbors, {cfg.retrieval.neighbors} asked"
+            )
+    found: dict[str, Any] = {"retrieve_s": retrieved.seconds}
+    if retrieved.hits is not None:  # SIFT picks among the candidates; nearest keeps them all
+        neighbors, selection = select_neighbors(
+            neighbors, retrieved.query_vector, index.store, cfg.retrieval
+        )
+        found.update(selection)
+    found["neighbors"] = [{"id": int(n.id), "score": float(n.score)} for n in neighbors]
+    found["guard_dropped"] = dropped
+    t = time.perf_counter()
+    ids = [int(n.id) for n in neighbors]
+    packed = pack_neighbors(index.store, ids, cfg.pack, cfg.ttt.max_length, tokenizer)
+    found["pack_s"] = time.perf_counter() - t
+    return found, packed
+
+
+def evaluate_document(
+    doc: Document, cfg: EvalConfig, index: Any, trainer: Any, retrieved: Optional[Retrieved] = None
+) -> dict[str, Any]:
+    """Pack, test-time train and score one document: its results row. `retrieved`: its
+    neighbors from a batch (`retrieve`); searched here when not given."""
+    from tttnn.baselines import dynamic_eval, in_context_bpb
+
+    if retrieved is None:
+        retrieved = retrieve([doc], cfg, index, trainer.tokenizer)[0]
     row: dict[str, Any] = {"doc_id": doc.doc_id, "domain": doc.domain}
     r, max_length = cfg.retrieval, cfg.ttt.max_length
-    query, scored = (
-        split_document(doc.text, trainer.tokenizer, max_length) if cfg.test.split_text
-        else (doc.text, doc.text)
-    )  # fmt: skip
+    query, scored = retrieved.query, retrieved.scored
     row["bytes"] = len(scored.encode("utf-8"))
-    t = time.perf_counter()
-    neighbors, dropped = [], 0
-    if r.neighbors > 0:
-        hits = index.search([query], k=r.neighbors, exact=r.exact, ef=r.ef,
-                            guard=[query] if r.guard else None, threshold=r.guard_threshold)[0]  # fmt: skip
-        neighbors, dropped = hits.neighbors, hits.dropped
-        if len(neighbors) < r.neighbors:
-            raise RuntimeError(
-                f"retrieval returned {len(neighbors)} neighbors, {r.neighbors} asked"
-            )
-    row["retrieve_s"] = time.perf_counter() - t
-    row["neighbors"] = [{"id": int(n.id), "score": float(n.score)} for n in neighbors]
-    row["guard_dropped"] = dropped
-    ids = [int(n.id) for n in neighbors]
-    t = time.perf_counter()
-    windows, lengths, doc_index = pack_neighbors(
-        index.store, ids, cfg.pack, max_length, trainer.tokenizer
+    found, (windows, lengths, doc_index) = neighbor_windows(
+        retrieved, cfg, index, trainer.tokenizer
     )
-    row["pack_s"] = time.perf_counter() - t
-    outcome = trainer.run(scored, windows, lengths, doc_index, n_neighbors=len(ids))
+    row.update(found)
+    ids = list(dict.fromkeys(n["id"] for n in found["neighbors"]))  # a SIFT repeat: once
+    outcome = trainer.run(scored, windows, lengths, doc_index, n_neighbors=r.neighbors)
     row["tokens"] = outcome.n_tokens
     row["bpb"] = {str(k): v for k, v in outcome.bpb.items()}
     row["windows_trained"] = outcome.windows_trained  # = optimizer steps (one per window)
@@ -213,17 +271,19 @@ def evaluate_document(doc: Document, cfg: EvalConfig, index: Any, trainer: Any) 
     return row
 
 
+RETRIEVE_BATCH = 64
+"""Test documents embedded and searched together (one fan-out over the shards per batch)."""
+
+
 def run_eval(cfg: EvalConfig) -> EvalSummary:
-    """Run (or resume) an evaluation."""
+    """Run (or resume) an evaluation: here, or over Ray workers with `cfg.ray.ray` (the same rows;
+    this process stays the only writer of `RUN/results.jsonl`)."""
     from tqdm.auto import tqdm
 
-    from tttnn.index import Index
     from tttnn.lock import exclusive_writer
-    from tttnn.models import load_causal_lm, resolve_model
-    from tttnn.ttt import TestTimeTrainer
+    from tttnn.models import resolve_model
 
-    index = Index.open(cfg.index)
-    index.check_complete()
+    index = open_index(cfg)
     docs = list(iter_test_documents(cfg.test))
     if not docs:
         raise ValueError(f"no test documents in {', '.join(cfg.test.data)}")
@@ -238,30 +298,96 @@ def run_eval(cfg: EvalConfig) -> EvalSummary:
         summary = EvalSummary(out, ok=0, failed=0, resumed=len(docs) - len(todo))
         if not todo:
             return summary
-        model, tokenizer = load_causal_lm(resolved, device=cfg.run.device)
-        if cfg.retrieval.neighbors > 0:
-            index.check_tokens_for(tokenizer, retokenize=cfg.pack.retokenize)
-        trainer = TestTimeTrainer(model, tokenizer, cfg.ttt)
+        if cfg.ray.ray:
+            from tttnn.distributed.evaluate import evaluate_on_ray
+
+            rows = evaluate_on_ray(cfg, resolved, todo)
+        else:
+            rows = _evaluate_here(cfg, resolved, index, todo)
         scored: list[tuple[float, float, int]] = []  # bpb at 0, at the last k, bytes
-        bar = tqdm(todo, desc="eval", unit="doc", disable=not cfg.run.progress, dynamic_ncols=True)
-        for doc in bar:
-            t0 = time.perf_counter()
-            try:
-                row = evaluate_document(doc, cfg, index, trainer)
-                row["status"] = "ok"
-            except Exception as e:
-                row = {"doc_id": doc.doc_id, "domain": doc.domain, "status": "failed",
-                       "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=5)}  # fmt: skip
-            row["total_s"] = time.perf_counter() - t0
-            _append_row(results, row)
-            if row["status"] == "ok":
-                summary.ok += 1
-                bpb = row["bpb"]
-                scored.append((bpb["0"], bpb[str(max(map(int, bpb)))], row["bytes"]))
-                before = byte_weighted_bpb([s[0] for s in scored], [s[2] for s in scored])
-                after = byte_weighted_bpb([s[1] for s in scored], [s[2] for s in scored])
-                bar.set_postfix_str(f"{doc.domain} bpb {before:.3f}→{after:.3f} (k={max(cfg.ks)})")
-            else:
-                summary.failed += 1
-                bar.write(f"FAILED {doc.doc_id}: {row['error']}")
+        bar = tqdm(total=len(todo), desc="eval", unit="doc", disable=not cfg.run.progress,
+                   dynamic_ncols=True)  # fmt: skip
+        try:
+            for row in rows:
+                _append_row(results, row)
+                bar.update(1)
+                if row["status"] == "ok":
+                    summary.ok += 1
+                    bpb = row["bpb"]
+                    scored.append((bpb["0"], bpb[str(max(map(int, bpb)))], row["bytes"]))
+                    before = byte_weighted_bpb([s[0] for s in scored], [s[2] for s in scored])
+                    after = byte_weighted_bpb([s[1] for s in scored], [s[2] for s in scored])
+                    bar.set_postfix_str(
+                        f"{row['domain']} bpb {before:.3f}→{after:.3f} (k={max(cfg.ks)})"
+                    )
+                else:
+                    summary.failed += 1
+                    bar.write(f"FAILED {row['doc_id']}: {row['error']}")
+        finally:
+            rows.close()
+            bar.close()
     return summary
+
+
+def open_index(cfg: EvalConfig) -> Any:
+    """The run's index, checked complete."""
+    from tttnn.index import Index
+
+    index = Index.open(cfg.index)
+    index.check_complete()
+    return index
+
+
+def failed_row(doc: Document, e: BaseException, seconds: float) -> dict[str, Any]:
+    """The row of a document whose retrieval or training raised `e`."""
+    return {"doc_id": doc.doc_id, "domain": doc.domain, "status": "failed",
+            "error": f"{type(e).__name__}: {e}",
+            "traceback": "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=5)),
+            "total_s": seconds}  # fmt: skip
+
+
+def batches(docs: Sequence[Document], size: int = RETRIEVE_BATCH) -> Iterator[list[Document]]:
+    for i in range(0, len(docs), size):
+        yield list(docs[i : i + size])
+
+
+def retrieve_or_fail(
+    batch: list[Document], cfg: EvalConfig, index: Any, tokenizer: Any
+) -> list[Retrieved | dict[str, Any]]:
+    """`retrieve`, with a failed row for every document of a batch whose search raised."""
+    t0 = time.perf_counter()
+    try:
+        return list(retrieve(batch, cfg, index, tokenizer))
+    except Exception as e:
+        return [failed_row(d, e, time.perf_counter() - t0) for d in batch]
+
+
+def score_document(
+    doc: Document, cfg: EvalConfig, index: Any, trainer: Any, retrieved: Retrieved
+) -> dict[str, Any]:
+    """`evaluate_document` as a row that says `ok`, or `failed` with the reason: a failure is
+    never scored as if it had been trained."""
+    t0 = time.perf_counter()
+    try:
+        row = evaluate_document(doc, cfg, index, trainer, retrieved)
+        row["status"] = "ok"
+    except Exception as e:
+        return failed_row(doc, e, time.perf_counter() - t0)
+    row["total_s"] = time.perf_counter() - t0 + retrieved.seconds
+    return row
+
+
+def _evaluate_here(
+    cfg: EvalConfig, resolved: str, index: Any, todo: list[Document]
+) -> Generator[dict[str, Any], None, None]:
+    """Rows of the `todo` documents, evaluated in this process."""
+    from tttnn.models import load_causal_lm
+    from tttnn.ttt import TestTimeTrainer
+
+    model, tokenizer = load_causal_lm(resolved, device=cfg.run.device)
+    if cfg.retrieval.neighbors > 0:
+        index.check_tokens_for(tokenizer, retokenize=cfg.pack.retokenize)
+    trainer = TestTimeTrainer(model, tokenizer, cfg.ttt)
+    for batch in batches(todo):
+        for doc, got in zip(batch, retrieve_or_fail(batch, cfg, index, tokenizer)):
+            yield got if isinstance(got, dict) else score_document(doc, cfg, index, trainer, got)
