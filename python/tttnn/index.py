@@ -192,6 +192,11 @@ class Index:
     def __len__(self) -> int:
         return len(self.store)
 
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        """An index pickles as its path: unpickled (in a Ray worker), it is opened again there,
+        memory-mapped (every worker must see the directory)."""
+        return (Index.open, (str(self.path),))
+
     def __repr__(self) -> str:
         return (
             f"Index({str(self.path)!r}, entries={len(self)}, encoder={self.meta.get('encoder')!r})"
