@@ -20,6 +20,9 @@ Requests, each as `tttnn eval` treats a document (the same config, trainer, seed
   continuation of that context with lm-eval's own HF code (`HFLM`, on the trained weights), reset.
 - `generate_until`: the same grouping; HFLM generates with the harness's stop sequences and
   `max_gen_toks` on the trained weights; reset.
+The query is the whole context as the index's encoder reads it: its beginning, up to the
+encoder's maximum length. With few-shot prompts that beginning is the first examples, the same for
+every request, so retrieval follows them rather than the question: prefer `--num_fewshot 0`.
 An empty context has no query: its requests are scored on θ0, counted and logged. A failure of
 retrieval or training raises (the harness run stops) rather than score a request untrained; the
 weights are back at θ0 whatever happened. Each context's timings (retrieve, pack, train, score,
@@ -329,7 +332,15 @@ class TTTNNLM(LM):
 def run_harness_cli(argv: Sequence[str]) -> None:
     """lm-eval's command line (`lm_eval ARGS`) with the model `tttnn` registered."""
     from lm_eval.__main__ import cli_evaluate
+    from lm_eval.utils import setup_logging
 
+    setup_logging()  # the harness's log handler (idempotent): the timings are logged through it
+    harness_log = logging.getLogger("lm_eval")
+    if not log.handlers:
+        for handler in harness_log.handlers:
+            log.addHandler(handler)
+        log.setLevel(harness_log.level)
+        log.propagate = False
     saved = sys.argv
     sys.argv = ["lm-eval", *argv]
     try:
