@@ -286,6 +286,10 @@ class RayConfig(Config):
         None, "Ray workers: encoders (build), TTT models (eval), shard actors (search); "
         "default: one per GPU, else per CPU.",
     )  # fmt: skip
+    shard_actors: Optional[int] = opt(
+        None, "Ray actors serving the index's shards to the workers of `tttnn eval --ray` "
+        "(default: as many as --workers, at most one per shard).",
+    )  # fmt: skip
     cpus_per_worker: float = opt(1.0, "Logical CPUs each Ray worker reserves (torch threads).")
     gpus_per_worker: float = opt(0.0, "GPUs each Ray worker reserves (1: one model per GPU).")
 
@@ -293,14 +297,18 @@ class RayConfig(Config):
         _check(
             self.workers is None or self.workers >= 1, f"workers must be >= 1, got {self.workers}"
         )
+        _check(
+            self.shard_actors is None or self.shard_actors >= 1,
+            f"shard_actors must be >= 1, got {self.shard_actors}",
+        )
         _check(self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
         _check(
             self.gpus_per_worker >= 0, f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}"
         )
         if not self.ray:
             _check(
-                self.address is None and self.workers is None,
-                "--address and --workers need --ray",
+                self.address is None and self.workers is None and self.shard_actors is None,
+                "--address, --workers and --shard-actors need --ray",
             )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Generator, Iterator
@@ -35,6 +36,9 @@ MAX_ATTEMPTS = 3
 
 IN_FLIGHT = 2
 """Documents queued on each worker, so it never waits for the driver between documents."""
+
+SHARD_ACTOR_CPUS = 0.25
+"""Logical CPUs each shard actor of an evaluation reserves (they are idle most of the time)."""
 
 
 class TTTWorker:
@@ -65,12 +69,21 @@ class TTTWorker:
         return os.getpid()
 
 
-def open_ray_index(cfg: EvalConfig) -> Any:
-    """The run's index served by shard actors (`tttnn.distributed.index.RayIndex`)."""
+def open_ray_index(cfg: EvalConfig, actors: int) -> Any:
+    """The run's index served by `actors` shard actors (`tttnn.distributed.index.RayIndex`), each
+    reserving `SHARD_ACTOR_CPUS`: in an evaluation they search once per batch, and serve the
+    neighbors' token ids."""
+    from tttnn.config import RayConfig
     from tttnn.distributed.index import RayIndex
 
-    index = RayIndex.open(cfg.index, cfg.ray, shards=cfg.retrieval.shards)
-    index.check_complete()
+    serving = RayConfig(ray=True, address=cfg.ray.address, workers=actors,
+                        cpus_per_worker=SHARD_ACTOR_CPUS)  # fmt: skip
+    index = RayIndex.open(cfg.index, serving, shards=cfg.retrieval.shards)
+    try:
+        index.check_complete()
+    except Exception:
+        index.close()
+        raise
     return index
 
 
@@ -81,32 +94,40 @@ def evaluate_on_ray(
     `index`: an opened index (local or `RayIndex`) instead of the run's served by shard actors."""
     from tttnn.models import load_tokenizer
 
-    with session(cfg.ray.address, num_cpus=_local_cpus(cfg)):
+    with session(cfg.ray.address, num_cpus=_local_cpus(cfg)) as ray:
+        rc = cfg.ray
+        n = rc.workers or _default_workers(ray, rc.cpus_per_worker, rc.gpus_per_worker)
+        own_index = index is None
         if index is None:
-            index = open_ray_index(cfg)
-        tokenizer = load_tokenizer(resolved_model)  # the driver splits documents (--split-text)
-        pool = _WorkerPool(cfg, index)
+            index = open_ray_index(cfg, rc.shard_actors or n)
         try:
-            yield from _dispatch(cfg, index, tokenizer, todo, pool)
+            tokenizer = load_tokenizer(resolved_model)  # the driver splits (--split-text)
+            pool = _WorkerPool(cfg, index, n)
+            try:
+                yield from _dispatch(cfg, index, tokenizer, todo, pool)
+            finally:
+                pool.close()
         finally:
-            pool.close()
+            if own_index:
+                index.close()
 
 
 def _local_cpus(cfg: EvalConfig) -> Optional[float]:
-    """Logical CPUs of a local cluster: enough for the workers asked for, at least this
-    machine's count (a logical count: Ray does not pin processes to cores)."""
+    """Logical CPUs of a local cluster: this machine's count, or what the workers and shard
+    actors asked for if more (a logical count: Ray does not pin processes to cores)."""
     if cfg.ray.address is not None:
         return None
+    rc = cfg.ray
     n = os.cpu_count() or 1
-    if cfg.ray.workers is not None:
-        n = max(n, int(cfg.ray.workers * cfg.ray.cpus_per_worker + 0.999) + 1)
-    return n
+    workers = rc.workers or max(1, int(n // rc.cpus_per_worker))
+    actors = rc.shard_actors or workers
+    return max(n, math.ceil(workers * rc.cpus_per_worker + actors * SHARD_ACTOR_CPUS))
 
 
 class _WorkerPool:
     """The TTT actors, with replacements for the ones that die."""
 
-    def __init__(self, cfg: EvalConfig, index: Any) -> None:
+    def __init__(self, cfg: EvalConfig, index: Any, n: int) -> None:
         ray = require_ray()
         self.ray = ray
         rc = cfg.ray
@@ -114,7 +135,6 @@ class _WorkerPool:
                               max_restarts=0, max_concurrency=1)(TTTWorker)  # fmt: skip
         self.config = ray.put(cfg.to_dict())
         self.index = index
-        n = rc.workers or _default_workers(ray, rc.cpus_per_worker, rc.gpus_per_worker)
         self.workers: list[Any] = [self._new() for _ in range(n)]
         self.replaced = 0
 
@@ -139,10 +159,11 @@ class _WorkerPool:
 
 
 def _default_workers(ray: Any, cpus: float, gpus: float) -> int:
-    free = ray.available_resources()
+    """One worker per GPU (at `gpus` each), else per CPU (at `cpus` each) of the cluster."""
+    total = ray.cluster_resources()
     if gpus > 0:
-        return max(1, int(free.get("GPU", 0) // gpus))
-    return max(1, int(free.get("CPU", 1) // cpus))
+        return max(1, int(total.get("GPU", 0) // gpus))
+    return max(1, int(total.get("CPU", 1) // cpus))
 
 
 def _dispatch(
