@@ -140,7 +140,7 @@ def test_two_workers_build_the_single_process_index_when_one_is_killed_mid_unit(
     killed = threading.Event()
 
     def kill_when_working(actor):
-        while True:  # until the worker has embedded part of unit 1 (then it sleeps)
+        while True:  # until the worker has embedded part of unit 1 (then it sleeps 3 s)
             unit, docs, _ = ray.get(actor.progress.remote())
             if unit == 1 and docs > 0:
                 break

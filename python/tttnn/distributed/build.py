@@ -239,6 +239,7 @@ class BuildWorker:
                 raise
             shutil.rmtree(tmp)  # an earlier attempt committed the same unit
         _fsync_dir(units)
+        self.current = (-1, 0, 0)
         return summary
 
 
@@ -422,9 +423,10 @@ class _Driver:
         bar = tqdm(total=total_docs, unit="doc", desc=f"indexing {out.name} on Ray",
                    disable=not self.progress, smoothing=0.1)  # fmt: skip
         started = time.perf_counter()
-        done_docs = sum(docs.values())
-        bar.update(done_docs)
-        base_docs, last_poll = done_docs, 0.0
+        done_docs = sum(docs.values())  # adopted before this run
+        base_docs = done_docs + sum(sum(c["documents"].values()) for c in committed.values())
+        bar.update(base_docs)
+        last_poll, bar_start = 0.0, base_docs
         in_flight: dict[int, tuple[int, int]] = {}  # slot -> (documents, entries) of its unit
 
         def meta(status: str) -> dict[str, Any]:
@@ -501,7 +503,7 @@ class _Driver:
                 committed_entries = sum(entries.values()) + sum(
                     sum(s["entries"].values()) for s in committed.values()
                 )
-                rate = (shown - done_docs) / max(now - started, 1e-9)
+                rate = (shown - bar_start) / max(now - started, 1e-9)
                 bar.set_postfix(entries=committed_entries + sum(e for _, e in in_flight.values()),
                                 docs_per_s=f"{rate:.1f}", workers=len(self.alive),
                                 refresh=False)  # fmt: skip
