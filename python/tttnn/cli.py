@@ -147,7 +147,7 @@ def index_group() -> None:
     "corpus", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path)
 )  # fmt: skip
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Index directory.")
-@config_options(BuildConfig)
+@config_options(BuildConfig, skip=("shard_actors",))
 @click.option("--resume", is_flag=True, help="Continue an interrupted build in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def index_build(
@@ -282,31 +282,31 @@ def _format_info(info: dict[str, Any]) -> str:
 )
 @click.option("--out", type=click.Path(path_type=Path), help="Write JSON lines to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
-def search(
-    index_dir: Path,
-    query: tuple[str, ...],
-    k: int,
-    exact: bool,
 @click.option(
     "--shards",
     type=_CommaList(int),
     default=None,
     help="Search only these shards of the index, e.g. 0,1,2.",
 )
-@config_options(RayConfig, skip=("gpus_per_worker",))
+@config_options(RayConfig, skip=("gpus_per_worker", "shard_actors"))
+def search(
+    index_dir: Path,
+    query: tuple[str, ...],
+    k: int,
+    exact: bool,
     ef: int | None,
     guard: bool,
     queries_file: Path | None,
     out: Path | None,
     as_json: bool,
+    shards: tuple[int, ...] | None,
+    **ray_settings: Any,
 ) -> None:
     """Nearest neighbors of QUERY texts (or of every document of --queries) in INDEX_DIR.
     With --ray its shards are served by Ray actors (same neighbors)."""
     if bool(query) == bool(queries_file):
         raise click.UsageError("give query texts or --queries FILE (one of them)")
     _quiet_transformers()
-    shards: tuple[int, ...] | None,
-    **ray_settings: Any,
     with _errors(), contextlib.ExitStack() as closing:
         ray_cfg = RayConfig(**ray_settings)
         index = Index.open(index_dir, ray=ray_cfg if ray_cfg.ray else None)
