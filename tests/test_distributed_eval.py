@@ -116,3 +116,20 @@ def test_a_worker_killed_mid_document_has_its_document_rerun(
     assert (summary.ok, summary.failed) == (8, 0)
     assert results(run) == results(single)
     assert sum(r.get("redispatched", 0) for r in rows_by_id(run).values()) >= 1
+
+
+def test_default_sizes_leave_room_for_the_shard_actors(tmp_path):
+    from tttnn.distributed.evaluate import _sizes
+
+    cfg = EvalConfig.from_flat(index=str(tmp_path), data=[str(SAMPLE_TEST)], out=str(tmp_path / "r"),
+                               ray=True)  # fmt: skip
+    # a local cluster grows its logical CPUs to fit; a cluster that cannot grow gets fewer workers
+    assert _sizes(cfg, 2, 0, fit=False) == (2, 2)
+    assert _sizes(cfg, 2, 0, fit=True) == (1, 1)  # 2 x 1 CPU + 2 x 0.25 would not fit in 2
+    assert _sizes(cfg, 10, 0, fit=True) == (8, 8)  # 8 x 1.25 = 10
+    gpu = EvalConfig.from_dict(
+        {**cfg.to_dict(), "ray": {**cfg.ray.to_dict(), "gpus_per_worker": 1}}
+    )
+    assert _sizes(gpu, 64, 4, fit=True) == (4, 4)  # one per GPU
+    asked = EvalConfig.from_dict({**cfg.to_dict(), "ray": {**cfg.ray.to_dict(), "workers": 3}})
+    assert _sizes(asked, 2, 0, fit=True) == (3, 3)  # --workers is taken as given

@@ -52,7 +52,7 @@ def connect(
     if address is None:
         kw["address"] = "local"  # a new cluster: never join one another process started here
         kw["num_cpus"] = int(num_cpus) if num_cpus is not None else (os.cpu_count() or 1)
-        kw["num_gpus"] = num_gpus if num_gpus is not None else _local_gpus()
+        kw["num_gpus"] = num_gpus if num_gpus is not None else local_gpus()
     else:
         kw["address"] = address
     ray.init(**kw)
@@ -71,7 +71,7 @@ def session(address: Optional[str] = None, **kw: Any) -> Iterator[Any]:
             ray.shutdown()
 
 
-def _local_gpus() -> int:
+def local_gpus() -> int:
     try:
         import torch
 

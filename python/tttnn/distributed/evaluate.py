@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 from tttnn.config import EvalConfig
 from tttnn.corpus import Document
-from tttnn.distributed.cluster import require_ray, session
+from tttnn.distributed.cluster import local_gpus, require_ray, session
 from tttnn.evaluate import Retrieved, batches, failed_row, retrieve_or_fail
 
 __all__ = ["MAX_ATTEMPTS", "TTTWorker", "evaluate_on_ray"]
@@ -94,15 +94,22 @@ def evaluate_on_ray(
     `index`: an opened index (local or `RayIndex`) instead of the run's served by shard actors."""
     from tttnn.models import load_tokenizer
 
-    with session(cfg.ray.address, num_cpus=_local_cpus(cfg)) as ray:
-        rc = cfg.ray
-        n = rc.workers or _default_workers(ray, rc.cpus_per_worker, rc.gpus_per_worker)
+    local = cfg.ray.address is None
+    if local:  # the sizes decide the cluster's logical CPUs
+        workers, actors = _sizes(cfg, os.cpu_count() or 1, local_gpus(), fit=False)
+        num_cpus: Optional[int] = max(os.cpu_count() or 1, math.ceil(_cpus(cfg, workers, actors)))
+    else:
+        num_cpus = None
+    with session(cfg.ray.address, num_cpus=num_cpus) as ray:
+        if not local:  # the cluster decides the sizes
+            total = ray.cluster_resources()
+            workers, actors = _sizes(cfg, total.get("CPU", 1), total.get("GPU", 0), fit=True)
         own_index = index is None
         if index is None:
-            index = open_ray_index(cfg, rc.shard_actors or n)
+            index = open_ray_index(cfg, actors)
         try:
             tokenizer = load_tokenizer(resolved_model)  # the driver splits (--split-text)
-            pool = _WorkerPool(cfg, index, n)
+            pool = _WorkerPool(cfg, index, workers)
             try:
                 yield from _dispatch(cfg, index, tokenizer, todo, pool)
             finally:
@@ -112,16 +119,26 @@ def evaluate_on_ray(
                 index.close()
 
 
-def _local_cpus(cfg: EvalConfig) -> Optional[float]:
-    """Logical CPUs of a local cluster: this machine's count, or what the workers and shard
-    actors asked for if more (a logical count: Ray does not pin processes to cores)."""
-    if cfg.ray.address is not None:
-        return None
+def _cpus(cfg: EvalConfig, workers: int, actors: int) -> float:
+    """Logical CPUs reserved by `workers` TTT workers and `actors` shard actors."""
+    return workers * cfg.ray.cpus_per_worker + actors * SHARD_ACTOR_CPUS
+
+
+def _sizes(cfg: EvalConfig, cpus: float, gpus: float, *, fit: bool) -> tuple[int, int]:
+    """(TTT workers, shard actors) on a cluster of `cpus` CPUs and `gpus` GPUs: --workers, else
+    one per GPU (at --gpus-per-worker), else one per --cpus-per-worker CPUs; --shard-actors,
+    else one per worker. With `fit` (a cluster that cannot grow), a default worker count is
+    lowered until workers and shard actors fit in `cpus`, so none waits for a CPU forever."""
     rc = cfg.ray
-    n = os.cpu_count() or 1
-    workers = rc.workers or max(1, int(n // rc.cpus_per_worker))
-    actors = rc.shard_actors or workers
-    return max(n, math.ceil(workers * rc.cpus_per_worker + actors * SHARD_ACTOR_CPUS))
+    if rc.workers is not None:
+        return rc.workers, rc.shard_actors or rc.workers
+    if rc.gpus_per_worker > 0:
+        workers = max(1, int(gpus // rc.gpus_per_worker))
+    else:
+        workers = max(1, int(cpus // rc.cpus_per_worker))
+    while fit and workers > 1 and _cpus(cfg, workers, rc.shard_actors or workers) > cpus:
+        workers -= 1
+    return workers, rc.shard_actors or workers
 
 
 class _WorkerPool:
@@ -156,14 +173,6 @@ class _WorkerPool:
     def close(self) -> None:
         for w in self.workers:
             self.ray.kill(w)
-
-
-def _default_workers(ray: Any, cpus: float, gpus: float) -> int:
-    """One worker per GPU (at `gpus` each), else per CPU (at `cpus` each) of the cluster."""
-    total = ray.cluster_resources()
-    if gpus > 0:
-        return max(1, int(total.get("GPU", 0) // gpus))
-    return max(1, int(total.get("CPU", 1) // cpus))
 
 
 def _dispatch(

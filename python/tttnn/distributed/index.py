@@ -391,11 +391,7 @@ class RayStore:
         ids = [int(i) for i in np.asarray(ids, dtype=np.int64).ravel()]
         if not ids:
             return np.zeros((0, self.dim), dtype=np.float32)
-        by = self._by_group(ids)
-        groups = list(by)
-        blocks = self._get([self.actors[g].get_vectors.remote(by[g]) for g in groups])
-        rows = {i: r for g, b in zip(groups, blocks) for i, r in zip(by[g], b)}
-        return np.stack([rows[i] for i in ids]).astype(np.float32, copy=False)
+        return np.stack(self._gather("get_vectors", ids)).astype(np.float32, copy=False)
 
     def pack_windows(
         self, ids: Any, context_length: int, **kw: Any
