@@ -16,8 +16,8 @@ better than the first) come with 95% intervals from one paired bootstrap over do
 replicate draws documents with replacement and takes all sides' scores of each drawn document, so
 what the documents share cancels out of the difference. Per domain the documents of the domain
 are drawn; for the averages, the documents of every domain (stratified: the domain mix stays the
-test set's). The draws are those of `tttnn.report.bootstrap_change` (same seed, same order), so a
-side's interval is the one `tttnn report` prints for that run. `better`: documents whose relative
+test set's). The bootstrap is `tttnn.report.bootstrap_sides`, the one `tttnn report` runs (same
+seed, same draws), so a side's interval is the one `tttnn report` prints for that run. `better`: documents whose relative
 change is below the first side's.
 
 Compute, side by side, per document: optimizer steps and tokens trained up to the side's k (rows
@@ -36,7 +36,14 @@ from typing import Any, Optional
 import numpy as np
 
 from tttnn.config import BASELINES
-from tttnn.report import BOOTSTRAP_REPS, CI_LEVEL, load_results
+from tttnn.report import (
+    BOOTSTRAP_REPS,
+    CI_LEVEL,
+    Stratum,
+    bootstrap_sides,
+    interval,
+    load_results,
+)
 
 __all__ = [
     "Comparison",
@@ -173,46 +180,6 @@ def load_side(
     return Side(label, run, baseline, k, docs)
 
 
-# --- the bootstrap ---------------------------------------------------------------------------
-
-
-Stratum = tuple[np.ndarray, np.ndarray, np.ndarray]  # bytes (n,), bpb at 0 (n, S), at k (n, S)
-
-
-def bootstrap_sides(
-    strata: list[Stratum], reps: int = BOOTSTRAP_REPS, seed: int = 0
-) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
-    """Replicates of every side's relative change, byte-weighted over all documents and with
-    strata (domains) weighted equally: two (reps, S) arrays, by a paired bootstrap that draws the
-    documents of each stratum with replacement (the draws of `tttnn.report.bootstrap_change`).
-    `None` where nothing varies (fewer than two documents in every stratum)."""
-    strata = [s for s in strata if len(s[0])]
-    if not strata or all(len(s[0]) < 2 for s in strata):
-        return None, None
-    n_sides = strata[0][1].shape[1]
-    rng = np.random.default_rng(seed)
-    nll0 = np.zeros((reps, n_sides))
-    nllk = np.zeros((reps, n_sides))
-    macro0 = np.zeros((reps, n_sides))
-    macrok = np.zeros((reps, n_sides))
-    for nbytes, b0, bk in strata:
-        idx = rng.integers(0, len(nbytes), (reps, len(nbytes)))
-        tot = nbytes[idx].sum(axis=1)[:, None]
-        for s in range(n_sides):
-            s0 = (nbytes * b0[:, s])[idx].sum(axis=1)
-            sk = (nbytes * bk[:, s])[idx].sum(axis=1)
-            nll0[:, s] += s0
-            nllk[:, s] += sk
-            macro0[:, s] += s0 / tot[:, 0]
-            macrok[:, s] += sk / tot[:, 0]
-    return nllk / nll0 - 1.0, macrok / macro0 - 1.0
-
-
-def _interval(x: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
-    lo, hi = np.quantile(x, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
-
-
 # --- the comparison --------------------------------------------------------------------------
 
 
@@ -298,9 +265,9 @@ def _entries(
         out.append(
             Entry(
                 side.label, side.k, float(bpb0[s]), float(bpbk[s]), float(changes[s]),
-                None if reps is None else _interval(reps[:, s]),
+                None if reps is None else interval(reps[:, s]),
                 None if first else float(changes[s] - changes[0]),
-                None if first or reps is None else _interval(reps[:, s] - reps[:, 0]),
+                None if first or reps is None else interval(reps[:, s] - reps[:, 0]),
                 None if first else int((rel < ref).sum()),
                 _mean([d.steps for d in docs]), _mean([d.tokens for d in docs]),
                 _mean([d.seconds for d in docs]),

@@ -30,6 +30,7 @@ __all__ = [
     "DomainRow",
     "Report",
     "bootstrap_change",
+    "bootstrap_sides",
     "load_results",
     "make_report",
     "plot_report",
@@ -102,39 +103,58 @@ def load_results(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-Stratum = tuple[np.ndarray, np.ndarray, np.ndarray]  # bytes, bpb at k = 0, bpb at k, per doc
+# per document: bytes (n,), bpb at k = 0 and bpb at k, (n,) for one side or (n, S) for S sides
+Stratum = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def bootstrap_sides(
+    strata: list[Stratum], reps: int = BOOTSTRAP_REPS, seed: int = 0
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Replicates of the relative change bpb(k) / bpb(0) - 1 of S sides scored on the same
+    documents (a stratum's two score arrays are `(n,)` for one side or `(n, S)`), byte-weighted
+    over all documents and with strata (domains) weighted equally: two `(reps, S)` arrays. A
+    paired bootstrap: each replicate resamples the documents of every stratum with replacement,
+    keeping each document's scores together. `None` where nothing varies (fewer than two
+    documents in every stratum)."""
+    strata = [s for s in strata if len(s[0])]
+    if not strata or all(len(s[0]) < 2 for s in strata):
+        return None, None
+    n_sides = np.asarray(strata[0][1]).reshape(len(strata[0][0]), -1).shape[1]
+    rng = np.random.default_rng(seed)
+    nll0 = np.zeros((reps, n_sides))
+    nllk = np.zeros((reps, n_sides))
+    macro0 = np.zeros((reps, n_sides))
+    macrok = np.zeros((reps, n_sides))
+    for nbytes, b0, bk in strata:
+        b0, bk = (np.asarray(b).reshape(len(nbytes), -1) for b in (b0, bk))
+        idx = rng.integers(0, len(nbytes), (reps, len(nbytes)))
+        tot = nbytes[idx].sum(axis=1)
+        for s in range(n_sides):
+            s0 = (nbytes * b0[:, s])[idx].sum(axis=1)
+            sk = (nbytes * bk[:, s])[idx].sum(axis=1)
+            nll0[:, s] += s0
+            nllk[:, s] += sk
+            macro0[:, s] += s0 / tot
+            macrok[:, s] += sk / tot
+    return nllk / nll0 - 1.0, macrok / macro0 - 1.0
+
+
+def interval(replicates: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
+    """The percentile interval of bootstrap replicates."""
+    lo, hi = np.quantile(replicates, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def bootstrap_change(
     strata: list[Stratum], reps: int = BOOTSTRAP_REPS, level: float = CI_LEVEL, seed: int = 0
 ) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
-    """Percentile intervals of the relative change bpb(k) / bpb(0) - 1, byte-weighted over all
-    documents and averaged over strata (domains equal), by a paired bootstrap: each replicate
-    resamples the documents of every stratum with replacement, keeping each document's two
-    scores together. `None` where nothing varies (fewer than two documents in every stratum)."""
-    strata = [s for s in strata if len(s[0])]
-    if not strata or all(len(s[0]) < 2 for s in strata):
+    """Percentile intervals of one run's relative change bpb(k) / bpb(0) - 1, byte-weighted over
+    all documents and averaged over strata (domains equal), by the paired bootstrap of
+    `bootstrap_sides`. `None` where nothing varies."""
+    weighted, macro = bootstrap_sides(strata, reps, seed)
+    if weighted is None or macro is None:
         return None, None
-    rng = np.random.default_rng(seed)
-    nll0 = np.zeros(reps)
-    nllk = np.zeros(reps)
-    macro0 = np.zeros(reps)
-    macrok = np.zeros(reps)
-    for nbytes, b0, bk in strata:
-        idx = rng.integers(0, len(nbytes), (reps, len(nbytes)))
-        tot = nbytes[idx].sum(axis=1)
-        s0, sk = (nbytes * b0)[idx].sum(axis=1), (nbytes * bk)[idx].sum(axis=1)
-        nll0 += s0
-        nllk += sk
-        macro0 += s0 / tot
-        macrok += sk / tot
-    q = [(1 - level) / 2, (1 + level) / 2]
-
-    def interval(ratio: np.ndarray) -> tuple[float, float]:
-        lo, hi = np.quantile(ratio - 1.0, q)
-        return float(lo), float(hi)
-
-    return interval(nllk / nll0), interval(macrok / macro0)
+    return interval(weighted[:, 0], level), interval(macro[:, 0], level)
 
 
 def _stratum(ok: list[dict[str, Any]], k: int) -> Stratum:
