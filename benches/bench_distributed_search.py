@@ -44,31 +44,43 @@ def clustered(rng: np.random.Generator, centers: np.ndarray, n: int) -> np.ndarr
 
 
 def make(args: argparse.Namespace) -> None:
+    """Write both stores a shard at a time; a shard's vectors come from its own seeded generator,
+    so an interrupted `make` resumes where it stopped (a store's sealed shards are kept)."""
     from tttnn import EmbeddingStore
 
     args.dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    centers = rng.standard_normal((2000, DIM), dtype=np.float32)
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-    np.save(args.dir / "centers.npy", centers)
+    centers_file = args.dir / "centers.npy"
+    if not centers_file.exists():
+        rng = np.random.default_rng(0)
+        centers = rng.standard_normal((2000, DIM), dtype=np.float32)
+        centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+        np.save(centers_file, centers)
+    centers = np.load(centers_file)
     shard = args.n // 16
+
+    def store(name: str, **kw: Any) -> Any:
+        path = args.dir / name
+        if (path / "manifest.json").exists():
+            return EmbeddingStore.open(path)
+        return EmbeddingStore.create(path, DIM, dtype="f16", shard_size=shard, **kw)
+
+    stores = {
+        "exact": (store("exact"), args.n),
+        "hnsw": (store("hnsw", hnsw=True, hnsw_expansion_add=args.ef_add), args.hnsw_n),
+    }
     t0 = time.perf_counter()
-    exact = EmbeddingStore.create(args.dir / "exact", DIM, dtype="f16", shard_size=shard)
-    hnsw = EmbeddingStore.create(
-        args.dir / "hnsw", DIM, dtype="f16", shard_size=args.hnsw_n // 8,
-        hnsw=True, hnsw_expansion_add=args.ef_add,
-    )  # fmt: skip
-    done = 0
-    while done < args.n:
-        x = clustered(rng, centers, min(shard, args.n - done))
-        exact.append(x)
-        if done < args.hnsw_n:
+    for i in range(0, args.n, shard):
+        x = None
+        for name, (st, n) in stores.items():
+            if len(st) > i or i >= n:
+                continue  # written by an earlier run, or beyond this store's size
+            if x is None:
+                x = clustered(np.random.default_rng([0, i]), centers, min(shard, args.n - i))
             t = time.perf_counter()
-            hnsw.append(x[: args.hnsw_n - done])
-            print(f"  hnsw graphs for {min(len(x), args.hnsw_n - done)} in "
-                  f"{time.perf_counter() - t:.0f} s", flush=True)  # fmt: skip
-        done += len(x)
-        print(f"{done} vectors, {time.perf_counter() - t0:.0f} s", flush=True)
+            st.append(x[: n - i])
+            print(f"  {name}: {len(st)} vectors, shard in {time.perf_counter() - t:.0f} s",
+                  flush=True)  # fmt: skip
+        print(f"{min(i + shard, args.n)} vectors, {time.perf_counter() - t0:.0f} s", flush=True)
 
 
 def vm_hwm_mb(pid: int) -> float:
@@ -170,7 +182,7 @@ def main() -> None:
     ap.add_argument("what", choices=("make", "run"))
     ap.add_argument("--dir", type=Path, default=Path("/work/bench/ten_m"))
     ap.add_argument("--n", type=int, default=10_000_000)
-    ap.add_argument("--hnsw-n", type=int, default=1_000_000)
+    ap.add_argument("--hnsw-n", type=int, default=10_000_000)
     ap.add_argument("--ef-add", type=int, default=64, help="HNSW expansion_add of `make`")
     ap.add_argument("-k", type=int, default=20)
     ap.add_argument("--workers", type=int, nargs="+", default=[4, 8])

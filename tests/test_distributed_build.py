@@ -206,3 +206,42 @@ def test_resume_skips_committed_units(cluster, corpus, reference, tmp_path):
     build_distributed(corpus, out, config(), resume=True, progress=False, hook=record)
     assert dispatched == []
     assert_same_index(out, reference, the_plan(corpus))
+
+
+def test_a_worker_the_cluster_cannot_place_is_given_up(
+    cluster, corpus, reference, tmp_path, monkeypatch
+):
+    import tttnn.distributed.cluster as dc
+
+    # 4 logical CPUs: one worker of 3 CPUs starts, the second can never be placed; once it is
+    # given up, its unit (sent to it while it waited, unless it was given up before the first
+    # dispatch) goes to the first
+    wait_for_free_cpus(4)  # the actors the tests before killed
+    monkeypatch.setattr(dc, "SCHEDULE_TIMEOUT", 30.0)
+    dispatched: list[int] = []
+
+    def record(event, unit, actor):
+        if event == "dispatch":
+            dispatched.append(unit.index)
+
+    out = tmp_path / "index"
+    cfg = BuildConfig.from_flat(**SETTINGS, ray=True, workers=2, cpus_per_worker=3)
+    build_distributed(corpus, out, cfg, progress=False, hook=record)
+    assert sorted(dispatched) in ([0, 1, 1, 2], [0, 1, 2])
+    assert_same_index(out, reference, the_plan(corpus))
+    # no worker fits: a clear error, not a wait forever
+    monkeypatch.setattr(dc, "SCHEDULE_TIMEOUT", 3.0)
+    big = BuildConfig.from_flat(**SETTINGS, ray=True, workers=1, cpus_per_worker=8)
+    with pytest.raises(RuntimeError, match=r"no build worker could be started within 3 s: each "
+                       r"needs 8 CPU"):  # fmt: skip
+        build_distributed(corpus, tmp_path / "none", big, progress=False)
+
+
+def wait_for_free_cpus(n: float, timeout: float = 120.0) -> None:
+    """Until the cluster has `n` CPUs free (Ray frees a killed actor's CPUs asynchronously)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while ray.available_resources().get("CPU", 0) < n:
+        assert time.monotonic() < deadline, f"CPUs still held: {ray.available_resources()}"
+        time.sleep(0.2)

@@ -133,3 +133,35 @@ def test_default_sizes_leave_room_for_the_shard_actors(tmp_path):
     assert _sizes(gpu, 64, 4, fit=True) == (4, 4)  # one per GPU
     asked = EvalConfig.from_dict({**cfg.to_dict(), "ray": {**cfg.ray.to_dict(), "workers": 3}})
     assert _sizes(asked, 2, 0, fit=True) == (3, 3)  # --workers is taken as given
+
+
+@pytest.mark.slow
+def test_a_worker_the_cluster_cannot_place_is_given_up(
+    sample_index, tiny_lm, single, tmp_path, monkeypatch
+):
+    import tttnn.distributed.cluster as dc
+
+    # 4 logical CPUs: 2 shard actors (0.5) and one worker of 2 CPUs fit, the second never does;
+    # the documents sent to it go to the first once it is given up
+    wait_for_free_cpus(4)  # the actors the tests before killed
+    monkeypatch.setattr(dc, "SCHEDULE_TIMEOUT", 30.0)
+    run = tmp_path / "one_fits"
+    summary = run_eval(config(sample_index, tiny_lm, run, ray=True, workers=2, cpus_per_worker=2))
+    assert (summary.ok, summary.failed) == (8, 0)
+    assert results(run) == results(single)
+    # no worker fits: a clear error, not a wait forever
+    monkeypatch.setattr(dc, "SCHEDULE_TIMEOUT", 3.0)
+    with pytest.raises(RuntimeError, match=r"no TTT worker could be started within 3 s: each "
+                       r"needs 8 CPU"):  # fmt: skip
+        run_eval(config(sample_index, tiny_lm, tmp_path / "none", ray=True, workers=1,
+                        cpus_per_worker=8))  # fmt: skip
+
+
+def wait_for_free_cpus(n: float, timeout: float = 120.0) -> None:
+    """Until the cluster has `n` CPUs free (Ray frees a killed actor's CPUs asynchronously)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while ray.available_resources().get("CPU", 0) < n:
+        assert time.monotonic() < deadline, f"CPUs still held: {ray.available_resources()}"
+        time.sleep(0.2)

@@ -21,8 +21,10 @@ the driver in unit order.
   unit's directory. A unit's shards are its own, so shards hold up to `shard_size` entries.
 - **Faults.** A worker that dies (killed actor, lost node) is replaced and its unit re-run from
   scratch in a new `.tmp-A` directory (the old one is removed first); a unit is adopted once,
-  from one committed directory, so no entry is stored twice or lost. `resume=True` adopts what
-  is committed and runs only the rest. Every worker must see `DIR` and the corpus at the same
+  from one committed directory, so no entry is stored twice or lost. A worker the cluster cannot
+  place within `SCHEDULE_TIMEOUT` (a replacement after a node was lost, say) is given up and its
+  unit goes to the others; with no worker left the build stops with an error instead of waiting
+  forever. `resume=True` adopts what is committed and runs only the rest. Every worker must see `DIR` and the corpus at the same
   paths: a shared file system on a real cluster.
 - **Same index.** Ids, documents, text, token ids, records, domains, counts and `corpus_stats`
   equal those of `tttnn.build.build_index`. Vectors are bitwise equal when every encoder batch
@@ -42,6 +44,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
@@ -166,27 +169,43 @@ def _stats_from(d: Mapping[str, Any]) -> CorpusStats:
 
 
 class BuildWorker:
-    """A Ray actor: loads the encoder and the LM tokenizer once, then builds units."""
+    """A Ray actor: loads the encoder and the LM tokenizer once (on its first call, so that
+    `placed` answers as soon as the cluster has started it), then builds units."""
 
     def __init__(self, cfg: dict[str, Any], threads: int) -> None:
-        import torch
-
-        from tttnn.build import models_identity
-        from tttnn.embed import Encoder
-
-        torch.set_num_threads(max(1, threads))
         self.cfg = BuildConfig.from_dict(cfg)
-        self.enc = Encoder(self.cfg.encoder, batch_size=self.cfg.batch_size, progress=False)
+        self.threads = threads
+        self.loading = threading.Lock()  # `ready` and `run` may come in together
+        self.enc: Any = None
         self.lm_tok: Any = None
-        if self.cfg.tokenizer is not None:
-            from tttnn.models import load_tokenizer
-
-            self.lm_tok = load_tokenizer(self.cfg.tokenizer)
-        self.identity = models_identity(self.enc, self.lm_tok)
+        self.identity: dict[str, Any] = {}
         self.current: tuple[int, int, int] = (-1, 0, 0)  # unit, documents, entries so far
 
+    def placed(self) -> int:
+        """Answers once the cluster has placed and started this actor (nothing loaded yet)."""
+        return os.getpid()
+
+    def _load(self) -> None:
+        with self.loading:
+            if self.enc is not None:
+                return
+            import torch
+
+            from tttnn.build import models_identity
+            from tttnn.embed import Encoder
+
+            torch.set_num_threads(max(1, self.threads))
+            enc = Encoder(self.cfg.encoder, batch_size=self.cfg.batch_size, progress=False)
+            if self.cfg.tokenizer is not None:
+                from tttnn.models import load_tokenizer
+
+                self.lm_tok = load_tokenizer(self.cfg.tokenizer)
+            self.identity = models_identity(enc, self.lm_tok)
+            self.enc = enc
+
     def ready(self) -> dict[str, Any]:
-        """The encoder and tokenizer identity (the index meta records it)."""
+        """The encoder and tokenizer identity (the index meta records it), once loaded."""
+        self._load()
         return self.identity
 
     def progress(self) -> tuple[int, int, int]:
@@ -200,6 +219,7 @@ class BuildWorker:
         """Build `unit` into `out/units/NNNNN` (committed by a rename); returns its summary."""
         from tttnn.build import _create, embed_into, to_entries
 
+        self._load()
         cfg = self.cfg
         units = Path(out) / UNITS
         final = units / _unit_name(unit.index)
@@ -310,6 +330,8 @@ class _Driver:
         )(BuildWorker)
         self.slots: list[Any] = []  # worker handles
         self.booting: dict[Any, int] = {}  # ready() ref -> slot
+        self.placing: dict[Any, tuple[int, float]] = {}  # placed() ref -> (slot, asked at)
+        self.retired: set[int] = set()  # slots whose actor the cluster could not place
         self.alive: set[int] = set()
         self.identity: dict[str, Any] | None = None
 
@@ -321,15 +343,21 @@ class _Driver:
             self.slots.append(actor)
         else:
             self.slots[slot] = actor
+        self.placing[actor.placed.remote()] = (slot, time.monotonic())
         self.booting[actor.ready.remote()] = slot
 
     def _booted(self, ref: Any) -> None:
+        if ref in self.placing:  # started (or died: its ready() says so)
+            del self.placing[ref]
+            return
         slot = self.booting.pop(ref)
         try:
             ident = self.ray.get(ref)
         except self.ray.exceptions.RayActorError:
             self._start(slot)  # died while loading: try again
             return
+        except self.ray.exceptions.RayTaskError as e:  # could not load: the models' own error
+            raise e.as_instanceof_cause() from None
         if self.identity is None:
             self.identity = ident
         elif ident != self.identity:
@@ -381,10 +409,11 @@ class _Driver:
             self._start(slot)
         try:
             while self.identity is None:
-                if not self.booting:
-                    raise RuntimeError("no Ray worker could start")
-                ready, _ = ray.wait(list(self.booting), num_returns=1)
-                self._booted(ready[0])
+                ready, _ = ray.wait([*self.booting, *self.placing], num_returns=1, timeout=_POLL)
+                if ready:
+                    self._booted(ready[0])
+                else:
+                    self._expire({}, deque(), [])
             params = index_params(self.identity, cfg, self.corpus)
             if self.resuming:
                 store = _open_for_resume(out, params, self.corpus)
@@ -418,7 +447,7 @@ class _Driver:
         pending = deque(u for u in units[adopted:] if u.index not in committed)
         attempts: Counter[int] = Counter()
         running: dict[Any, tuple[int, WorkUnit]] = {}  # run() ref -> (slot, unit)
-        idle = list(range(len(self.slots)))
+        idle = [s for s in range(len(self.slots)) if s not in self.retired]
         total_docs = sum(u.stop - u.start for u in units)
         bar = tqdm(total=total_docs, unit="doc", desc=f"indexing {out.name} on Ray",
                    disable=not self.progress, smoothing=0.1)  # fmt: skip
@@ -465,9 +494,12 @@ class _Driver:
                     )  # fmt: skip
                     running[ref] = (slot, unit)
                     self._hook("dispatch", unit, self.slots[slot])
-                ready, _ = ray.wait([*running, *self.booting], num_returns=1, timeout=_POLL)
+                ready, _ = ray.wait([*running, *self.booting, *self.placing], num_returns=1,
+                                    timeout=_POLL)  # fmt: skip
+                if not ready:
+                    self._expire(running, pending, idle)
                 for ref in ready:
-                    if ref in self.booting:
+                    if ref in self.booting or ref in self.placing:
                         self._booted(ref)
                         continue
                     slot, unit = running.pop(ref)
@@ -522,6 +554,34 @@ class _Driver:
         store.set_meta(json.dumps(final))
         shutil.rmtree(unit_dir, ignore_errors=True)
         return Index(store, final)
+
+    def _expire(
+        self, running: dict[Any, tuple[int, WorkUnit]], pending: deque[WorkUnit], idle: list[int]
+    ) -> None:
+        """Give up on the workers not placed within SCHEDULE_TIMEOUT (the cluster cannot place
+        them): their units go back to the queue and their slots are retired. With no worker
+        left, the build stops (the committed units are kept for --resume)."""
+        from tttnn.distributed.cluster import SCHEDULE_TIMEOUT, unschedulable
+
+        now = time.monotonic()
+        for ref, (slot, asked) in list(self.placing.items()):
+            if now - asked < SCHEDULE_TIMEOUT:
+                continue
+            del self.placing[ref]
+            for r in [r for r, s in self.booting.items() if s == slot]:
+                del self.booting[r]
+            with contextlib.suppress(Exception):
+                self.ray.kill(self.slots[slot])
+            self.retired.add(slot)
+            if slot in idle:
+                idle.remove(slot)
+            for run_ref, (s, unit) in list(running.items()):
+                if s == slot:
+                    del running[run_ref]
+                    pending.appendleft(unit)
+        if not self.alive and not self.booting:
+            rc = self.cfg.ray
+            raise unschedulable("build worker", rc.cpus_per_worker, rc.gpus_per_worker)
 
     def _committed(
         self, units: list[WorkUnit], adopted: int, params: dict[str, Any]

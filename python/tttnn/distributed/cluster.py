@@ -18,9 +18,15 @@ import os
 from collections.abc import Iterator
 from typing import Any, Optional
 
-__all__ = ["RAY_MISSING", "connect", "require_ray", "session"]
+__all__ = ["RAY_MISSING", "SCHEDULE_TIMEOUT", "connect", "require_ray", "session", "unschedulable"]
 
 RAY_MISSING = "this needs Ray: pip install 'tttnn[ray]'"
+
+SCHEDULE_TIMEOUT = 600.0
+"""Seconds a worker actor may take to be placed and started (its model loaded) before a build or
+an evaluation gives up on it: its work goes to the other workers, and when none is left the job
+stops with an error (what it wrote is kept; rerun with --resume). An autoscaling cluster adds a
+node well within it; a cluster that lacks the resources never places the actor."""
 
 
 def require_ray() -> Any:
@@ -78,3 +84,15 @@ def local_gpus() -> int:
         return torch.cuda.device_count()
     except Exception:
         return 0
+
+
+def unschedulable(what: str, cpus: float, gpus: float) -> RuntimeError:
+    """The error of a job none of whose `what` actors could be placed within SCHEDULE_TIMEOUT."""
+    ray = require_ray()
+    have = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+    return RuntimeError(
+        f"no {what} could be started within {SCHEDULE_TIMEOUT:.0f} s: each needs {cpus:g} CPU "
+        f"and {gpus:g} GPU and the cluster has {have} in all (some held by other actors); lower "
+        "--cpus-per-worker/--gpus-per-worker or add nodes, then resume (a build with "
+        "--resume, an evaluation by the same command): what was done is kept"
+    )

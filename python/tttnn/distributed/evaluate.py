@@ -11,12 +11,15 @@ runs that many threads) and `gpus_per_worker` GPUs (1: one model per GPU; it the
 
 Faults: a worker that dies (killed, lost node) has its documents re-dispatched to the others and
 is replaced; a document during which workers died `MAX_ATTEMPTS` times gets a failed row instead
-of taking the run down (a rerun retries it).
+of taking the run down (a rerun retries it). A worker the cluster cannot place within
+`SCHEDULE_TIMEOUT` is dropped and its documents go to the others; with none left the run stops
+with an error, keeping its rows.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import math
 import os
@@ -37,33 +40,43 @@ MAX_ATTEMPTS = 3
 IN_FLIGHT = 2
 """Documents queued on each worker, so it never waits for the driver between documents."""
 
+_POLL = 1.0
+"""Seconds between checks for workers the cluster could not place."""
+
 SHARD_ACTOR_CPUS = 0.25
 """Logical CPUs each shard actor of an evaluation reserves (they are idle most of the time)."""
 
 
 class TTTWorker:
-    """A Ray actor: one causal LM and its trainer, evaluating documents one after another."""
+    """A Ray actor: one causal LM and its trainer, evaluating documents one after another. The
+    model is loaded by the first document, so that `pid` answers as soon as the cluster has placed
+    and started the actor (`_WorkerPool` gives up on actors it cannot place)."""
 
     def __init__(self, config: dict[str, Any], index: Any) -> None:
-        import torch
-
-        from tttnn.models import load_causal_lm, resolve_model
-        from tttnn.ttt import TestTimeTrainer
-
         self.cfg = EvalConfig.from_dict(config)
-        ray_cfg = self.cfg.ray
-        torch.set_num_threads(max(1, int(ray_cfg.cpus_per_worker)))
-        device = self.cfg.run.device or ("cuda" if ray_cfg.gpus_per_worker > 0 else "cpu")
-        model, tokenizer = load_causal_lm(resolve_model(self.cfg.model), device=device)
         self.index = index
-        if self.cfg.retrieval.neighbors > 0:
-            index.check_tokens_for(tokenizer, retokenize=self.cfg.pack.retokenize)
-        self.trainer = TestTimeTrainer(model, tokenizer, self.cfg.ttt)
+        self.trainer: Any = None
+
+    def _load(self) -> Any:
+        if self.trainer is None:
+            import torch
+
+            from tttnn.models import load_causal_lm, resolve_model
+            from tttnn.ttt import TestTimeTrainer
+
+            ray_cfg = self.cfg.ray
+            torch.set_num_threads(max(1, int(ray_cfg.cpus_per_worker)))
+            device = self.cfg.run.device or ("cuda" if ray_cfg.gpus_per_worker > 0 else "cpu")
+            model, tokenizer = load_causal_lm(resolve_model(self.cfg.model), device=device)
+            if self.cfg.retrieval.neighbors > 0:
+                self.index.check_tokens_for(tokenizer, retokenize=self.cfg.pack.retokenize)
+            self.trainer = TestTimeTrainer(model, tokenizer, self.cfg.ttt)
+        return self.trainer
 
     def evaluate(self, doc: Document, retrieved: Retrieved) -> dict[str, Any]:
         from tttnn.evaluate import score_document
 
-        return score_document(doc, self.cfg, self.index, self.trainer, retrieved)
+        return score_document(doc, self.cfg, self.index, self._load(), retrieved)
 
     def pid(self) -> int:
         return os.getpid()
@@ -142,33 +155,61 @@ def _sizes(cfg: EvalConfig, cpus: float, gpus: float, *, fit: bool) -> tuple[int
 
 
 class _WorkerPool:
-    """The TTT actors, with replacements for the ones that die."""
+    """The TTT actors, with replacements for the ones that die, and without the ones the cluster
+    cannot place (`SCHEDULE_TIMEOUT`)."""
 
     def __init__(self, cfg: EvalConfig, index: Any, n: int) -> None:
         ray = require_ray()
         self.ray = ray
-        rc = cfg.ray
+        self.rc = rc = cfg.ray
         self.cls = ray.remote(num_cpus=rc.cpus_per_worker, num_gpus=rc.gpus_per_worker,
                               max_restarts=0, max_concurrency=1)(TTTWorker)  # fmt: skip
         self.config = ray.put(cfg.to_dict())
         self.index = index
+        self.size = n
+        self.booting: dict[Any, tuple[Any, float]] = {}  # pid() ref -> (worker, asked at)
         self.workers: list[Any] = [self._new() for _ in range(n)]
         self.replaced = 0
 
     def _new(self) -> Any:
-        return self.cls.remote(self.config, self.index)
+        worker = self.cls.remote(self.config, self.index)
+        self.booting[worker.pid.remote()] = (worker, time.monotonic())
+        return worker
 
     def replace(self, worker: Any) -> Any:
         """A new actor instead of `worker` (dead); refuses after as many replacements as there
         are workers, twice: something kills every worker."""
         self.replaced += 1
-        if self.replaced > 2 * len(self.workers):
+        if self.replaced > 2 * self.size:
             raise RuntimeError(
                 f"{self.replaced} TTT workers died; giving up (see the Ray logs of the workers)"
             )
         i = self.workers.index(worker)
         self.workers[i] = self._new()
         return self.workers[i]
+
+    def started(self, ref: Any) -> None:
+        """`ref` (a worker's pid()) is ready: the worker was placed (or died: its documents
+        fail on their own)."""
+        self.booting.pop(ref, None)
+
+    def expire(self) -> list[Any]:
+        """The workers not started within SCHEDULE_TIMEOUT, killed and dropped from the pool;
+        an error when no worker is left."""
+        from tttnn.distributed.cluster import SCHEDULE_TIMEOUT, unschedulable
+
+        now, dropped = time.monotonic(), []
+        for ref, (worker, asked) in list(self.booting.items()):
+            if now - asked >= SCHEDULE_TIMEOUT:
+                del self.booting[ref]
+                if worker in self.workers:  # not replaced already
+                    with contextlib.suppress(Exception):
+                        self.ray.kill(worker)
+                    self.workers.remove(worker)
+                    dropped.append(worker)
+        if not self.workers:
+            raise unschedulable("TTT worker", self.rc.cpus_per_worker, self.rc.gpus_per_worker)
+        return dropped
 
     def close(self) -> None:
         for w in self.workers:
@@ -179,7 +220,7 @@ def _dispatch(
     cfg: EvalConfig, index: Any, tokenizer: Any, todo: list[Document], pool: _WorkerPool
 ) -> Iterator[dict[str, Any]]:
     ray = pool.ray
-    from ray.exceptions import RayActorError
+    from ray.exceptions import RayActorError, RayTaskError
 
     to_retrieve = batches(todo)
     ready: collections.deque[tuple[Document, Retrieved]] = collections.deque()
@@ -212,13 +253,22 @@ def _dispatch(
             load[worker] += 1
         if not running:
             return
-        done, _ = ray.wait(list(running), num_returns=1)
+        done, _ = ray.wait([*running, *pool.booting], num_returns=1, timeout=_POLL)
+        if not done:
+            for worker in pool.expire():
+                _requeue_all(running, load, ready, worker)
+            continue
         ref = done[0]
+        if ref in pool.booting:
+            pool.started(ref)
+            continue
         worker, doc, got = running.pop(ref)
         load[worker] -= 1
         t0 = time.perf_counter()
         try:
             row = ray.get(ref)
+        except RayTaskError as e:  # the worker could not load the model: its own error
+            raise e.as_instanceof_cause() from None
         except RayActorError as e:  # the worker died: its document goes to another one
             attempts[doc.doc_id] += 1
             if worker in pool.workers:
