@@ -116,7 +116,8 @@ def the_plan(corpus) -> list:
     from tttnn.distributed.build import count_documents
 
     cfg = config()
-    return plan_units(count_documents(corpus, cfg), cfg.unit_documents, cfg.limit)
+    counts, starts = count_documents(corpus, cfg)
+    return plan_units(counts, cfg.unit_documents, cfg.limit, starts)
 
 
 def test_plan_units_cover_the_corpus_once():
@@ -130,6 +131,30 @@ def test_plan_units_cover_the_corpus_once():
         (0, 0, 64, False), (0, 64, 100, False),
     ]  # fmt: skip
     assert plan_units([100, 40], 64, 0) == []
+
+
+@pytest.mark.parametrize("every", [1, 7, 16])
+def test_units_started_from_positions_read_what_a_skipping_read_does(corpus, every):
+    """A unit starts at the position recorded by the scan (a seek, or decompression alone for
+    zstd) and reads the documents and bad inputs of a unit that parses its way there."""
+    import dataclasses
+
+    from tttnn.corpus import Corpus
+    from tttnn.distributed.build import count_documents, read_unit
+
+    cfg = BuildConfig.from_flat(**{**SETTINGS, "unit_documents": every})
+    counts, starts = count_documents(corpus, cfg)
+    assert counts == [80, 24] and [len(s) for s in starts] == [80 // every, 24 // every]
+    units = plan_units(counts, every, None, starts)
+    assert all(u.at_byte is not None for u in units if u.start > 0)
+    for unit in units:
+        blind = dataclasses.replace(unit, at_line=None, at_byte=None)
+        got, want = [], []
+        for u, out in ((unit, got), (blind, want)):
+            c = Corpus(corpus, max_doc_bytes=SETTINGS["max_doc_bytes"])
+            docs = [(d.doc_id, d.text, d.domain) for d in read_unit(c, u)]
+            out.append((docs, c.stats.to_dict()))
+        assert got == want, unit
 
 
 def test_two_workers_build_the_single_process_index_when_one_is_killed_mid_unit(

@@ -200,6 +200,7 @@ class Corpus:
         self.total_bytes = sum(_size_on_disk(p) for p in self.paths)
         self.bytes_read = 0
         self._bytes_done = 0  # bytes of the inputs already finished
+        self.position: tuple[int, int] = (0, 0)  # of `read_file` in a JSON lines file
 
     def __iter__(self) -> Iterator[Document]:
         self.stats = CorpusStats()
@@ -214,15 +215,28 @@ class Corpus:
                 f"no documents in {', '.join(map(str, self.paths))}: {self.stats.summary()}"
             )
 
-    def read_file(self, i: int) -> Generator[Document, None, None]:
+    def is_jsonl(self, i: int) -> bool:
+        """Input `i` is a JSON lines file (`read_file` can start it from a `position`)."""
+        return _kind_of(self.paths[i]) == "jsonl"
+
+    def read_file(
+        self, i: int, start: tuple[int, int] | None = None
+    ) -> Generator[Document, None, None]:
         """The documents of the `i`-th input alone, with the doc ids of the whole stream, counted
         into `stats` (not reset) as the whole stream counts them. A distributed build reads its
-        work units this way."""
+        work units this way.
+
+        JSON lines only: after each line, `position` is `(lines, bytes)` read so far (bytes of
+        the decompressed stream); `start`, a position taken so, continues the file from there
+        (a seek, or for `.zst` a decompression without parsing) and counts no new file."""
         path, label = self.paths[i], self._labels[i]
-        self.stats.files += 1
         kind = _kind_of(path)
+        if start is not None and kind != "jsonl":
+            raise ValueError(f"{path}: only JSON lines files can be read from a position")
+        if start is None:
+            self.stats.files += 1
         if kind == "jsonl":
-            yield from self._read_jsonl(path, label)
+            yield from self._read_jsonl(path, label, start or (0, 0))
         elif kind == "parquet":
             yield from self._read_parquet(path, label)
         else:
@@ -264,18 +278,34 @@ class Corpus:
         return text
 
     # -- formats --------------------------------------------------------------------------------
-    def _read_jsonl(self, path: Path, label: str) -> Iterator[Document]:
+    def _read_jsonl(self, path: Path, label: str, start: tuple[int, int]) -> Iterator[Document]:
         stem = _strip_suffix(path.name, _JSONL_SUFFIXES) or path.stem
         compressed = path.name.lower().endswith((".zst", ".zstd"))
         # A JSON-escaped line may be longer than its text; the hard cap on a raw line keeps memory
         # bounded, the text itself is checked against max_doc_bytes after parsing.
         line_cap = 6 * self.max_doc_bytes + 4096
+        lineno, offset = start
         with open(path, "rb") as raw:
             stream: BinaryIO = (
                 io.BufferedReader(_ZstdFrames(raw), buffer_size=1 << 20) if compressed else raw
             )
             with stream:
-                lineno = 0
+                try:
+                    if not compressed:
+                        raw.seek(offset)
+                    else:
+                        left = offset
+                        while left > 0:
+                            got = len(stream.read(min(left, 1 << 24)))
+                            if got == 0:
+                                raise _TruncatedZstd("it ends before the position to start from")
+                            left -= got
+                except Exception as e:  # zstandard.ZstdError, _TruncatedZstd
+                    raise CorpusError(
+                        f"{path.name}: cannot decompress up to byte {offset} ({e}); the file is "
+                        "corrupt or truncated"
+                    ) from None
+                self.position = (lineno, offset)
                 while True:
                     try:
                         line = stream.readline(line_cap + 1)
@@ -287,6 +317,7 @@ class Corpus:
                     if not line:
                         break
                     lineno += 1
+                    offset += len(line)
                     self.bytes_read = self._bytes_done + raw.tell()
                     where = f"{path.name}:{lineno}"
                     if len(line) > line_cap and not line.endswith(b"\n"):
@@ -295,8 +326,10 @@ class Corpus:
                         while True:
                             piece = stream.readline(1 << 20)
                             total += len(piece)
+                            offset += len(piece)
                             if not piece or piece.endswith(b"\n"):
                                 break
+                        self.position = (lineno, offset)
                         self._bad(
                             "too_large",
                             where,
@@ -304,6 +337,7 @@ class Corpus:
                             f"max_doc_bytes={self.max_doc_bytes}",
                         )
                         continue
+                    self.position = (lineno, offset)
                     if not line.strip():
                         continue  # blank lines are not documents
                     try:

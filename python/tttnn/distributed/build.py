@@ -4,10 +4,12 @@ the driver in unit order.
     driver: scan ──▶ plan units ──▶ dispatch ──────────────▶ adopt units in order ──▶ meta
     worker:                          unit ──▶ read/tokenize/embed/seal ──▶ DIR/units/NNNNN
 
-- **Units.** The driver counts the documents of each input file (`Corpus.read_file`: the same
-  reader, so bad inputs are skipped the same way) and cuts each file into units of
+- **Units.** Ray tasks, one per input file, count its documents (`Corpus.read_file`: the same
+  reader, so bad inputs are skipped the same way) and note, in JSON lines files, where every
+  `unit_documents`-th document ends (`Corpus.position`); the driver cuts each file into units of
   `unit_documents` documents (`--unit-documents`); `limit` applies to the whole corpus in file
-  order, as in one process. A unit is `(file, first document, end)`; its entries follow those of
+  order, as in one process. A unit is `(file, first document, end)` and the position it starts
+  at (a worker seeks there instead of parsing what comes before); its entries follow those of
   the units before it, so ids depend only on the corpus and the settings, never on the number of
   workers or the order in which units finish.
 - **Workers** are actors (`num_cpus=cpus_per_worker`, `num_gpus=gpus_per_worker`, torch threads =
@@ -77,11 +79,22 @@ class WorkUnit:
     stop: int
     offset: int
     to_end: bool
+    at_line: Optional[int] = None
+    """With `at_byte`: where document `start - 1` ends in a JSON lines file (lines, bytes of the
+    decompressed stream), so a worker starts there instead of parsing the documents before."""
+    at_byte: Optional[int] = None
 
 
-def plan_units(counts: list[int], unit_documents: int, limit: Optional[int]) -> list[WorkUnit]:
+def plan_units(
+    counts: list[int],
+    unit_documents: int,
+    limit: Optional[int],
+    starts: Optional[list[list[tuple[int, int]]]] = None,
+) -> list[WorkUnit]:
     """The units of a corpus whose files hold `counts` documents. A file with no document still
-    gets a unit (its bad inputs are counted); a file after the `limit` gets none."""
+    gets a unit (its bad inputs are counted); a file after the `limit` gets none. `starts[f][k]`:
+    the position (`Corpus.position`) after document `(k + 1) * unit_documents - 1` of file `f`
+    (JSON lines files; an empty list for the others), where unit `k + 1` of the file starts."""
     units: list[WorkUnit] = []
     done = 0
     for f, n in enumerate(counts):
@@ -89,9 +102,12 @@ def plan_units(counts: list[int], unit_documents: int, limit: Optional[int]) -> 
             break
         take = n if limit is None else min(n, limit - done)
         to_end = limit is None or done + n < limit
+        known = starts[f] if starts is not None else []
         for a in range(0, max(take, 1), unit_documents):
             b = min(a + unit_documents, take)
-            units.append(WorkUnit(len(units), f, a, b, done + a, to_end and b == take))
+            k = a // unit_documents - 1
+            at = known[k] if 0 <= k < len(known) else (None, None)
+            units.append(WorkUnit(len(units), f, a, b, done + a, to_end and b == take, *at))
         done += take
     return units
 
@@ -127,12 +143,18 @@ def read_unit(corpus: Corpus, unit: WorkUnit) -> Iterator[Document]:
     path = corpus.paths[unit.file]
     if unit.start == 0:
         corpus.stats = CorpusStats()
-    it = corpus.read_file(unit.file)
+    if unit.start > 0 and unit.at_line is not None and unit.at_byte is not None:
+        corpus.stats = CorpusStats()  # what comes after the document before the unit
+        it = corpus.read_file(unit.file, start=(unit.at_line, unit.at_byte))
+        skip = 0
+    else:
+        it = corpus.read_file(unit.file)
+        skip = unit.start
     try:
-        for i in range(unit.start):
+        for i in range(skip):
             if next(it, None) is None:
                 raise _corpus_changed(unit, path, f"it has only {i} documents")
-        if unit.start > 0:
+        if skip > 0:
             corpus.stats = CorpusStats()  # what comes after the document before the unit
         for i in range(unit.start, unit.stop):
             doc = next(it, None)
@@ -267,10 +289,34 @@ def _sha(params: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
 
 
-def count_documents(paths: list[Path], cfg: BuildConfig) -> list[int]:
-    """The documents the reader yields from each input (bad inputs skipped as in a build)."""
-    corpus = Corpus(paths, on_error=cfg.on_error, max_doc_bytes=cfg.max_doc_bytes)
-    return [sum(1 for _ in corpus.read_file(i)) for i in range(len(paths))]
+def scan_file(
+    paths: list[str], i: int, cfg: dict[str, Any], every: int
+) -> tuple[int, list[tuple[int, int]]]:
+    """The documents the reader yields from input `i` (bad inputs skipped as in a build), and
+    for a JSON lines file the position after every `every`-th of them (`plan_units`' starts)."""
+    c = BuildConfig.from_dict(cfg)
+    corpus = Corpus(paths, on_error=c.on_error, max_doc_bytes=c.max_doc_bytes)
+    jsonl = corpus.is_jsonl(i)
+    n, starts = 0, []
+    for _ in corpus.read_file(i):
+        n += 1
+        if jsonl and n % every == 0:
+            starts.append(corpus.position)
+    return n, starts
+
+
+def count_documents(
+    paths: list[Path], cfg: BuildConfig, ray: Any = None
+) -> tuple[list[int], list[list[tuple[int, int]]]]:
+    """`scan_file` of every input: `(counts, starts)`. With `ray`, the files are scanned in
+    parallel by Ray tasks (one CPU each), where the corpus lies on every node."""
+    args = ([str(p) for p in paths], cfg.to_dict(), cfg.unit_documents)
+    if ray is None:
+        scans = [scan_file(args[0], i, args[1], args[2]) for i in range(len(paths))]
+    else:
+        task = ray.remote(num_cpus=1)(scan_file)
+        scans = ray.get([task.remote(args[0], i, args[1], args[2]) for i in range(len(paths))])
+    return [n for n, _ in scans], [st for _, st in scans]
 
 
 def build_distributed(
@@ -384,8 +430,8 @@ class _Driver:
         from tttnn.build import _create, _open_for_resume, index_params
 
         ray, cfg, out = self.ray, self.cfg, self.out
-        counts = count_documents(self.corpus.paths, cfg)
-        units = plan_units(counts, cfg.unit_documents, cfg.limit)
+        counts, starts = count_documents(self.corpus.paths, cfg, ray)
+        units = plan_units(counts, cfg.unit_documents, cfg.limit, starts)
         labels = [Path(p).name for p in self.corpus.paths]
         plan = {"documents_per_unit": cfg.unit_documents, "count": len(units),
                 "plan_sha256": _plan_sha256(labels, units)}  # fmt: skip
