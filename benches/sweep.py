@@ -11,6 +11,7 @@ from the training corpus (`tttnn sample`), never on the test split.
     python3 benches/sweep.py --index IDX --data val.jsonl --out sweep            # the issue-10 plan
     python3 benches/sweep.py --index IDX --data val.jsonl --out sweep --plan my_plan.json
     python3 benches/sweep.py --out sweep --table-only                             # table so far
+    python3 benches/sweep.py ... --jobs 2       # two settings at once, one torch thread each
 
 A plan is a JSON list of settings: `{"name": "lr=1e-4", "args": {"lr": 1e-4, "lora": 16}}`;
 each key of `args` is a `tttnn eval` option without its dashes (`true` for a flag alone, a list
@@ -24,9 +25,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +85,8 @@ def load_plan(plan: str) -> list[dict[str, Any]]:
 def run_setting(
     setting: dict[str, Any], opts: argparse.Namespace, extra: list[str]
 ) -> tuple[int, float]:
-    """Run (or resume) one setting's `tttnn eval`: its exit code and seconds."""
+    """Run (or resume) one setting's `tttnn eval`: its exit code and seconds. With `--jobs N`,
+    torch in each run gets `cores // N` threads (`OMP_NUM_THREADS`)."""
     out = Path(opts.out) / setting["name"]
     args = {**BASE, **setting["args"]} if opts.plan == "issue10" else dict(setting["args"])
     cmd = [sys.executable, "-m", "tttnn", "eval", "--index", opts.index,
@@ -91,7 +95,10 @@ def run_setting(
     print(f"[{setting['name']}] {' '.join(cmd[3:])}", flush=True)
     t0 = time.perf_counter()
     with open(Path(opts.out) / f"{setting['name']}.log", "a", encoding="utf-8") as log:
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+        env = dict(os.environ)
+        if opts.jobs > 1:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // opts.jobs))
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     secs = time.perf_counter() - t0
     print(f"[{setting['name']}] exit {code} after {secs:.0f} s", flush=True)
     return code, secs
@@ -159,6 +166,9 @@ def main() -> None:
     p.add_argument("--table-only", action="store_true", help="Print the table of what is done.")
     p.add_argument("--at", type=int, default=None, help="Compare at this k (default: largest).")
     p.add_argument("--reps", type=int, default=2000, help="Bootstrap replicates.")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="Settings run at once, each with cores/jobs torch threads (on 2 cores, "
+                        "2 jobs of 1 thread finish more documents per hour than 1 of 2).")  # fmt: skip
     opts, extra = p.parse_known_args()  # the rest goes to every `tttnn eval`
     settings = load_plan(opts.plan)
     sweep = Path(opts.out)
@@ -167,12 +177,11 @@ def main() -> None:
     if not opts.table_only:
         if not opts.index or not opts.data:
             p.error("--index and --data are needed to run settings")
-        for s in settings:
-            if opts.only and s["name"] not in opts.only:
-                continue
-            code, _ = run_setting(s, opts, extra)
-            if code == 130:
-                sys.exit(130)
+        todo = [s for s in settings if not opts.only or s["name"] in opts.only]
+        with ThreadPoolExecutor(max_workers=opts.jobs) as pool:
+            codes = [c for c, _ in pool.map(lambda s: run_setting(s, opts, extra), todo)]
+        if 130 in codes:
+            sys.exit(130)
     print(table(sweep, settings, opts.at, opts.reps))
 
 

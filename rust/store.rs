@@ -577,7 +577,11 @@ fn not_found(path: &Path, what: &str) -> Error {
 pub struct EmbeddingStore {
     dir: PathBuf,
     manifest: Manifest,
+    /// The opened shards, in shard order: all of them, or those given to
+    /// [`EmbeddingStore::open_shards`].
     shards: Vec<Shard>,
+    /// Opened with a subset of the shards: reads only, of those shards only.
+    partial: bool,
     /// Taken by the first write of this handle (or its creation) and held until it is dropped.
     lock: Option<WriterLock>,
 }
@@ -638,6 +642,7 @@ impl EmbeddingStore {
                 checksum: None,
             },
             shards: Vec::new(),
+            partial: false,
             lock,
         };
         store.write_manifest(&store.manifest)?;
@@ -647,6 +652,14 @@ impl EmbeddingStore {
     /// Open an existing store: reads the manifest and the file headers, maps the files, checks
     /// sizes and headers against the manifest. Does not read the vectors.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_shards(dir, None)
+    }
+
+    /// [`EmbeddingStore::open`] of the shards `only` (None: all): the other shards' files are
+    /// neither opened nor checked, and need not be there (a node serving some shards holds only
+    /// their directories and `manifest.json`). Such a handle reads and searches its shards
+    /// only, with global ids and shard numbers, and cannot write.
+    pub fn open_shards(dir: &Path, only: Option<&[usize]>) -> Result<Self> {
         if !dir.is_dir() {
             return Err(not_found(dir, "store directory not found"));
         }
@@ -669,7 +682,29 @@ impl EmbeddingStore {
             start = start
                 .checked_add(e.count)
                 .ok_or_else(|| Error::corrupt(&mpath, "shard counts overflow"))?;
-            shards.push(Self::open_shard(dir, &root, &manifest, e.clone())?);
+        }
+        let chosen: Vec<usize> = match only {
+            None => (0..manifest.shards.len()).collect(),
+            Some(list) => {
+                let mut list = list.to_vec();
+                list.sort_unstable();
+                list.dedup();
+                if let Some(&bad) = list.iter().find(|&&i| i >= manifest.shards.len()) {
+                    return Err(Error::OutOfRange(format!(
+                        "shard {bad} out of range: the store has {} shards, numbered from 0",
+                        manifest.shards.len()
+                    )));
+                }
+                list
+            }
+        };
+        for i in chosen {
+            shards.push(Self::open_shard(
+                dir,
+                &root,
+                &manifest,
+                manifest.shards[i].clone(),
+            )?);
         }
         if start != manifest.count {
             return Err(Error::corrupt(
@@ -684,8 +719,32 @@ impl EmbeddingStore {
             dir: dir.to_path_buf(),
             manifest,
             shards,
+            partial: only.is_some(),
             lock: None,
         })
+    }
+
+    /// The opened shard numbered `i`, or why not.
+    fn shard(&self, i: usize) -> Result<&Shard> {
+        if i >= self.manifest.shards.len() {
+            return Err(Error::OutOfRange(format!(
+                "shard {i} out of range: the store has {} shards, numbered from 0",
+                self.manifest.shards.len()
+            )));
+        }
+        let at = self.shards.partition_point(|s| (s.entry.id as usize) < i);
+        match self.shards.get(at) {
+            Some(s) if s.entry.id as usize == i => Ok(s),
+            _ => Err(self.not_opened(i)),
+        }
+    }
+
+    fn not_opened(&self, i: usize) -> Error {
+        let opened: Vec<u32> = self.shards.iter().map(|s| s.entry.id).collect();
+        Error::InvalidArgument(format!(
+            "shard {i} of {} was not opened by this handle (opened with shards {opened:?})",
+            self.dir.display()
+        ))
     }
 
     /// Release the writer lock now instead of when the handle is dropped; the handle stays
@@ -697,6 +756,13 @@ impl EmbeddingStore {
     /// Take the writer lock before the first write of this handle. The manifest on disk must
     /// still be the one this handle read: otherwise another writer changed the store since.
     fn lock_for_writing(&mut self) -> Result<()> {
+        if self.partial {
+            return Err(Error::InvalidArgument(format!(
+                "{}: this handle opened some shards only, for reading; open the whole store to \
+                 write",
+                self.dir.display()
+            )));
+        }
         if self.lock.is_some() {
             return Ok(());
         }
@@ -1058,7 +1124,7 @@ impl EmbeddingStore {
     /// Read every file and check sizes and xxh3 checksums (manifest and headers), and the
     /// structure of every HNSW graph: [`EmbeddingStore::verify_shard`] for every shard.
     pub fn verify(&self) -> Result<()> {
-        (0..self.shards.len())
+        self.opened_shards()
             .into_par_iter()
             .try_for_each(|i| self.verify_shard(i))
     }
@@ -1067,12 +1133,7 @@ impl EmbeddingStore {
     /// manifest and the headers, norms and scales, ragged offsets, and every link of its HNSW
     /// graph. Callers can show progress shard by shard.
     pub fn verify_shard(&self, i: usize) -> Result<()> {
-        let s = self.shards.get(i).ok_or_else(|| {
-            Error::OutOfRange(format!(
-                "shard {i} out of range: the store has {} shards",
-                self.shards.len()
-            ))
-        })?;
+        let s = self.shard(i)?;
         let payload_of = |name: &str| match name {
             VECTORS => Some(s.vectors.payload_xxh3),
             "text.off" => s.text.as_ref().map(|r| r.offsets_xxh3()),
@@ -1314,20 +1375,27 @@ impl EmbeddingStore {
         self.manifest.shard_size
     }
 
+    /// Shards of the store (opened or not).
     pub fn num_shards(&self) -> usize {
-        self.shards.len()
+        self.manifest.shards.len()
     }
 
     pub fn shard_counts(&self) -> Vec<u64> {
-        self.shards.iter().map(|s| s.entry.count).collect()
+        self.manifest.shards.iter().map(|e| e.count).collect()
+    }
+
+    /// Numbers of the shards this handle opened (all but after `open_shards`).
+    pub fn opened_shards(&self) -> Vec<usize> {
+        self.shards.iter().map(|s| s.entry.id as usize).collect()
     }
 
     /// Ids of the rows no walk of their shard's HNSW graph reaches; every HNSW search scores
     /// them exactly (for inner product, those that can still make the top k).
     pub fn hnsw_stranded(&self) -> Vec<u64> {
-        self.shards
+        self.manifest
+            .shards
             .iter()
-            .flat_map(|s| s.entry.hnsw_stranded.iter().map(|&k| s.entry.start + k))
+            .flat_map(|e| e.hnsw_stranded.iter().map(|&k| e.start + k))
             .collect()
     }
 
@@ -1348,9 +1416,15 @@ impl EmbeddingStore {
         self.manifest.hnsw
     }
 
-    /// True when every shard has an HNSW graph (and there is at least one shard).
+    /// True when every shard has an HNSW graph (and there is at least one shard), opened or not.
     pub fn has_hnsw(&self) -> bool {
-        !self.shards.is_empty() && self.shards.iter().all(|s| s.hnsw.is_some())
+        self.manifest.hnsw.is_some()
+            && !self.manifest.shards.is_empty()
+            && self
+                .manifest
+                .shards
+                .iter()
+                .all(|e| e.files.contains_key(HNSW_FILE))
     }
 
     /// `(global start id, vectors)` of every shard, borrowed from the memory maps.
@@ -1399,13 +1473,9 @@ impl EmbeddingStore {
                 let mut list = list.to_vec();
                 list.sort_unstable();
                 list.dedup();
-                if let Some(&bad) = list.iter().find(|&&i| i >= self.shards.len()) {
-                    return Err(Error::OutOfRange(format!(
-                        "shard {bad} out of range: the store has {} shards, numbered from 0",
-                        self.shards.len()
-                    )));
-                }
-                list.iter().map(|&i| &self.shards[i]).collect()
+                list.iter()
+                    .map(|&i| self.shard(i))
+                    .collect::<Result<Vec<_>>>()?
             }
         };
         let available: u64 = chosen.iter().map(|s| s.entry.count).sum();
@@ -1508,9 +1578,10 @@ impl EmbeddingStore {
                 ))
             })?;
         let i = self
+            .manifest
             .shards
-            .partition_point(|s| s.entry.start + s.entry.count <= id);
-        let s = &self.shards[i];
+            .partition_point(|e| e.start + e.count <= id);
+        let s = self.shard(i)?;
         Ok((s, (id - s.entry.start) as usize))
     }
 
@@ -1876,6 +1947,68 @@ mod tests {
             assert!(matches!(err, Error::OutOfRange(_)), "{err}");
             assert!(err.to_string().contains("shard 4"), "{err}");
             assert!(store.search_shards(&q, 3, true, None, Some(&[])).is_err());
+        }
+    }
+
+    #[test]
+    fn a_handle_of_some_shards_needs_and_serves_those_only() {
+        for hnsw in [false, true] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("s");
+            let o = StoreOptions {
+                hnsw: hnsw.then(HnswParams::default),
+                ..opts(6, DType::F16)
+            };
+            let mut store = EmbeddingStore::create(&dir, &o, "{}").unwrap();
+            let x = fill(&mut store, 26, 4); // shards of 7, 7, 7, 5
+            let q = test_matrix(3, 6, 9);
+            let want = store
+                .search_shards(&q, 5, !hnsw, None, Some(&[1, 3]))
+                .unwrap();
+            drop(store);
+            // the node serving shards 1 and 3 holds only their directories and the manifest
+            for gone in [0u32, 2] {
+                std::fs::remove_dir_all(dir.join(shard_dir_name(gone))).unwrap();
+            }
+            assert!(EmbeddingStore::open(&dir).is_err());
+            let mut part = EmbeddingStore::open_shards(&dir, Some(&[3, 1, 3])).unwrap();
+            assert_eq!(part.opened_shards(), vec![1, 3]);
+            assert_eq!((part.num_shards(), part.len()), (4, 26));
+            assert_eq!(part.shard_counts(), vec![7, 7, 7, 5]);
+            assert_eq!(part.has_hnsw(), hnsw);
+            let got = part.search(&q, 5, !hnsw, None).unwrap();
+            assert_eq!(got.ids, want.ids);
+            assert_eq!(got.scores, want.scores);
+            let again = part.search_shards(&q, 5, !hnsw, None, Some(&[3])).unwrap();
+            assert!(again.ids.iter().all(|&id| (21..26).contains(&id)));
+            // reads by global id: 7..14 and 21..26 are here, the rest is not
+            assert_eq!(part.text(8).unwrap(), "doc 4/8 naïve 東京 🙂");
+            assert_eq!(part.tokens(22).unwrap().len(), 22);
+            let v = part.get_vectors(&[25]).unwrap();
+            assert!((v[0] - x[25 * 6]).abs() < 1e-2);
+            for (id, shard) in [(0i64, 0), (15, 2)] {
+                let err = part.text(id).unwrap_err().to_string();
+                assert!(err.contains(&format!("shard {shard} ")), "{err}");
+                assert!(err.contains("not opened"), "{err}");
+            }
+            assert!(part.text(26).is_err());
+            let err = part
+                .search_shards(&q, 2, true, None, Some(&[0]))
+                .unwrap_err();
+            assert!(err.to_string().contains("not opened"), "{err}");
+            assert!(part.verify_shard(2).is_err());
+            part.verify().unwrap();
+            // reads only: no append, meta, graph or adoption through it
+            let err = part.set_meta("{}").unwrap_err().to_string();
+            assert!(err.contains("some shards only"), "{err}");
+            assert!(part
+                .append(&test_matrix(1, 6, 1), None, None, None)
+                .is_err());
+            assert!(EmbeddingStore::open_shards(&dir, Some(&[4])).is_err());
+            assert!(EmbeddingStore::open_shards(&dir, Some(&[0])).is_err()); // its files are gone
+            let none = EmbeddingStore::open_shards(&dir, Some(&[])).unwrap();
+            assert_eq!((none.len(), none.num_shards()), (26, 4));
+            assert!(none.opened_shards().is_empty());
         }
     }
 

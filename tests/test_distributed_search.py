@@ -164,6 +164,41 @@ def test_shards_subset_over_ray(ray_ties, tie_store):
             part.search(q, k=2, shards=[0])
 
 
+def test_a_node_needs_only_its_shards(cluster, tie_store, tmp_path):
+    """Serving shards 1 and 4 from a copy of the index that holds only their directories and
+    the manifest (what a node with those shards on its local disk has): same answers and reads
+    as the whole index."""
+    import shutil
+
+    part_dir = tmp_path / "index"
+    shutil.copytree(tie_store, part_dir)
+    for d in (part_dir / "shards").iterdir():
+        if int(d.name) not in (1, 4):
+            shutil.rmtree(d)
+    with pytest.raises(OSError, match="No such file"):
+        EmbeddingStore.open(part_dir)  # the whole store is not there
+    local = Index.open(tie_store)
+    q = _queries(tie_store)
+    cfg = RayConfig(ray=True, workers=2, cpus_per_worker=0.1)
+    with RayIndex.open(part_dir, cfg, shards=(4, 1)) as part:
+        assert part.groups() == [[1], [4]]
+        for exact in (True, False):
+            want = local.search(q, k=5, exact=exact, shards=[1, 4])
+            got = part.search(q, k=5, exact=exact)
+            assert [r.ids for r in got] == [r.ids for r in want]
+            assert [r.scores for r in got] == [r.scores for r in want]
+        ids = [12, 45, 19, 40]
+        assert [part.store.text(i) for i in ids] == [local.store.text(i) for i in ids]
+        with pytest.raises(IndexError, match="not served"):
+            part.record(0)
+    one = EmbeddingStore.open(part_dir, shards=[4])
+    assert one.opened_shards() == [4] and one.num_shards == 6 and len(one) == 54
+    with pytest.raises(ValueError, match="not opened"):
+        one.text(12)
+    with pytest.raises(ValueError, match="some shards only"):
+        one.set_meta("{}")
+
+
 def test_reads_come_from_the_owning_actors(ray_ties, tie_store):
     local = EmbeddingStore.open(tie_store)
     ids = [44, 0, 17, 25, 9, 44, 50]

@@ -57,7 +57,14 @@ class EmbeddingStore:
         meta: str = "{}",
     ) -> EmbeddingStore: ...
     @staticmethod
-    def open(path: str | os.PathLike[str]) -> EmbeddingStore: ...
+    def open(
+        path: str | os.PathLike[str], *, shards: Sequence[int] | None = None
+    ) -> EmbeddingStore:
+        """Open an existing store (memory maps; reads only headers and file sizes). `shards`:
+        open only these shards (the others' files need not exist); the handle then searches and
+        reads them only, by global ids and shard numbers, and cannot write."""
+    def opened_shards(self) -> list[int]:
+        """Numbers of the shards this handle opened (all of them unless opened with `shards`)."""
     def append(
         self,
         vectors: npt.ArrayLike,

@@ -130,11 +130,19 @@ impl EmbeddingStore {
         Ok(Self::wrap(core))
     }
 
-    /// Open an existing store (memory maps; reads only headers and file sizes).
+    /// Open an existing store (memory maps; reads only headers and file sizes). `shards`: open
+    /// only these shards (the others' files need not exist); the handle then searches and reads
+    /// them only, by global ids and shard numbers, and cannot write.
     #[staticmethod]
-    fn open(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let core = detach(py, || Core::open(&path))?;
+    #[pyo3(signature = (path, *, shards=None))]
+    fn open(py: Python<'_>, path: PathBuf, shards: Option<Vec<usize>>) -> PyResult<Self> {
+        let core = detach(py, || Core::open_shards(&path, shards.as_deref()))?;
         Ok(Self::wrap(core))
+    }
+
+    /// Numbers of the shards this handle opened (all of them unless opened with `shards`).
+    fn opened_shards(&self) -> PyResult<Vec<usize>> {
+        Ok(self.read().map_err(to_py)?.opened_shards())
     }
 
     /// Append `n × dim` vectors (and n texts/tokens/records when the store has them); splits

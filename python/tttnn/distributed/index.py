@@ -5,9 +5,9 @@
     index.search(texts_or_vectors, k=20, exact=True, guard=True, shards=(0, 1))
 
 Shard groups. The shards are cut into `workers` groups of contiguous shards balanced by entries
-(`shard_groups`); each group is served by one `ShardActor`, which memory-maps the store
-(`EmbeddingStore.open`: constant time) and searches, reads texts, token ids, records and vectors
-of its shards only. Nothing of the corpus is copied into the driver: the winners' texts and
+(`shard_groups`); each group is served by one `ShardActor`, which memory-maps its shards only
+(`EmbeddingStore.open(DIR, shards=...)`: constant time; the other shards' files need not be on
+its node) and searches, reads texts, token ids, records and vectors of its shards. Nothing of the corpus is copied into the driver: the winners' texts and
 tokens are fetched from the actors that own them, in one batch per actor.
 
 Each actor reserves `cpus_per_worker` logical CPUs and searches with that many threads (rounded
@@ -29,6 +29,9 @@ sees the directory.
 
 Placement (`pin`):
 - None: Ray's SPREAD strategy; every node must see DIR (shared file system).
+A node serving group g needs `DIR/manifest.json` and the directories of g's shards
+(`DIR/shards/NNNNNN`), nothing else; the driver needs no file of the index when a node that
+has the manifest describes the store for it.
 - "resources": the actor of group g asks for 0.01 of the custom resource `tttnn_shards_<g>`;
   start the node holding group g's shards on its local disk with
   `ray start ... --resources='{"tttnn_shards_<g>": 1}'` (several groups per node: list several).
@@ -124,11 +127,12 @@ class ShardActor:
             os.environ["RAYON_NUM_THREADS"] = str(threads)
         from tttnn._tttnn import EmbeddingStore
 
-        self.store = EmbeddingStore.open(path)
-        counts = self.store.shard_counts()
         self.shards = sorted({int(s) for s in shards})
-        if not self.shards or self.shards[-1] >= len(counts) or self.shards[0] < 0:
-            raise IndexError(f"shards {self.shards} not all in the {len(counts)} shards of {path}")
+        if not self.shards or self.shards[0] < 0:
+            raise IndexError(f"no shard, or a negative shard number, in {self.shards}")
+        # its shards only: a node needs their directories and manifest.json, not the others'
+        self.store = EmbeddingStore.open(path, shards=self.shards)
+        counts = self.store.shard_counts()
         starts = np.concatenate([[0], np.cumsum(counts)])
         self.lo, self.hi = int(starts[self.shards[0]]), int(starts[self.shards[-1] + 1])
 
@@ -179,7 +183,7 @@ def _describe(path: str) -> dict[str, Any]:
     see the directory)."""
     from tttnn._tttnn import EmbeddingStore
 
-    s = EmbeddingStore.open(path)
+    s = EmbeddingStore.open(path, shards=[])  # the manifest alone
     return {
         "path": s.path, "dim": s.dim, "dtype": s.dtype, "metric": s.metric, "meta": s.meta,
         "counts": [int(c) for c in s.shard_counts()], "has_hnsw": bool(s.has_hnsw),
