@@ -203,9 +203,12 @@ class BuildWorker:
         self.identity: dict[str, Any] = {}
         self.current: tuple[int, int, int] = (-1, 0, 0)  # unit, documents, entries so far
 
-    def placed(self) -> int:
-        """Answers once the cluster has placed and started this actor (nothing loaded yet)."""
-        return os.getpid()
+    def placed(self) -> dict[str, Any]:
+        """Answers once the cluster has placed and started this actor (nothing loaded yet):
+        its process id and Ray node id."""
+        import ray
+
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
     def _load(self) -> None:
         with self.loading:
@@ -525,7 +528,10 @@ class _Driver:
                 if adopted == len(units):
                     break
                 while idle and pending:
-                    slot, unit = idle.pop(0), pending.popleft()
+                    # a started worker first: a booting one may never be placed
+                    slot = next((i for i in idle if i in self.alive), idle[0])
+                    idle.remove(slot)
+                    unit = pending.popleft()
                     attempts[unit.index] += 1
                     for old in unit_dir.glob(f"{_unit_name(unit.index)}.tmp*"):
                         shutil.rmtree(old, ignore_errors=True)
