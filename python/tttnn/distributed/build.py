@@ -26,8 +26,8 @@ the driver in unit order.
   from one committed directory, so no entry is stored twice or lost. A worker the cluster cannot
   place within `SCHEDULE_TIMEOUT` (a replacement after a node was lost, say) is given up and its
   unit goes to the others; with no worker left the build stops with an error instead of waiting
-  forever. `resume=True` adopts what is committed and runs only the rest. Every worker must see `DIR` and the corpus at the same
-  paths: a shared file system on a real cluster.
+  forever. `resume=True` adopts what is committed and runs only the rest. Every worker must see
+  `DIR` and the corpus at the same paths: a shared file system on a real cluster.
 - **Same index.** Ids, documents, text, token ids, records, domains, counts and `corpus_stats`
   equal those of `tttnn.build.build_index`. Vectors are bitwise equal when every encoder batch
   holds the same entries: groups of 64 entries are aligned on the whole build's entry numbers
@@ -548,8 +548,7 @@ class _Driver:
                     self._hook("dispatch", unit, self.slots[slot])
                 ready, _ = ray.wait([*running, *self.booting, *self.placing], num_returns=1,
                                     timeout=_POLL)  # fmt: skip
-                if not ready:
-                    self._expire(running, pending, idle)
+                self._expire(running, pending, idle)
                 for ref in ready:
                     if ref in self.booting or ref in self.placing:
                         self._booted(ref)
