@@ -64,8 +64,24 @@ def single(sample_index, tiny_lm, tmp_path_factory) -> Path:
     return run
 
 
+def _descends_from_us(pid: int) -> bool:
+    """`pid` is a descendant of this process (the local cluster this module started), not a
+    worker of another Ray cluster on the machine."""
+    me = os.getpid()
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the parent's pid
+        if pid == me:
+            return True
+    return False
+
+
 def worker_pids() -> list[int]:
-    """Processes of live TTT workers (Ray names an actor's process after its class)."""
+    """Processes of live TTT workers of this module's cluster (Ray names an actor's process
+    after its class)."""
     pids = []
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
@@ -73,7 +89,7 @@ def worker_pids() -> list[int]:
                 cmd = (p / "cmdline").read_bytes()
             except OSError:
                 continue
-            if cmd.startswith(b"ray::TTTWorker"):
+            if cmd.startswith(b"ray::TTTWorker") and _descends_from_us(int(p.name)):
                 pids.append(int(p.name))
     return pids
 
