@@ -23,8 +23,8 @@ __all__ = ["RAY_MISSING", "SCHEDULE_TIMEOUT", "connect", "require_ray", "session
 RAY_MISSING = "this needs Ray: pip install 'tttnn[ray]'"
 
 SCHEDULE_TIMEOUT = 600.0
-"""Seconds a worker actor may take to be placed and started (its model loaded) before a build or
-an evaluation gives up on it: its work goes to the other workers, and when none is left the job
+"""Seconds a worker actor may take to be placed and started (its model load, done by its first
+call, does not count) before a build or an evaluation gives up on it: its work goes to the other workers, and when none is left the job
 stops with an error (what it wrote is kept; rerun with --resume). An autoscaling cluster adds a
 node well within it; a cluster that lacks the resources never places the actor."""
 
