@@ -254,10 +254,10 @@ def _dispatch(
         if not running:
             return
         done, _ = ray.wait([*running, *pool.booting], num_returns=1, timeout=_POLL)
-        if not done:
-            for worker in pool.expire():
-                _requeue_all(running, load, ready, worker)
-            continue
+        for worker in pool.expire():  # every loop, as the build driver does
+            _requeue_all(running, load, ready, worker)
+        if not done or (done[0] not in running and done[0] not in pool.booting):
+            continue  # nothing finished, or a ref of a worker just dropped
         ref = done[0]
         if ref in pool.booting:
             pool.started(ref)
