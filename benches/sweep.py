@@ -28,6 +28,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -82,11 +83,18 @@ def load_plan(plan: str) -> list[dict[str, Any]]:
     return settings
 
 
+STOP = threading.Event()
+"""Set by an interrupted run: no further setting starts."""
+
+
 def run_setting(
     setting: dict[str, Any], opts: argparse.Namespace, extra: list[str]
 ) -> tuple[int, float]:
     """Run (or resume) one setting's `tttnn eval`: its exit code and seconds. With `--jobs N`,
-    torch in each run gets `cores // N` threads (`OMP_NUM_THREADS`)."""
+    torch in each run gets `cores // N` threads (`OMP_NUM_THREADS`). After an interrupted
+    setting (exit 130: Ctrl-C reaches every run), the settings not yet started are skipped."""
+    if STOP.is_set():
+        return 130, 0.0
     out = Path(opts.out) / setting["name"]
     args = {**BASE, **setting["args"]} if opts.plan == "issue10" else dict(setting["args"])
     cmd = [sys.executable, "-m", "tttnn", "eval", "--index", opts.index,
@@ -100,6 +108,8 @@ def run_setting(
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // opts.jobs))
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     secs = time.perf_counter() - t0
+    if code == 130:
+        STOP.set()
     print(f"[{setting['name']}] exit {code} after {secs:.0f} s", flush=True)
     return code, secs
 
@@ -111,8 +121,8 @@ def table(sweep: Path, settings: list[dict[str, Any]], at: int | None, reps: int
         run = sweep / s["name"]
         try:
             sides.append(load_side(run, k=at, label=s["name"]))
-        except (FileNotFoundError, ValueError) as e:
-            missing.append(f"{s['name']} ({e})")
+        except (FileNotFoundError, ValueError) as err:
+            missing.append(f"{s['name']} ({err})")
     lines = []
     if len(sides) >= 2:
         c = compare(sides, intersect=True, reps=reps)
@@ -179,7 +189,11 @@ def main() -> None:
             p.error("--index and --data are needed to run settings")
         todo = [s for s in settings if not opts.only or s["name"] in opts.only]
         with ThreadPoolExecutor(max_workers=opts.jobs) as pool:
-            codes = [c for c, _ in pool.map(lambda s: run_setting(s, opts, extra), todo)]
+            try:
+                codes = [c for c, _ in pool.map(lambda s: run_setting(s, opts, extra), todo)]
+            except KeyboardInterrupt:  # the running settings stop on the same Ctrl-C
+                STOP.set()
+                codes = [130]
         if 130 in codes:
             sys.exit(130)
     print(table(sweep, settings, opts.at, opts.reps))
