@@ -20,7 +20,7 @@ import json
 import statistics
 from pathlib import Path
 
-from tttnn.config import EvalConfig
+from tttnn.config import EvalConfig, PackConfig, TTTConfig
 from tttnn.evaluate import run_eval
 from tttnn.index import Index
 from tttnn.report import make_report, plot_report, render
@@ -56,8 +56,11 @@ def main() -> None:
     ap.add_argument("-k", type=int, default=20)
     ap.add_argument("--eval-at", default="0,1,2,5,10,20")
     ap.add_argument("--max-length", type=int, default=1024)
-    ap.add_argument("--windows-per-neighbor", type=int, default=None)
-    ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument(
+        "--windows-per-neighbor", type=lambda v: None if v == "all" else int(v),
+        default=PackConfig().windows_per_neighbor, help="a number, or 'all'",
+    )  # fmt: skip
+    ap.add_argument("--lr", type=float, default=TTTConfig().lr)
     ap.add_argument("--lora", type=int, default=None, help="also run LoRA of this rank")
     ap.add_argument("--lora-lr", type=float, default=None, help="LoRA lr (default: --lr)")
     ap.add_argument("--lora-docs-per-domain", type=int, default=None)

@@ -64,7 +64,7 @@ def test_training_settings_from_the_cli_reach_config_json(
             "--model", str(tiny_lm), "-k", "2", "--eval-at", "0,2", "--max-length", "64",
             "--lr", "3e-4", "--weight-decay", "0.1", "--betas", "0.8,0.95", "--eps", "1e-6",
             "--grad-clip", "none", "--autocast", "fp32", "--lora", "2", "--lora-alpha", "4",
-            "--windows-per-neighbor", "1", "--limit", "1", "--exact", "-q"]  # fmt: skip
+            "--windows-per-neighbor", "all", "--limit", "1", "--exact", "-q"]  # fmt: skip
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     ttt = json.loads((out / "config.json").read_text())["config"]["ttt"]
@@ -76,3 +76,5 @@ def test_training_settings_from_the_cli_reach_config_json(
     )
     assert (ttt["grad_clip"], ttt["lora_r"], ttt["lora_alpha"]) == (None, 2, 4)
     assert ttt["eval_at"] == [0, 2] and ttt["autocast_dtype"] == "fp32"
+    pack = json.loads((out / "config.json").read_text())["config"]["pack"]
+    assert pack["windows_per_neighbor"] is None  # `all`: every window of each neighbor

@@ -48,6 +48,10 @@ def test_model_args_map_onto_config_leaves() -> None:
     assert cfg.ttt.lora_target_modules == ("q_proj", "v_proj") and cfg.pack.pack_short is True
     assert cfg.ttt.eval_at == (20,) and cfg.ks == (0, 20)  # scored once, after all neighbors
     assert model_settings({"model": "m", "index": "DIR"})[0] == "m"
+    every = model_settings({"index": "DIR", "windows_per_neighbor": "all"})[1]
+    assert every.pack.windows_per_neighbor is None  # the CLI's word for every window
+    three = model_settings({"index": "DIR", "windows_per_neighbor": "3"})[1]
+    assert three.pack.windows_per_neighbor == 3
 
 
 @pytest.mark.parametrize(

@@ -71,14 +71,15 @@ class _CommaList(click.ParamType):
 
 
 class _Nullable(click.ParamType):
-    """A value of `inner`, or `none` for None."""
+    """A value of `inner`, or the word `word` (e.g. `none`, `all`) for None."""
 
-    def __init__(self, inner: click.ParamType) -> None:
+    def __init__(self, inner: click.ParamType, word: str) -> None:
         self.inner = inner
-        self.name = f"{inner.name}|none"
+        self.word = word
+        self.name = f"{inner.name}|{word}"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
+        if value is None or (isinstance(value, str) and value.lower() == self.word):
             return None
         return self.inner.convert(value, param, ctx)
 
@@ -123,7 +124,8 @@ def config_options(cls: type, skip: tuple[str, ...] = ()) -> Callable[[Any], Any
                 show: Any = default is not None  # a tuple is shown as the list one types
                 if isinstance(default, tuple):
                     show = ",".join(map(str, default))
-                kind = _Nullable(kind) if nullable and default is not None else kind
+                if nullable and (default is not None or "none" in meta):
+                    kind = _Nullable(kind, meta.get("none", "none"))
                 kw.update(type=kind, default=default, show_default=show)
             f = click.option(*flags, name, **kw)(f)
         return f

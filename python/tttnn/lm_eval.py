@@ -63,25 +63,29 @@ NOT_SETTINGS = ("eval_at",)  # the harness scores once, after all the neighbors
 OTHER_SETTINGS = ("index", "device", "progress")  # EvalConfig leaves outside the three groups
 
 
-def _settings() -> dict[str, Any]:
-    """The model_args names that are config leaves: flat name -> field type."""
-    out: dict[str, Any] = {}
-    for cls in (RetrievalConfig, PackConfig, TTTConfig):
-        for name, (_, _, tp) in leaf_fields(cls).items():
-            if name not in NOT_SETTINGS:
-                out[name] = tp
+def _settings() -> dict[str, tuple[Any, str]]:
+    """The model_args names that are config leaves: flat name -> (field type, the word that
+    means None for it, as on the command line)."""
     every = leaf_fields(EvalConfig)
-    for name in OTHER_SETTINGS:
-        out[name] = every[name][2]
-    return out
+    names = [
+        name
+        for cls in (RetrievalConfig, PackConfig, TTTConfig)
+        for name in leaf_fields(cls)
+        if name not in NOT_SETTINGS
+    ]
+    return {
+        name: (every[name][2], every[name][1].metadata.get("none", "none"))
+        for name in [*names, *OTHER_SETTINGS]
+    }
 
 
-def _coerce(name: str, tp: Any, value: Any) -> Any:
+def _coerce(name: str, tp: Any, value: Any, none: str = "none") -> Any:
     """A model_args value (lm-eval has made "20" an int, "1e-4" a float, "true" a bool, "none"
-    None) as the field's type; a ValueError naming the setting otherwise."""
+    None) as the field's type, the word `none` None for an optional field; a ValueError naming
+    the setting otherwise."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if typing.get_origin(tp) is typing.Union:
-        if value is None:
+        if value is None or (isinstance(value, str) and value.lower() == none):
             return None
         tp = args[0]
     if typing.get_origin(tp) is tuple:
@@ -121,7 +125,7 @@ def model_settings(args: dict[str, Any]) -> tuple[str, EvalConfig]:
             f"{', '.join(unknown)}{hint}; the settings are pretrained, "
             f"{', '.join(sorted(known))}"
         )
-    flat = {name: _coerce(name, known[name], v) for name, v in args.items()}
+    flat = {name: _coerce(name, known[name][0], v, known[name][1]) for name, v in args.items()}
     if flat.get("index") is None:
         raise ValueError("tttnn model_args: index=DIR is required (the index to retrieve from)")
     neighbors = flat.get("neighbors", RetrievalConfig().neighbors)
