@@ -531,7 +531,7 @@ def sample_cmd(
               help="Test documents per domain (demo: 2).")  # fmt: skip
 @click.option("--max-length", type=click.IntRange(min=16), default=None,
               help="Training and scoring window (demo: 512).")  # fmt: skip
-@click.option("--lr", type=float, default=None, help="Learning rate (default: the paper's).")
+@click.option("--lr", type=float, default=None, help="Learning rate (default: tttnn eval's --lr).")
 @click.option("--model", default=None, help="Causal LM (default: the built-in SmolLM2-135M).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def demo_cmd(
