@@ -1,7 +1,8 @@
 """The evaluation over Ray workers (`tttnn eval --ray`): one local cluster for the module (4
 logical CPUs), the shipped sample index served by shard actors, a tiny Llama with SmolLM2's
-vocabulary. The rows of 2 workers equal those of one process, bitwise (timings aside); a worker
-killed mid-document has its document re-run; the driver stays the only writer."""
+vocabulary. The rows of 2 workers equal those of one process (timings aside; bits per byte to
+1e-7, the rounding of another torch thread count); a worker killed mid-document has its document
+re-run; the driver stays the only writer."""
 
 from __future__ import annotations
 
@@ -57,6 +58,16 @@ def results(run: Path) -> dict[str, dict]:
     }
 
 
+def assert_same(got: dict[str, dict], want: dict[str, dict]) -> None:
+    """The same rows; bits per byte to 1e-7 relative, not bitwise: the workers train on
+    `cpus_per_worker` torch threads, this process on all cores, and torch's CPU kernels round
+    differently at another thread count (seen with torch 2.15: 1e-9 relative)."""
+    assert got.keys() == want.keys()
+    for i, row in got.items():
+        assert {**row, "bpb": None} == {**want[i], "bpb": None}, i
+        assert row["bpb"] == pytest.approx(want[i]["bpb"], rel=1e-7), i
+
+
 @pytest.fixture(scope="module")
 def single(sample_index, tiny_lm, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("single") / "run"
@@ -101,11 +112,11 @@ def test_two_workers_write_the_rows_of_one_process(sample_index, tiny_lm, single
     assert (summary.ok, summary.failed) == (8, 0)
     one, two = results(single), results(run)
     assert all(r["status"] == "ok" for r in one.values())
-    assert two == one
+    assert_same(two, one)
     # resuming over Ray: nothing left to do, nothing written twice
     summary = run_eval(config(sample_index, tiny_lm, run, ray=True, workers=2))
     assert (summary.ok, summary.resumed) == (0, 8)
-    assert results(run) == one
+    assert_same(results(run), one)
 
 
 @pytest.mark.slow
@@ -130,7 +141,7 @@ def test_a_worker_killed_mid_document_has_its_document_rerun(
     assert killed is not None, "no worker was seen busy"
     summary = outcome["summary"]
     assert (summary.ok, summary.failed) == (8, 0)
-    assert results(run) == results(single)
+    assert_same(results(run), results(single))
     assert sum(r.get("redispatched", 0) for r in rows_by_id(run).values()) >= 1
 
 
@@ -164,7 +175,7 @@ def test_a_worker_the_cluster_cannot_place_is_given_up(
     run = tmp_path / "one_fits"
     summary = run_eval(config(sample_index, tiny_lm, run, ray=True, workers=2, cpus_per_worker=2))
     assert (summary.ok, summary.failed) == (8, 0)
-    assert results(run) == results(single)
+    assert_same(results(run), results(single))
     # no worker fits: a clear error, not a wait forever
     monkeypatch.setattr(dc, "SCHEDULE_TIMEOUT", 3.0)
     with pytest.raises(RuntimeError, match=r"no TTT worker could be started within 3 s: each "

@@ -181,7 +181,7 @@ class Retrieved:
 def retrieve(
     docs: Sequence[Document], cfg: EvalConfig, index: Any, tokenizer: Any
 ) -> list[Retrieved]:
-    """The neighbors of a batch of test documents: one embedding batch and one search (one
+    """The neighbors of a batch of test documents: each embedded alone, then one search (one
     fan-out over the shards), whatever the index (`Index`, or `RayIndex` over Ray)."""
     r, max_length = cfg.retrieval, cfg.ttt.max_length
     pairs = [
@@ -192,7 +192,10 @@ def retrieve(
         return [Retrieved(q, s, None, None, 0.0) for q, s in pairs]
     t = time.perf_counter()
     queries = [q for q, _ in pairs]
-    vectors = index.encoder.encode(queries, progress=False)
+    # one query per forward pass: in a padded batch the encoder's bf16 kernels (and so a
+    # query's vector and neighbors) change with the batch-mates, and a resumed or extended run
+    # has other batch-mates than an uninterrupted one
+    vectors = index.encoder.encode(queries, batch_size=1, progress=False)
     results = index.search(vectors, k=search_depth(r), exact=r.exact, ef=r.ef,
                            guard=queries if r.guard else None, threshold=r.guard_threshold,
                            shards=r.shards)  # fmt: skip
@@ -272,7 +275,7 @@ def evaluate_document(
 
 
 RETRIEVE_BATCH = 64
-"""Test documents embedded and searched together (one fan-out over the shards per batch)."""
+"""Test documents searched together (one fan-out over the shards per batch)."""
 
 
 def run_eval(cfg: EvalConfig) -> EvalSummary:
