@@ -67,7 +67,8 @@ def test_training_settings_from_the_cli_reach_config_json(
             "--windows-per-neighbor", "all", "--limit", "1", "--exact", "-q"]  # fmt: skip
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
-    ttt = json.loads((out / "config.json").read_text())["config"]["ttt"]
+    written = json.loads((out / "config.json").read_text())["config"]
+    ttt = written["ttt"]
     assert (ttt["lr"], ttt["weight_decay"], ttt["betas"], ttt["eps"]) == (
         3e-4,
         0.1,
@@ -76,5 +77,4 @@ def test_training_settings_from_the_cli_reach_config_json(
     )
     assert (ttt["grad_clip"], ttt["lora_r"], ttt["lora_alpha"]) == (None, 2, 4)
     assert ttt["eval_at"] == [0, 2] and ttt["autocast_dtype"] == "fp32"
-    pack = json.loads((out / "config.json").read_text())["config"]["pack"]
-    assert pack["windows_per_neighbor"] is None  # `all`: every window of each neighbor
+    assert written["pack"]["windows_per_neighbor"] is None  # `all`: every window of each neighbor

@@ -127,6 +127,11 @@ def test_exact_search_finds_each_document_itself(built, rows) -> None:
         0,
     )
     assert first.tokens.dtype == np.uint32 and len(first.tokens) > 0
+    # each text query is embedded alone: its neighbors do not depend on the other queries (the
+    # scores only to float rounding: one query is a GEMV, many a GEMM)
+    alone = index.search([texts[1]], k=5, exact=True)[0]
+    assert alone.ids == results[1].ids
+    assert alone.scores == pytest.approx(results[1].scores, abs=1e-6)
 
 
 def test_hnsw_recall_against_exact(built) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Callable, TextIO
 import click
 
 from tttnn import __version__
-from tttnn.config import BASELINES, BuildConfig, EvalConfig, RayConfig, leaf_fields
+from tttnn.config import BASELINES, BuildConfig, EvalConfig, RayConfig, leaf_fields, none_word
 from tttnn.corpus import Corpus
 from tttnn.index import Index, PartialIndexWarning, SearchResult
 
@@ -125,7 +125,7 @@ def config_options(cls: type, skip: tuple[str, ...] = ()) -> Callable[[Any], Any
                 if isinstance(default, tuple):
                     show = ",".join(map(str, default))
                 if nullable and (default is not None or "none" in meta):
-                    kind = _Nullable(kind, meta.get("none", "none"))
+                    kind = _Nullable(kind, none_word(fld))
                 kw.update(type=kind, default=default, show_default=show)
             f = click.option(*flags, name, **kw)(f)
         return f

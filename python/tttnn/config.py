@@ -84,6 +84,12 @@ def opt(default: Any = dataclasses.MISSING, help: str = "", **cli: Any) -> Any:
     return field(default=default, metadata=meta)
 
 
+def none_word(fld: dataclasses.Field[Any]) -> str:
+    """The word that means None for an optional field on the command line and in lm-eval
+    model_args (`opt(..., none="all")`; "none" if not given)."""
+    return str(fld.metadata.get("none", "none"))
+
+
 def eval_points(eval_at: Optional[tuple[int, ...]], n_neighbors: int) -> tuple[int, ...]:
     """The k at which a document is scored, given `n_neighbors` to train on: `eval_at` (None:
     `K_LADDER` up to `n_neighbors`, and `n_neighbors`), never beyond `n_neighbors`, always 0."""

@@ -192,10 +192,7 @@ def retrieve(
         return [Retrieved(q, s, None, None, 0.0) for q, s in pairs]
     t = time.perf_counter()
     queries = [q for q, _ in pairs]
-    # one query per forward pass: in a padded batch the encoder's bf16 kernels (and so a
-    # query's vector and neighbors) change with the batch-mates, and a resumed or extended run
-    # has other batch-mates than an uninterrupted one
-    vectors = index.encoder.encode(queries, batch_size=1, progress=False)
+    vectors = index.encoder.encode_queries(queries)
     results = index.search(vectors, k=search_depth(r), exact=r.exact, ef=r.ef,
                            guard=queries if r.guard else None, threshold=r.guard_threshold,
                            shards=r.shards)  # fmt: skip

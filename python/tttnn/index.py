@@ -306,7 +306,7 @@ class Index:
             texts = list(queries)
             if not all(isinstance(t, str) for t in texts):
                 raise TypeError("queries must be strings or a numpy array of vectors")
-            vecs = self.encoder.encode(texts, progress=len(texts) > 256)
+            vecs = self.encoder.encode_queries(texts, progress=len(texts) > 256)
         nq = len(vecs)
         guard_texts: list[str | bytes] | None = None
         if guard is True:

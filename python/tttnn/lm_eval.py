@@ -51,7 +51,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from tttnn.config import EvalConfig, PackConfig, RetrievalConfig, TTTConfig, leaf_fields
+from tttnn.config import EvalConfig, PackConfig, RetrievalConfig, TTTConfig, leaf_fields, none_word
 from tttnn.corpus import Document
 from tttnn.models import DEFAULT_LM
 
@@ -73,13 +73,10 @@ def _settings() -> dict[str, tuple[Any, str]]:
         for name in leaf_fields(cls)
         if name not in NOT_SETTINGS
     ]
-    return {
-        name: (every[name][2], every[name][1].metadata.get("none", "none"))
-        for name in [*names, *OTHER_SETTINGS]
-    }
+    return {name: (every[name][2], none_word(every[name][1])) for name in [*names, *OTHER_SETTINGS]}
 
 
-def _coerce(name: str, tp: Any, value: Any, none: str = "none") -> Any:
+def _coerce(name: str, tp: Any, value: Any, none: str) -> Any:
     """A model_args value (lm-eval has made "20" an int, "1e-4" a float, "true" a bool, "none"
     None) as the field's type, the word `none` None for an optional field; a ValueError naming
     the setting otherwise."""
@@ -92,7 +89,7 @@ def _coerce(name: str, tp: Any, value: Any, none: str = "none") -> Any:
         item = typing.get_args(tp)[0]
         parts = value.split(":") if isinstance(value, str) else value
         parts = parts if isinstance(parts, (list, tuple)) else [parts]
-        return tuple(_coerce(name, item, p) for p in parts)
+        return tuple(_coerce(name, item, p, none) for p in parts)
     ok = {
         bool: lambda v: isinstance(v, bool),
         int: lambda v: isinstance(v, int) and not isinstance(v, bool),
