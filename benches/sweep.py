@@ -12,10 +12,13 @@ from the training corpus (`tttnn sample`), never on the test split.
     python3 benches/sweep.py --index IDX --data val.jsonl --out sweep --plan my_plan.json
     python3 benches/sweep.py --out sweep --table-only                             # table so far
     python3 benches/sweep.py ... --jobs 2       # two settings at once, one torch thread each
+    python3 benches/sweep.py ... --only B A --ray --workers 2   # B then A, each over 2 Ray workers
 
 A plan is a JSON list of settings: `{"name": "lr=1e-4", "args": {"lr": 1e-4, "lora": 16}}`;
 each key of `args` is a `tttnn eval` option without its dashes (`true` for a flag alone, a list
-for a repeatable option); the first setting is the reference of the table's differences. The
+for a repeatable option); the first setting is the reference of the table's differences. Options
+sweep.py does not know go to every `tttnn eval` (`--ray --workers 2`: one setting over two TTT
+workers, the same rows as a single process, so a run can switch between the two on resume). The
 built-in plan (`--plan issue10`) varies one factor at a time around the paper's recipe (`BASE`,
 k = 20): learning rate, windows per neighbor, window length, k, selection, LoRA.
 """
@@ -76,6 +79,14 @@ def eval_args(args: dict[str, Any]) -> list[str]:
         else:
             out += [flag, str(value)]
     return out
+
+
+def by_name(settings: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """The setting called `name`, or an error that lists the plan's names."""
+    for s in settings:
+        if s["name"] == name:
+            return s
+    raise SystemExit(f"no setting {name!r} in the plan: {'; '.join(s['name'] for s in settings)}")
 
 
 def load_plan(plan: str) -> list[dict[str, Any]]:
@@ -178,7 +189,9 @@ def main() -> None:
     p.add_argument("--out", required=True, help="Sweep directory: a run directory per setting.")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--plan", default="issue10", help="'issue10' or a JSON file of settings.")
-    p.add_argument("--only", nargs="+", default=None, help="Run only these settings.")
+    p.add_argument(
+        "--only", nargs="+", default=None, help="Run only these settings, in this order."
+    )
     p.add_argument("--table-only", action="store_true", help="Print the table of what is done.")
     p.add_argument("--at", type=int, default=None, help="Compare at this k (default: largest).")
     p.add_argument("--reps", type=int, default=2000, help="Bootstrap replicates.")
@@ -193,7 +206,7 @@ def main() -> None:
     if not opts.table_only:
         if not opts.index or not opts.data:
             p.error("--index and --data are needed to run settings")
-        todo = [s for s in settings if not opts.only or s["name"] in opts.only]
+        todo = settings if not opts.only else [by_name(settings, n) for n in opts.only]
         with ThreadPoolExecutor(max_workers=opts.jobs) as pool:
             try:
                 codes = [c for c, _ in pool.map(lambda s: run_setting(s, opts, extra), todo)]
