@@ -49,6 +49,9 @@ def test_run_writes_rows_and_resumes(sample_index: Path, tiny_lm: Path, tmp_path
         assert all(r[t] >= 0 for t in ("retrieve_s", "pack_s", "train_s", "score_s", "reset_s"))
         # lr 1e-3 on a random tiny model: training moves the score
         assert r["bpb"]["3"] != r["bpb"]["0"]
+        env = r["env"]  # where the row was computed: a resumed run may span machines
+        assert env["device"] == "cpu" and env["threads"] == torch.get_num_threads()
+        assert env["torch"] == torch.__version__ and env["hardware"]
     saved = json.loads((run / "config.json").read_text())
     assert saved["config"]["retrieval"]["neighbors"] == 3 and "torch" in saved["versions"]
     assert EvalConfig.from_dict(saved["config"]) == config(sample_index, tiny_lm, run)
@@ -195,6 +198,17 @@ def test_report_aggregates_by_bytes_and_plots(
     res = CliRunner().invoke(main, ["report", str(run), "--format", "csv", "--no-plot"])
     assert res.exit_code == 0, res.output
     assert "weighted" in res.output
+
+    # One environment: no note. Rows from another machine, and rows from before rows said
+    # where they were computed: the report says so, with the counts.
+    assert rep.environments == [(rep.environments[0][0], 4)] and "environments" not in md
+    rows[0]["env"] = {**rows[0]["env"], "hardware": "Other CPU (avx2)"}
+    del rows[1]["env"]
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    md = render(make_report(run), "md")
+    assert "The rows were computed in 3 environments" in md
+    assert "- unrecorded: 1 row(s)" in md and "Other CPU (avx2), cpu" in md, md
+    assert f"{rep.environments[0][0]}: 2 row(s)" in md
 
 
 def test_bootstrap_interval_of_the_change() -> None:

@@ -405,7 +405,8 @@ def plot_comparison(c: Comparison, path: str | Path) -> Path:
     path = Path(path)
     n_sides = len(c.sides)
     height = 0.8 / n_sides
-    fig, ax = plt.subplots(figsize=(9, 0.35 * len(c.groups) * n_sides + 1.8), dpi=120)
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(c.groups) * n_sides + 1.8), dpi=120,
+                           layout="constrained")  # fmt: skip
     cmap = plt.get_cmap("tab10")
     for s, info in enumerate(c.sides):
         ys = [g_i + (s - (n_sides - 1) / 2) * height for g_i in range(len(c.groups))]
@@ -426,9 +427,7 @@ def plot_comparison(c: Comparison, path: str | Path) -> Path:
     ax.set_xlabel(f"relative change in bits per byte vs k = 0 (%), {CI_LEVEL:.0%} paired bootstrap")
     ax.set_title(f"Comparison on {c.documents} test documents")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.02 * n_sides),
-              frameon=False, ncol=1)  # fmt: skip
-    fig.tight_layout()
+    fig.legend(fontsize=8, loc="outside lower center", frameon=False, ncol=1)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path

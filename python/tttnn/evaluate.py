@@ -82,6 +82,43 @@ def _versions() -> dict[str, str]:
     }
 
 
+_NUMERIC_ISA = ("avx512_bf16", "amx_bf16", "avx512f", "avx2")
+"""CPU features that change which matmul kernels (and so which rounding) torch uses in bf16."""
+
+
+def _cpu() -> str:
+    """The CPU's model name and its bf16-relevant features, from /proc/cpuinfo (Linux) or
+    `platform.processor()` elsewhere."""
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+                 if ln.startswith("model name")), platform.machine())  # fmt: skip
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines()
+                      if ln.startswith("flags")), []))  # fmt: skip
+    isa = [f for f in _NUMERIC_ISA if f in flags]
+    return f"{name} ({', '.join(isa)})" if isa else name
+
+
+_ENV: dict[str, Any] = {}
+
+
+def row_environment(device: Any) -> dict[str, Any]:
+    """Where a row was computed: device, CPU, torch threads and library versions. A resumed run
+    may span machines; bf16 autocast rounds differently on different CPUs, so the same
+    document's k = 0 score can differ between them in the third digit (rows are paired within
+    themselves: each change is against its own k = 0)."""
+    import torch
+
+    key = str(device)
+    if key not in _ENV:
+        dev = torch.device(device)
+        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu()
+        _ENV[key] = {"device": key, "hardware": name, **_versions()}
+    return {**_ENV[key], "threads": torch.get_num_threads()}
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -371,6 +408,7 @@ def score_document(
     try:
         row = evaluate_document(doc, cfg, index, trainer, retrieved)
         row["status"] = "ok"
+        row["env"] = row_environment(trainer.device)
     except Exception as e:
         return failed_row(doc, e, time.perf_counter() - t0)
     row["total_s"] = time.perf_counter() - t0 + retrieved.seconds

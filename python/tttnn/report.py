@@ -68,6 +68,7 @@ class Report:
     macro: dict[int, float]
     failed_docs: list[dict[str, Any]] = field(default_factory=list)
     macro_change_ci: tuple[float, float] | None = None
+    environments: list[tuple[str, int]] = field(default_factory=list)  # (where, rows), by rows
 
     @property
     def k_max(self) -> int:
@@ -221,7 +222,23 @@ def make_report(run_dir: str | Path) -> Report:
         for r in results
         if r.get("status") != "ok"
     ]
-    return Report(str(run_dir), ks, rows, weighted, macro, failed, macro_ci)
+    return Report(str(run_dir), ks, rows, weighted, macro, failed, macro_ci, environments(results))
+
+
+def environments(results: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """The places the ok rows were computed (their `env`: device, hardware, threads, versions),
+    with how many rows each, most first; rows written before rows recorded it count as
+    `unrecorded`."""
+    counts: dict[str, int] = {}
+    for r in _ok(results):
+        env = r.get("env")
+        where = (
+            "unrecorded" if env is None else
+            f"{env.get('hardware')}, {env.get('device')}, {env.get('threads')} thread(s), "
+            f"torch {env.get('torch')}, transformers {env.get('transformers')}"
+        )  # fmt: skip
+        counts[where] = counts.get(where, 0) + 1
+    return sorted(counts.items(), key=lambda kv: -kv[1])
 
 
 def _fmt(x: float | None, pct: bool = False) -> str:
@@ -249,6 +266,7 @@ def render(report: Report, fmt: str = "md") -> str:
                 "macro_change_ci": report.macro_change_ci,
                 "ci_level": CI_LEVEL,
                 "failed": report.failed_docs,
+                "environments": [{"where": w, "rows": n} for w, n in report.environments],
             },
             indent=2,
         )
@@ -306,6 +324,13 @@ def render(report: Report, fmt: str = "md") -> str:
         lines.append("")
         lines.append(f"{len(report.failed_docs)} document(s) failed:")
         lines += [f"- {f['doc_id']} ({f['domain']}): {f['error']}" for f in report.failed_docs]
+    if len(report.environments) > 1:
+        lines.append("")
+        lines.append(
+            f"The rows were computed in {len(report.environments)} environments (bf16 rounding "
+            "differs between CPUs; each change is against its own row's k = 0):"
+        )
+        lines += [f"- {where}: {n} row(s)" for where, n in report.environments]
     lines.append("")
     lines.append(
         f"{CI_LEVEL:.0%} CI: paired bootstrap over documents ({BOOTSTRAP_REPS} replicates; "
