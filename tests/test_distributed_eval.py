@@ -22,6 +22,7 @@ from tttnn.evaluate import run_eval
 ray = pytest.importorskip("ray")
 
 TIMING = ("redispatched",)
+WHERE = ("env",)  # the workers run `cpus_per_worker` torch threads, this process all cores
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,9 +52,10 @@ def rows_by_id(run: Path) -> dict[str, dict]:
 
 
 def results(run: Path) -> dict[str, dict]:
-    """The rows without what may differ between two runs of the same settings: timings."""
+    """The rows without what may differ between two runs of the same settings: timings and
+    where they ran."""
     return {
-        i: {k: v for k, v in r.items() if not k.endswith("_s") and k not in TIMING}
+        i: {k: v for k, v in r.items() if not k.endswith("_s") and k not in TIMING + WHERE}
         for i, r in rows_by_id(run).items()
     }
 
