@@ -31,7 +31,9 @@ def rows(run: Path) -> dict[str, dict]:
     for line in (run / "results.jsonl").read_text().splitlines():
         r = json.loads(line)
         out[r["doc_id"]] = {
-            k: v for k, v in r.items() if not k.endswith("_s") and k != "redispatched"
+            k: v
+            for k, v in r.items()
+            if not k.endswith("_s") and k not in ("redispatched", "env")  # timings, where
         }
     return out
 
