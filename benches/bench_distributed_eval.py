@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from tttnn.config import EvalConfig
-from tttnn.evaluate import run_eval
+from tttnn.evaluate import results_of, run_eval
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus"
 
@@ -30,11 +30,7 @@ def rows(run: Path) -> dict[str, dict]:
     out = {}
     for line in (run / "results.jsonl").read_text().splitlines():
         r = json.loads(line)
-        out[r["doc_id"]] = {
-            k: v
-            for k, v in r.items()
-            if not k.endswith("_s") and k not in ("redispatched", "env")  # timings, where
-        }
+        out[r["doc_id"]] = results_of(r)
     return out
 
 

@@ -17,12 +17,9 @@ import pytest
 
 from helpers import SAMPLE_TEST
 from tttnn.config import EvalConfig
-from tttnn.evaluate import run_eval
+from tttnn.evaluate import results_of, run_eval
 
 ray = pytest.importorskip("ray")
-
-TIMING = ("redispatched",)
-WHERE = ("env",)  # the workers run `cpus_per_worker` torch threads, this process all cores
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,11 +50,8 @@ def rows_by_id(run: Path) -> dict[str, dict]:
 
 def results(run: Path) -> dict[str, dict]:
     """The rows without what may differ between two runs of the same settings: timings and
-    where they ran."""
-    return {
-        i: {k: v for k, v in r.items() if not k.endswith("_s") and k not in TIMING + WHERE}
-        for i, r in rows_by_id(run).items()
-    }
+    where they ran (the workers run `cpus_per_worker` torch threads, this process all cores)."""
+    return {i: results_of(r) for i, r in rows_by_id(run).items()}
 
 
 def assert_same(got: dict[str, dict], want: dict[str, dict]) -> None:

@@ -90,14 +90,15 @@ def _cpu() -> str:
     """The CPU's model name and its bf16-relevant features, from /proc/cpuinfo (Linux) or
     `platform.processor()` elsewhere."""
     try:
-        info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return platform.processor() or platform.machine()
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
-                 if ln.startswith("model name")), platform.machine())  # fmt: skip
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines()
-                      if ln.startswith("flags")), []))  # fmt: skip
-    isa = [f for f in _NUMERIC_ISA if f in flags]
+    first: dict[str, str] = {}  # each field of the first processor
+    for ln in lines:
+        k, _, v = ln.partition(":")
+        first.setdefault(k.strip(), v.strip())
+    name = first.get("model name") or platform.machine()
+    isa = [f for f in _NUMERIC_ISA if f in first.get("flags", "").split()]
     return f"{name} ({', '.join(isa)})" if isa else name
 
 
@@ -117,6 +118,13 @@ def row_environment(device: Any) -> dict[str, Any]:
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu()
         _ENV[key] = {"device": key, "hardware": name, **_versions()}
     return {**_ENV[key], "threads": torch.get_num_threads()}
+
+
+def results_of(row: dict[str, Any]) -> dict[str, Any]:
+    """A results row without what differs between two runs of the same settings on the same
+    documents: timings (`*_s`, `redispatched`) and where it ran (`env`)."""
+    return {k: v for k, v in row.items()
+            if not k.endswith("_s") and k not in ("redispatched", "env")}  # fmt: skip
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -408,10 +416,10 @@ def score_document(
     try:
         row = evaluate_document(doc, cfg, index, trainer, retrieved)
         row["status"] = "ok"
-        row["env"] = row_environment(trainer.device)
     except Exception as e:
         return failed_row(doc, e, time.perf_counter() - t0)
     row["total_s"] = time.perf_counter() - t0 + retrieved.seconds
+    row["env"] = row_environment(trainer.device)
     return row
 
 
