@@ -12,7 +12,14 @@ import pytest
 from click.testing import CliRunner
 
 from tttnn.cli import main
-from tttnn.compare import bootstrap_sides, compare, load_side, parse_side, render_comparison
+from tttnn.compare import (
+    bootstrap_sides,
+    compare,
+    load_side,
+    match_steps,
+    parse_side,
+    render_comparison,
+)
 from tttnn.report import bootstrap_change, make_report
 
 DOMAINS = ("code", "legal", "math")
@@ -197,6 +204,51 @@ def test_sides_record_compute(tmp_path: Path):
     old = [{k: v for k, v in r.items() if k not in ("steps", "tokens_trained_at")} for r in rows]
     side = load_side(write_run(tmp_path / "old", old))
     assert {d.steps for d in side.docs.values()} == {20.0}
+
+
+def test_match_steps_reads_each_document_within_the_first_sides_steps(tmp_path: Path):
+    """A takes 2 steps a pick, B (every window of longer neighbors) 3 on even documents and 5 on
+    odd ones. Matched to A at k = 20 (40 steps), B is read at k = 10 (30 steps) on even documents
+    and at k = 5 (25 steps) on odd ones: never more steps than A, and the rows' own scores there."""
+    nbytes, b0 = docs(8)
+    ks = (0, 5, 10, 20)
+
+    def rows(per_pick: list[int], drop: list[float]) -> list[dict[str, Any]]:
+        out = rows_for(nbytes, b0, b0)
+        for r, step, x0 in zip(out, per_pick, b0):
+            r["bpb"] = {str(k): float(x0 * (1 - d)) for k, d in zip(ks, drop)}
+            r["steps"] = {str(k): step * k for k in ks}
+            r["tokens_trained_at"] = {str(k): 100 * step * k for k in ks}
+        return out
+
+    a = write_run(tmp_path / "a", rows([2] * 8, [0, 0.05, 0.08, 0.10]))
+    b = write_run(tmp_path / "b", rows([3, 5] * 4, [0, 0.06, 0.12, 0.20]))
+    first = load_side(a)
+    (matched,) = match_steps(first, [(str(b), None, None)])
+    assert matched.matched and matched.k == 20
+    assert [d.k for d in matched.docs.values()] == [10, 5] * 4
+    assert all(d.steps is not None and d.steps <= 40 for d in matched.docs.values())
+    assert {d.seconds for d in matched.docs.values()} == {None}  # rows time the whole run only
+    assert [d.bpbk / d.bpb0 for d in matched.docs.values()] == pytest.approx([0.88, 0.94] * 4)
+    c = compare([first, matched])
+    assert c.groups[-2].entries[1].k_mean == 7.5 and c.sides[1]["matched"]
+    # unmatched, B at k = 20 is 10 points ahead; matched, 2 ahead on even documents, 4 behind
+    # on odd ones, byte-weighted
+    assert compare([first, load_side(b)]).groups[-2].entries[1].diff == pytest.approx(-0.10)
+    w = nbytes * b0
+    rel = np.array([0.88, 0.94] * 4)
+    assert c.groups[-2].entries[1].diff == pytest.approx((w @ rel) / w.sum() - 0.90)
+    out = render_comparison(c)
+    assert "Matched steps" in out and " 7.5 " in out
+    # a ceiling: B@5 is read at most at k = 5
+    (capped,) = match_steps(first, [(str(b), None, 5)])
+    assert {d.k for d in capped.docs.values()} == {5}
+    # rows that record no steps per k cannot be matched
+    old = [{k: v for k, v in r.items() if k != "steps"} for r in rows([3] * 8, [0, 0.1, 0.1, 0.1])]
+    with pytest.raises(ValueError, match="records no steps per k"):
+        match_steps(first, [(str(write_run(tmp_path / "old", old)), None, None)])
+    res = CliRunner().invoke(main, ["compare", str(a), str(b), "--match-steps", "--reps", "200"])
+    assert res.exit_code == 0 and "Matched steps" in res.output, res.output
 
 
 def test_cli_compare(tmp_path: Path):

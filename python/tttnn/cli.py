@@ -453,6 +453,9 @@ def report_cmd(run_dir: Path, fmt: str, no_plot: bool) -> None:
               help="Compare every side at this k (default: each side's largest; RUN@K for one).")  # fmt: skip
 @click.option("--intersect", is_flag=True,
               help="Compare the documents all sides scored when their test sets differ.")  # fmt: skip
+@click.option("--match-steps", is_flag=True,
+              help="Equal compute: read each side after the first, per document, at its largest "
+                   "k whose optimizer steps do not exceed the first side's there.")  # fmt: skip
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text",
               show_default=True)  # fmt: skip
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -462,7 +465,7 @@ def report_cmd(run_dir: Path, fmt: str, no_plot: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
 def compare_cmd(
     sides: tuple[str, ...], baselines: tuple[str, ...], at: int | None, intersect: bool,
-    fmt: str, plot: Path | None, reps: int | None, seed: int,
+    match_steps: bool, fmt: str, plot: Path | None, reps: int | None, seed: int,
 ) -> None:  # fmt: skip
     """Runs (and their baselines: RUN:in-context, RUN:dynamic-eval) on the same test documents:
     per domain and on average, each one's change in bits per byte and its difference to the
@@ -471,20 +474,25 @@ def compare_cmd(
     from tttnn.report import BOOTSTRAP_REPS
 
     with _errors():
-        loaded = []
+        specs = []
         for spec in sides:
             run, baseline, k = cmp.parse_side(spec)
             if k is None and baseline != "in-context":  # in-context: the run's neighbors
                 k = at
-            loaded.append(cmp.load_side(run, baseline, k))
-        runs = [cmp.parse_side(spec)[0] for spec in sides]
+            specs.append((run, baseline, k))
+        runs = [run for run, _, _ in specs]
         for name in baselines:
             source = next((r for r in runs if name in cmp.recorded_baselines(r)), None)
             if source is None:
                 raise ValueError(
                     f"no run recorded the {name} baseline (tttnn eval --baseline {name})"
                 )
-            loaded.append(cmp.load_side(source, name, None if name == "in-context" else at))
+            specs.append((source, name, None if name == "in-context" else at))
+        first = cmp.load_side(*specs[0])
+        rest = specs[1:]
+        loaded = [first] + (
+            cmp.match_steps(first, rest) if match_steps else [cmp.load_side(*s) for s in rest]
+        )
         c = cmp.compare(loaded, intersect=intersect, reps=reps or BOOTSTRAP_REPS, seed=seed)
         click.echo(cmp.render_comparison(c, fmt))
         if plot is not None:

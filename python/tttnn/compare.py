@@ -23,6 +23,14 @@ change is below the first side's.
 Compute, side by side, per document: optimizer steps and tokens trained up to the side's k (rows
 record them by k: `steps`, `tokens_trained_at`; older rows only the totals, used at the largest
 k) and seconds (a run: its whole row's time except its baselines'; a baseline: its own time).
+
+**Equal compute** (`match_steps`, `tttnn compare --match-steps`): with every window of each
+neighbor, the steps a run takes for k neighbors depend on which neighbors it picked, so two runs
+at the same k are not at the same compute. Matched, each side after the first is read, document
+by document, at the largest of its recorded k (up to its own k) whose optimizer steps do not
+exceed the first side's steps on that document: never more compute than the first side, often a
+little less (the recorded k are a grid, `--eval-at`). Its k is then the mean k read, and its
+seconds are not shown (rows time the whole run, not each k).
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ __all__ = [
     "bootstrap_sides",
     "compare",
     "load_side",
+    "match_steps",
     "parse_side",
     "plot_comparison",
     "recorded_baselines",
@@ -71,18 +80,21 @@ class DocScore:
     steps: Optional[float]
     tokens: Optional[float]
     seconds: Optional[float]
+    k: int
 
 
 @dataclass
 class Side:
     """One side of a comparison: its label, run directory, baseline (None: the run's TTT), k and
-    the scores of its documents by doc_id."""
+    the scores of its documents by doc_id; `matched`: read at the steps of another side
+    (`match_steps`), each document at its own k."""
 
     label: str
     run: str
     baseline: Optional[str]
     k: int
     docs: dict[str, DocScore] = field(repr=False)
+    matched: bool = False
 
 
 def parse_side(spec: str) -> tuple[str, Optional[str], Optional[int]]:
@@ -122,10 +134,12 @@ def _at(d: Any, k: int) -> Optional[float]:
 
 def load_side(
     run: str | Path, baseline: Optional[str] = None, k: Optional[int] = None,
-    label: Optional[str] = None,
+    label: Optional[str] = None, budget: Optional[dict[str, float]] = None,
 ) -> Side:  # fmt: skip
     """The side `run` (its TTT, or `baseline`) at `k` (default: its largest k) from the run's
-    `results.jsonl` (`tttnn.report.load_results`: a document with two rows is refused)."""
+    `results.jsonl` (`tttnn.report.load_results`: a document with two rows is refused). With
+    `budget` (steps by doc_id), each document at the largest k up to `k` within its budget
+    (`match_steps`)."""
     run = str(run)
     label = label or run + (f":{baseline}" if baseline else "")
     rows = [r for r in load_results(run) if r.get("status") == "ok"]
@@ -155,29 +169,58 @@ def load_side(
         steps: Optional[float]
         tokens: Optional[float]
         secs: Optional[float]
+        kd = k
+        if budget is not None and baseline != "in-context":
+            kd = _within(r, key, k, budget.get(str(r["doc_id"])), label)
         if baseline == "in-context":
             bk: Optional[float] = float(r[key])
             steps, tokens, secs = 0.0, 0.0, r.get("in_context_s")
         elif baseline == "dynamic-eval":
-            bk = _at(r[key], k)
-            steps, tokens = _at(r.get("dynamic_eval_steps"), k), _at(r.get("dynamic_eval_tokens_trained"), k)  # fmt: skip
+            bk = _at(r[key], kd)
+            steps, tokens = _at(r.get("dynamic_eval_steps"), kd), _at(r.get("dynamic_eval_tokens_trained"), kd)  # fmt: skip
             secs = r.get("dynamic_eval_s")
         else:
-            bk = _at(r[key], k)
-            steps, tokens = _at(r.get("steps"), k), _at(r.get("tokens_trained_at"), k)
-            if steps is None and k == max(int(x) for x in r["bpb"]):  # rows before `steps`
+            bk = _at(r[key], kd)
+            steps, tokens = _at(r.get("steps"), kd), _at(r.get("tokens_trained_at"), kd)
+            if steps is None and kd == max(int(x) for x in r["bpb"]):  # rows before `steps`
                 steps, tokens = r.get("windows_trained"), r.get("tokens_trained")
             secs = r.get("total_s")
             if secs is not None:
                 secs -= sum(r.get(s, 0.0) for s in _BASELINE_SECONDS)
         if bk is None:
-            raise ValueError(f"{label}: document {r['doc_id']} was not scored at k = {k}")
+            raise ValueError(f"{label}: document {r['doc_id']} was not scored at k = {kd}")
         docs[str(r["doc_id"])] = DocScore(
             str(r["domain"]), int(r["bytes"]), b0, bk,
             None if steps is None else float(steps), None if tokens is None else float(tokens),
-            None if secs is None else float(secs),
+            None if secs is None or budget is not None else float(secs), kd,
         )  # fmt: skip
-    return Side(label, run, baseline, k, docs)
+    return Side(label, run, baseline, k, docs, matched=budget is not None)
+
+
+_STEPS_KEY = {"bpb": "steps", "bpb_dynamic_eval": "dynamic_eval_steps"}
+
+
+def _within(r: dict[str, Any], key: str, k: int, budget: Optional[float], label: str) -> int:
+    """The largest k (up to `k`) at which row `r` scored `key` within `budget` steps."""
+    if budget is None:
+        raise ValueError(
+            f"{label}: document {r['doc_id']} has no steps to match in the first side "
+            "(rows from before steps were recorded per k, or a document it did not score)"
+        )
+    steps = r.get(_STEPS_KEY[key])
+    if not isinstance(steps, dict):
+        raise ValueError(
+            f"{label}: document {r['doc_id']} records no steps per k; its steps cannot be matched"
+        )
+    ok = [int(x) for x in r[key] if int(x) <= k and str(x) in steps and steps[str(x)] <= budget]
+    return max(ok, default=0)
+
+
+def match_steps(first: Side, others: list[tuple[str, Optional[str], Optional[int]]]) -> list[Side]:
+    """The sides `others` (run, baseline, k) read at the steps of `first`, each document at the
+    largest of its k whose steps do not exceed the first side's on that document (module doc)."""
+    budget = {d: s.steps for d, s in first.docs.items() if s.steps is not None}
+    return [load_side(run, b, k, budget=budget) for run, b, k in others]
 
 
 # --- the comparison --------------------------------------------------------------------------
@@ -189,6 +232,7 @@ class Entry:
 
     side: str
     k: int
+    k_mean: float  # the mean k its documents were read at (k, unless matched)
     bpb0: float
     bpbk: float
     change: float
@@ -264,7 +308,8 @@ def _entries(
         first = s == 0
         out.append(
             Entry(
-                side.label, side.k, float(bpb0[s]), float(bpbk[s]), float(changes[s]),
+                side.label, side.k, float(np.mean([d.k for d in docs])),
+                float(bpb0[s]), float(bpbk[s]), float(changes[s]),
                 None if reps is None else interval(reps[:, s]),
                 None if first else float(changes[s] - changes[0]),
                 None if first or reps is None else interval(reps[:, s] - reps[:, 0]),
@@ -322,7 +367,10 @@ def compare(
     m0 = np.mean([x[0] for x in domain_bpb], axis=0)
     mk = np.mean([x[1] for x in domain_bpb], axis=0)
     groups.append(Group(MACRO, len(ids), total, _entries(sides, order, m0, mk, mk / m0 - 1.0, rep_m)))  # fmt: skip
-    side_info = [{"label": s.label, "run": s.run, "baseline": s.baseline, "k": s.k} for s in sides]
+    side_info = [
+        {"label": s.label, "run": s.run, "baseline": s.baseline, "k": s.k, "matched": s.matched}
+        for s in sides
+    ]
     return Comparison(side_info, len(ids), dropped, groups, reps, seed)
 
 
@@ -360,7 +408,9 @@ def render_comparison(c: Comparison, fmt: str = "text") -> str:
     for g in c.groups:
         for i, e in enumerate(g.entries):
             body.append([
-                g.name if i == 0 else "", e.side, str(e.k), str(g.documents) if i == 0 else "",
+                g.name if i == 0 else "", e.side,
+                f"{e.k_mean:.1f}" if c.sides[i]["matched"] else str(e.k),
+                str(g.documents) if i == 0 else "",
                 _num(e.bpb0), _num(e.bpbk), _pct(e.change), _ci(e.change_ci), _pct(e.diff),
                 _ci(e.diff_ci), "–" if e.better is None else f"{e.better}/{g.documents}",
                 _count(e.steps), _count(e.tokens), _num(e.seconds, 1),
@@ -371,6 +421,11 @@ def render_comparison(c: Comparison, fmt: str = "text") -> str:
         f"documents ({c.reps} replicates, seed {c.seed}; the averages resample within each "
         f"domain). better: documents whose change is below {ref}'s. {c.documents} documents."
     ]
+    if any(s["matched"] for s in c.sides):
+        notes.append(
+            f"Matched steps: each side after the first is read per document at its largest k "
+            f"whose steps do not exceed {ref}'s there; its k is the mean k read."
+        )
     if any(c.dropped.values()):
         left = ", ".join(f"{k}: {v}" for k, v in c.dropped.items() if v)
         notes.append(f"--intersect: documents left out ({left}).")
@@ -411,8 +466,9 @@ def plot_comparison(c: Comparison, path: str | Path) -> Path:
     for s, info in enumerate(c.sides):
         ys = [g_i + (s - (n_sides - 1) / 2) * height for g_i in range(len(c.groups))]
         vals = [g.entries[s].change * 100 for g in c.groups]
+        at = "steps matched" if info["matched"] else f"k={info['k']}"
         ax.barh(ys, vals, height=height * 0.9, color=cmap(s % 10), alpha=0.85,
-                label=f"{info['label']} (k={info['k']})")  # fmt: skip
+                label=f"{info['label']} ({at})")  # fmt: skip
         for y, g in zip(ys, c.groups):
             ci = g.entries[s].change_ci
             if ci is not None:
