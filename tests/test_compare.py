@@ -247,6 +247,14 @@ def test_match_steps_reads_each_document_within_the_first_sides_steps(tmp_path: 
     old = [{k: v for k, v in r.items() if k != "steps"} for r in rows([3] * 8, [0, 0.1, 0.1, 0.1])]
     with pytest.raises(ValueError, match="records no steps per k"):
         match_steps(first, [(str(write_run(tmp_path / "old", old)), None, None)])
+    # documents the first side did not score are left out by --intersect, not refused
+    fewer = write_run(tmp_path / "fewer", rows([2] * 8, [0, 0.05, 0.08, 0.10])[:6])
+    (matched,) = match_steps(load_side(fewer), [(str(b), None, None)])
+    assert compare([load_side(fewer), matched], intersect=True).dropped[str(b)] == 2
+    # a first side that records no steps at all: nothing to match against
+    bare = [{k: v for k, v in r.items() if k not in ("steps", "windows_trained")} for r in old]
+    with pytest.raises(ValueError, match="no steps to match in the first side"):
+        match_steps(load_side(write_run(tmp_path / "bare", bare)), [(str(b), None, None)])
     res = CliRunner().invoke(main, ["compare", str(a), str(b), "--match-steps", "--reps", "200"])
     assert res.exit_code == 0 and "Matched steps" in res.output, res.output
 

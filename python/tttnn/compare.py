@@ -134,7 +134,7 @@ def _at(d: Any, k: int) -> Optional[float]:
 
 def load_side(
     run: str | Path, baseline: Optional[str] = None, k: Optional[int] = None,
-    label: Optional[str] = None, budget: Optional[dict[str, float]] = None,
+    label: Optional[str] = None, budget: Optional[dict[str, Optional[float]]] = None,
 ) -> Side:  # fmt: skip
     """The side `run` (its TTT, or `baseline`) at `k` (default: its largest k) from the run's
     `results.jsonl` (`tttnn.report.load_results`: a document with two rows is refused). With
@@ -171,7 +171,8 @@ def load_side(
         secs: Optional[float]
         kd = k
         if budget is not None and baseline != "in-context":
-            kd = _within(r, key, k, budget.get(str(r["doc_id"])), label)
+            doc = str(r["doc_id"])  # not in the first side: never paired, left at k
+            kd = k if doc not in budget else _within(r, key, k, budget[doc], label)
         if baseline == "in-context":
             bk: Optional[float] = float(r[key])
             steps, tokens, secs = 0.0, 0.0, r.get("in_context_s")
@@ -205,7 +206,7 @@ def _within(r: dict[str, Any], key: str, k: int, budget: Optional[float], label:
     if budget is None:
         raise ValueError(
             f"{label}: document {r['doc_id']} has no steps to match in the first side "
-            "(rows from before steps were recorded per k, or a document it did not score)"
+            "(its rows are from before steps were recorded per k)"
         )
     steps = r.get(_STEPS_KEY[key])
     if not isinstance(steps, dict):
@@ -219,7 +220,7 @@ def _within(r: dict[str, Any], key: str, k: int, budget: Optional[float], label:
 def match_steps(first: Side, others: list[tuple[str, Optional[str], Optional[int]]]) -> list[Side]:
     """The sides `others` (run, baseline, k) read at the steps of `first`, each document at the
     largest of its k whose steps do not exceed the first side's on that document (module doc)."""
-    budget = {d: s.steps for d, s in first.docs.items() if s.steps is not None}
+    budget = {d: s.steps for d, s in first.docs.items()}
     return [load_side(run, b, k, budget=budget) for run, b, k in others]
 
 
