@@ -69,6 +69,15 @@ __all__ = [
 WEIGHTED = "average (byte-weighted)"
 MACRO = "average (domains equal)"
 _BASELINE_SECONDS = ("in_context_s", "dynamic_eval_s")
+# Where a row keeps each side's scores (None: the run's TTT), and for the sides that train, its
+# steps and tokens trained by k (the in-context baseline trains nothing and has one score).
+_SCORES: dict[Optional[str], str] = {
+    None: "bpb", "in-context": "bpb_in_context", "dynamic-eval": "bpb_dynamic_eval",
+}  # fmt: skip
+_TRAINED: dict[Optional[str], tuple[str, str]] = {
+    None: ("steps", "tokens_trained_at"),
+    "dynamic-eval": ("dynamic_eval_steps", "dynamic_eval_tokens_trained"),
+}
 
 
 @dataclass
@@ -115,8 +124,7 @@ def parse_side(spec: str) -> tuple[str, Optional[str], Optional[int]]:
 def recorded_baselines(run: str | Path) -> set[str]:
     """The baselines every scored document of `run` has."""
     rows = [r for r in load_results(run) if r.get("status") == "ok"]
-    keys = {"in-context": "bpb_in_context", "dynamic-eval": "bpb_dynamic_eval"}
-    return {b for b, key in keys.items() if rows and all(key in r for r in rows)}
+    return {b for b in BASELINES if rows and all(_SCORES[b] in r for r in rows)}
 
 
 def _neighbors_of(run: str, rows: list[dict[str, Any]]) -> int:
@@ -147,9 +155,7 @@ def load_side(
         raise ValueError(f"{run}: no document was scored")
     if baseline is not None and baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; choose from {', '.join(BASELINES)}")
-    key = {None: "bpb", "in-context": "bpb_in_context", "dynamic-eval": "bpb_dynamic_eval"}[
-        baseline
-    ]
+    key = _SCORES[baseline]
     missing = [r["doc_id"] for r in rows if key not in r]
     if missing:
         raise ValueError(
@@ -170,19 +176,19 @@ def load_side(
         tokens: Optional[float]
         secs: Optional[float]
         kd = k
-        if budget is not None and baseline != "in-context":
-            doc = str(r["doc_id"])  # not in the first side: never paired, left at k
-            kd = k if doc not in budget else _within(r, key, k, budget[doc], label)
         if baseline == "in-context":
             bk: Optional[float] = float(r[key])
             steps, tokens, secs = 0.0, 0.0, r.get("in_context_s")
-        elif baseline == "dynamic-eval":
-            bk = _at(r[key], kd)
-            steps, tokens = _at(r.get("dynamic_eval_steps"), kd), _at(r.get("dynamic_eval_tokens_trained"), kd)  # fmt: skip
-            secs = r.get("dynamic_eval_s")
         else:
+            steps_key, tokens_key = _TRAINED[baseline]
+            doc = str(r["doc_id"])  # not in the first side: never paired, left at k
+            if budget is not None and doc in budget:
+                kd = _within(r, key, steps_key, k, budget[doc], label)
             bk = _at(r[key], kd)
-            steps, tokens = _at(r.get("steps"), kd), _at(r.get("tokens_trained_at"), kd)
+            steps, tokens = _at(r.get(steps_key), kd), _at(r.get(tokens_key), kd)
+        if baseline == "dynamic-eval":
+            secs = r.get("dynamic_eval_s")
+        elif baseline is None:
             if steps is None and kd == max(int(x) for x in r["bpb"]):  # rows before `steps`
                 steps, tokens = r.get("windows_trained"), r.get("tokens_trained")
             secs = r.get("total_s")
@@ -198,17 +204,18 @@ def load_side(
     return Side(label, run, baseline, k, docs, matched=budget is not None)
 
 
-_STEPS_KEY = {"bpb": "steps", "bpb_dynamic_eval": "dynamic_eval_steps"}
-
-
-def _within(r: dict[str, Any], key: str, k: int, budget: Optional[float], label: str) -> int:
-    """The largest k (up to `k`) at which row `r` scored `key` within `budget` steps."""
+def _within(
+    r: dict[str, Any], key: str, steps_key: str, k: int, budget: Optional[float],
+    label: str,
+) -> int:  # fmt: skip
+    """The largest k (up to `k`) at which row `r` scored `key` within `budget` steps (its steps
+    by k are at `steps_key`)."""
     if budget is None:
         raise ValueError(
             f"{label}: document {r['doc_id']} has no steps to match in the first side "
             "(its rows are from before steps were recorded per k)"
         )
-    steps = r.get(_STEPS_KEY[key])
+    steps = r.get(steps_key)
     if not isinstance(steps, dict):
         raise ValueError(
             f"{label}: document {r['doc_id']} records no steps per k; its steps cannot be matched"
