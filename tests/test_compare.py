@@ -167,6 +167,10 @@ def test_pairing_by_doc_id_and_refusals(tmp_path: Path):
         compare([load_side(a)])
     with pytest.raises(ValueError, match="given twice"):
         compare([load_side(a), load_side(a)])
+    # the same run at two k: both compared, each named by its k
+    c = compare([load_side(a), load_side(a, k=0)])
+    assert [s["label"] for s in c.sides] == [f"{a}@20", f"{a}@0"]
+    assert c.groups[-2].entries[1].diff == pytest.approx(0.1)
     # a k not reached, a baseline not recorded, the in-context baseline at another k
     with pytest.raises(ValueError, match="not scored at k = 5"):
         load_side(a, k=5)
@@ -280,6 +284,11 @@ def test_cli_compare(tmp_path: Path):
     out = json.loads(res.output)
     assert [s["label"] for s in out["sides"]] == [str(a), f"{a}:dynamic-eval"]
     assert out["groups"][-2]["entries"][1]["steps"] == 20
+    res = CliRunner().invoke(
+        main, ["compare", str(a), f"{a}:dynamic-eval@0", f"{a}:dynamic-eval", "--reps", "200"]
+    )
+    assert res.exit_code == 0 and f"{a}:dynamic-eval@0 " in res.output, res.output
+    assert f"{a}:dynamic-eval@20 " in res.output
     res = CliRunner().invoke(main, ["compare", str(a), str(b), "--format", "markdown"])
     assert res.exit_code == 0 and res.output.startswith("| group | side |"), res.output
     # errors: one line, exit code 1

@@ -2,10 +2,12 @@
 
 A *side* is one thing compared: a run's test-time training (`RUN`), or a baseline the run
 recorded (`RUN:in-context`, `RUN:dynamic-eval`), at one k (`RUN@20`, `RUN:dynamic-eval@5`;
-default: the largest k every document of that side reached). The in-context baseline has one k,
-the run's number of neighbors (all of them are in the context). Every side has the same two
-numbers per document: bits per byte at k = 0 (θ0) and at its k; its change is byte-weighted, as in
-`tttnn report`: Σ bytes·bpb(k) / Σ bytes·bpb(0) − 1.
+default: the largest k every document of that side reached). The same side may come at several
+k (`RUN:dynamic-eval@5 RUN:dynamic-eval@20`: a baseline at its best k and at the run's); each is
+then labelled with its k. The in-context baseline has one k, the run's number of neighbors (all
+of them are in the context). Every side has the same two numbers per document: bits per byte at
+k = 0 (θ0) and at its k; its change is byte-weighted, as in `tttnn report`:
+Σ bytes·bpb(k) / Σ bytes·bpb(0) − 1.
 
 Documents are paired by `doc_id`. Sides over different documents are refused (unless
 `intersect`: then the documents all sides share), and so is a document that was scored on other
@@ -37,7 +39,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -336,9 +338,13 @@ def compare(
     paired bootstrap intervals (see the module doc)."""
     if len(sides) < 2:
         raise ValueError("nothing to compare: give two sides or more (runs or RUN:baseline)")
-    labels = [s.label for s in sides]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"a side is given twice: {', '.join(labels)}")
+    keys = [(s.label, s.k) for s in sides]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"a side is given twice: {', '.join(s.label for s in sides)}")
+    labels = [s.label for s in sides]  # the same run (or baseline) at two k: named by its k
+    sides = [
+        replace(s, label=f"{s.label}@{s.k}") if labels.count(s.label) > 1 else s for s in sides
+    ]
     ids, dropped = _pair(sides, intersect)
     by_domain: dict[str, list[str]] = {}
     for d in ids:
