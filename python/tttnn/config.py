@@ -117,7 +117,7 @@ def _positive(name: str, value: Optional[float], allow_none: bool = False) -> No
 @dataclass
 class TTTConfig(Config):
     """The test-time training loop. The paper's optimizer (AdamW, one step per window, batch 1);
-    the learning rate tuned on validation for SmolLM2-135M (results/issue10)."""
+    the learning rate tuned on validation for SmolLM2-135M (results/smollm2-135m-recipe)."""
 
     lr: float = opt(
         5e-5, "AdamW learning rate (tuned on validation for a 135M model with every window of "
