@@ -8,7 +8,7 @@ one is not redone: `tttnn eval` finds every document scored). Tune on a validati
 from the training corpus (`tttnn sample`), never on the test split.
 
     tttnn sample ../shared/corpus/train.jsonl.zst --per-domain 5 --seed 0 --out val.jsonl
-    python3 benches/sweep.py --index IDX --data val.jsonl --out sweep            # the issue-10 plan
+    python3 benches/sweep.py --index IDX --data val.jsonl --out sweep            # the built-in plan
     python3 benches/sweep.py --index IDX --data val.jsonl --out sweep --plan my_plan.json
     python3 benches/sweep.py --out sweep --table-only                             # table so far
     python3 benches/sweep.py ... --jobs 2       # two settings at once, one torch thread each
@@ -19,8 +19,8 @@ each key of `args` is a `tttnn eval` option without its dashes (`true` for a fla
 for a repeatable option); the first setting is the reference of the table's differences. Options
 sweep.py does not know go to every `tttnn eval` (`--ray --workers 2`: one setting over two TTT
 workers, the same rows as a single process, so a run can switch between the two on resume). The
-built-in plan (`--plan issue10`) varies one factor at a time around the paper's recipe (`BASE`,
-k = 20): learning rate, windows per neighbor, window length, k, selection, LoRA.
+built-in plan (`--plan recipe`, the default) varies one factor at a time around the paper's recipe
+(`BASE`, k = 20): learning rate, windows per neighbor, window length, k, selection, LoRA.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ BASE: dict[str, Any] = {
 }
 """The paper's recipe at k = 20, every value explicit (the defaults have since been tuned)."""
 
-ISSUE10_PLAN: list[dict[str, Any]] = [
+RECIPE_PLAN: list[dict[str, Any]] = [
     {"name": "paper", "args": {}},
     *({"name": f"lr={lr:g}", "args": {"lr": lr}} for lr in (5e-5, 1e-4, 2e-4)),
     {"name": "wpn=1", "args": {"windows-per-neighbor": 1}},
@@ -90,7 +90,7 @@ def by_name(settings: list[dict[str, Any]], name: str) -> dict[str, Any]:
 
 
 def load_plan(plan: str) -> list[dict[str, Any]]:
-    settings = ISSUE10_PLAN if plan == "issue10" else json.loads(Path(plan).read_text())
+    settings = RECIPE_PLAN if plan == "recipe" else json.loads(Path(plan).read_text())
     names = [s["name"] for s in settings]
     if len(set(names)) != len(names):
         raise SystemExit(f"setting names must be unique: {names}")
@@ -113,7 +113,7 @@ def run_setting(
     if STOP.is_set():
         return 130, 0.0
     out = Path(opts.out) / setting["name"]
-    args = {**BASE, **setting["args"]} if opts.plan == "issue10" else dict(setting["args"])
+    args = {**BASE, **setting["args"]} if opts.plan == "recipe" else dict(setting["args"])
     cmd = [sys.executable, "-m", "tttnn", "eval", "--index", opts.index,
            *[x for d in opts.data for x in ("--data", d)], "--out", str(out), "--model",
            opts.model, "-q", *eval_args(args), *extra]  # fmt: skip
@@ -188,7 +188,7 @@ def main() -> None:
     p.add_argument("--data", nargs="+", default=[], help="Validation documents (tttnn sample).")
     p.add_argument("--out", required=True, help="Sweep directory: a run directory per setting.")
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--plan", default="issue10", help="'issue10' or a JSON file of settings.")
+    p.add_argument("--plan", default="recipe", help="'recipe' or a JSON file of settings.")
     p.add_argument(
         "--only", nargs="+", default=None, help="Run only these settings, in this order."
     )
