@@ -1,13 +1,13 @@
 """Evaluation over Ray workers against one process, same run: documents/hour and identical rows.
 
-    python benches/bench_distributed_eval.py [--index /work/bench/index] [--per-domain 2]
+    python benches/bench_distributed_eval.py --index INDEX [--per-domain 2] [--out DIR]
 
 The peer is the single-process path (`tttnn eval`), one process with all the machine's threads;
 the Ray run has `--workers` TTT actors of `--cpus-per-worker` threads each (on 2 cores: 2 x 1),
 retrieval in the driver, shards served by actors. Both start from nothing (model loads
 included: that is what a user waits for). Prints both rates, the ratio, and whether every row
-is the same (timings aside). The index: `tttnn index build ../shared/corpus/train.jsonl.zst
---out /work/bench/index`.
+is the same (timings aside). INDEX: `tttnn index build ../shared/corpus/train.jsonl.zst --out
+INDEX`. The two runs go to DIR/one and DIR/ray (default: a new temporary directory).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,16 +37,18 @@ def rows(run: Path) -> dict[str, dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--index", default="/work/bench/index")
+    ap.add_argument("--index", required=True, help="index of the training corpus")
     ap.add_argument("--test", default=str(SHARED / "test.jsonl.zst"))
     ap.add_argument("--per-domain", type=int, default=2)
     ap.add_argument("--neighbors", type=int, default=5)
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cpus-per-worker", type=float, default=1.0)
-    ap.add_argument("--out", default="/tmp/bench_distributed_eval")
+    ap.add_argument(
+        "--out", default=None, help="emptied first (default: a new temporary directory)"
+    )
     args = ap.parse_args()
-    out = Path(args.out)
+    out = Path(args.out or tempfile.mkdtemp(prefix="tttnn_bench_distributed_eval_"))
     shutil.rmtree(out, ignore_errors=True)
     common = dict(
         index=args.index, data=[args.test], limit_per_domain=args.per_domain,

@@ -1,8 +1,8 @@
-"""Scale on this machine: a 10M x 384 f16 index served by 4 and 8 Ray shard actors, against the
+"""Scale on one machine: a 10M x 384 f16 index served by 4 and 8 Ray shard actors, against the
 single-process index over the same shards, in the same run.
 
-    python benches/bench_distributed_search.py make  [--dir /work/bench/ten_m]   # once
-    python benches/bench_distributed_search.py run   [--dir /work/bench/ten_m] [--json OUT]
+    python benches/bench_distributed_search.py make --dir DIR   # once
+    python benches/bench_distributed_search.py run  --dir DIR [--json OUT]
 
 `make` writes two vectors-only stores (no text, no encoder): `DIR/exact` with --n clustered
 synthetic vectors (f16, cosine, 16 shards), appended through `EmbeddingStore` a shard at a time,
@@ -17,8 +17,8 @@ queries/s, p50/p99 latency per batch, the Ray overhead ratio (Ray p50 / local p5
 (VmHWM) of the driver and each actor (mapped pages of the shards count in RSS: they are shared
 page cache, not copies), and a check that every Ray answer equals the local one.
 
-The machine has 2 cores shared with other work: absolute figures are a floor, ratios are what
-carries over.
+On a machine shared with other work, absolute figures are a floor; ratios are what carries
+over.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("what", choices=("make", "run"))
-    ap.add_argument("--dir", type=Path, default=Path("/work/bench/ten_m"))
+    ap.add_argument("--dir", type=Path, required=True, help="where `make` writes the stores")
     ap.add_argument("--n", type=int, default=10_000_000)
     ap.add_argument("--hnsw-n", type=int, default=10_000_000)
     ap.add_argument("--ef-add", type=int, default=64, help="HNSW expansion_add of `make`")

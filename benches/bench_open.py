@@ -8,11 +8,12 @@ ragged column's data and its offsets at the first read of the column. Each measu
 a fresh process (the checks are once per process), with the files in the page cache (a second
 run of the same process), so it shows the CPU cost of the checks, not the disk.
 
-    python benches/bench_open.py [--n 1000000] [--dir /tmp/tttnn_bench_open]
+    python benches/bench_open.py [--n 1000000] [--dir DIR]
         [--baseline PYTHONPATH]   # a tttnn build without the checks, e.g. main before them
 
-The store is built once and kept in --dir (HNSW with expansion_add 16 to keep the build short:
-the checks cost the same whatever the build effort, they depend on the node and link counts).
+The store is built once and kept in DIR (default: `tttnn_bench_open` in the system's temporary
+directory), HNSW with expansion_add 16 to keep the build short: the checks cost the same whatever
+the build effort, they depend on the node and link counts.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -87,7 +89,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=384)
-    ap.add_argument("--dir", type=Path, default=Path("/tmp/tttnn_bench_open"))
+    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "tttnn_bench_open")
     ap.add_argument("--baseline", help="PYTHONPATH of a tttnn build without the checks")
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
