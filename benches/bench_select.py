@@ -1,6 +1,6 @@
 """Benchmark `tttnn.sift_select` against a plain numpy float64 implementation of the same greedy.
 
-The peer is the greedy as the issue writes it: `G = X @ X.T` (BLAS), `c = X @ q`, then N picks
+The peer is the greedy in its direct form: `G = X @ X.T` (BLAS), `c = X @ q`, then N picks
 with rank-1 updates of all of `G` (float64 throughout). Both run on the same candidates in the
 same process, on unit vectors drawn around a few centres (what the K nearest of a query look
 like), K = 200 and d = 384 by default; the script checks that they pick the same rows, then

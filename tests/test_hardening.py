@@ -1,7 +1,7 @@
 """A corrupted, tampered or concurrently written store never crashes the process and never
-answers wrong without an error (issue 12). Each test reproduces one defect of the store as it was
-before: a segfault or abort (run in a child process, so the test fails instead of pytest dying),
-a silent wrong answer, or a panic crossing into Python."""
+answers wrong without an error. Each test is a regression test for one such failure: a segfault
+or abort (run in a child process, so the test fails instead of pytest dying), a silent wrong
+answer, or a panic crossing into Python."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from tttnn.ttt import TestTimeTrainer
 
 
 def reference(x: np.ndarray, q: np.ndarray, n: int, lam: float) -> tuple[list[int], list[float]]:
-    """The greedy as the issue writes it, float64, the whole Gram matrix updated at every pick;
+    """The greedy in its direct form, float64, the whole Gram matrix updated at every pick;
     ties go to the lowest row (`np.argmax` takes the first maximum)."""
     x = np.asarray(x, dtype=np.float64)
     q = np.asarray(q, dtype=np.float64)
