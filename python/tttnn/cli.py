@@ -1,9 +1,11 @@
 """The `tttnn` command line. Commands only parse options and call the library; errors become a
 one-line message and exit code 1 (bad usage: 2), never a traceback.
 
-The options of `tttnn eval` and `tttnn index build` are made from the fields of `EvalConfig` and
-`BuildConfig` (`config_options`): one place maps the config tree to the command line, so every
-setting of a run is an option, named after its field.
+The options of `tttnn eval`, `tttnn index build`, `tttnn search` and `tttnn demo` are made from
+the fields of the config tree (`config_options`): one place maps it to the command line, so every
+setting is an option named after its field, with the field's default, and its text is read by the
+config's parser (`parse_setting`), as lm-eval model_args are. Where a command's default differs
+from the tree's, `config_options` is told so and the option's help says why.
 
 Exit codes: 0 done; 1 an error, or an evaluation in which every document failed; 2 bad usage;
 3 an evaluation in which some documents failed (their rows say why; rerun to retry them);
@@ -19,19 +21,31 @@ import sys
 import time
 import typing
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, TextIO, TypeVar
 
 import click
 
 from tttnn import __version__
-from tttnn.config import BASELINES, BuildConfig, EvalConfig, RayConfig, leaf_fields, none_word
+from tttnn.config import (
+    BASELINES,
+    DEMO_SETTINGS,
+    BuildConfig,
+    Config,
+    EvalConfig,
+    RayConfig,
+    RetrievalConfig,
+    leaf_fields,
+    none_word,
+    parse_setting,
+)
 from tttnn.corpus import Corpus
 from tttnn.index import Index, PartialIndexWarning, SearchResult
 
 _QUERY_BATCH = 256  # queries embedded and searched at a time from a --queries file
 EXIT_PARTIAL = 3
+C = TypeVar("C", bound=Config)
 
 
 @contextlib.contextmanager
@@ -51,72 +65,71 @@ def _quiet_transformers() -> None:
         hf_logging.disable_progress_bar()
 
 
-class _CommaList(click.ParamType):
-    """`0,1,5` -> (0, 1, 5) of the element type."""
+class _Setting(click.ParamType):
+    """The text of a config field of type `tp`, read by the config's parser (`parse_setting`)."""
 
-    name = "list"
-
-    def __init__(self, item: type) -> None:
-        self.item = item
+    def __init__(self, tp: Any, none: str, name: str) -> None:
+        self.tp, self.none, self.name = tp, none, name
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        if isinstance(value, tuple):
-            return value
         try:
-            return tuple(self.item(v.strip()) for v in str(value).split(",") if v.strip())
-        except ValueError:
-            self.fail(
-                f"{value!r}: expected comma-separated {self.item.__name__} values", param, ctx
-            )
+            return parse_setting(value, self.tp, self.none)
+        except ValueError as e:
+            self.fail(f"{value!r}: {e}", param, ctx)
 
 
-class _Nullable(click.ParamType):
-    """A value of `inner`, or the word `word` (e.g. `none`, `all`) for None."""
-
-    def __init__(self, inner: click.ParamType, word: str) -> None:
-        self.inner = inner
-        self.word = word
-        self.name = f"{inner.name}|{word}"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        if value is None or (isinstance(value, str) and value.lower() == self.word):
-            return None
-        return self.inner.convert(value, param, ctx)
+_TYPE_NAMES = {int: "integer", float: "float", str: "text", bool: "boolean"}
 
 
-def _click_type(tp: Any, meta: Any) -> tuple[Any, bool]:
-    """(click type, nullable) of a field type."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    nullable = typing.get_origin(tp) is typing.Union
-    if nullable:
-        tp = args[0]
+def _click_type(tp: Any, fld: dataclasses.Field[Any]) -> click.ParamType:
+    """The click type of a field; its name (`INTEGER|NONE`) shows the word for None where None
+    is not the default, or the word is not `none`."""
+    meta = fld.metadata
     if meta.get("choices"):
-        return click.Choice(list(meta["choices"])), nullable
+        return click.Choice(list(meta["choices"]))
     if meta.get("exists"):
-        return click.Path(exists=True), nullable
-    if typing.get_origin(tp) is tuple:
-        item = typing.get_args(tp)[0]
-        return (click.STRING if meta.get("multiple") else _CommaList(item)), nullable
-    return {int: click.INT, float: click.FLOAT, str: click.STRING, bool: click.BOOL}[tp], nullable
+        return click.Path(exists=True)
+    optional = typing.get_origin(tp) is typing.Union
+    inner = next(a for a in typing.get_args(tp) if a is not type(None)) if optional else tp
+    if meta.get("multiple"):  # one item per option
+        item = typing.get_args(inner)[0]
+        return _Setting(item, none_word(fld), _TYPE_NAMES[item])
+    name = "list" if typing.get_origin(inner) is tuple else _TYPE_NAMES[inner]
+    if optional and (fld.default is not None or "none" in meta):
+        name += f"|{none_word(fld)}"
+    return _Setting(tp, none_word(fld), name)
 
 
-def config_options(cls: type, skip: tuple[str, ...] = ()) -> Callable[[Any], Any]:
-    """Click options for every leaf field of the config tree `cls` (flat names, `--lr`,
-    `--weight-decay`; the field's metadata gives help, flags, choices, repeatable)."""
+def config_options(
+    cls: type, skip: tuple[str, ...] = (), *, only: tuple[str, ...] | None = None,
+    defaults: Mapping[str, Any] | None = None, notes: Mapping[str, str] | None = None,
+    flags: Mapping[str, tuple[str, ...]] | None = None,
+) -> Callable[[Any], Any]:  # fmt: skip
+    """Click options for the leaf fields of the config tree `cls`, all but `skip` (or `only`
+    these, in this order): flat names (`--lr`, `--weight-decay`), the field's default, and its
+    metadata's help, flags, choices, repeatable. A command that differs from the tree says so
+    here: `defaults` it sets otherwise (with `notes` appended to the help to say why), `flags`
+    it names otherwise."""
+    leaves = leaf_fields(cls)
+    names = list(only) if only is not None else [n for n in leaves if n not in skip]
+    defaults, notes, flags = defaults or {}, notes or {}, flags or {}
+    unknown = sorted({*names, *defaults, *notes, *flags} - set(leaves))
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no setting {', '.join(unknown)}")
 
     def decorate(f: Any) -> Any:
-        for name, (_, fld, tp) in reversed(list(leaf_fields(cls).items())):
-            if name in skip:
-                continue
+        for name in reversed(names):
+            _, fld, tp = leaves[name]
             meta = fld.metadata
-            flags = list(meta.get("flags") or (f"--{name.replace('_', '-')}",))
-            required = fld.default is dataclasses.MISSING
-            default = None if required else fld.default
-            kind, nullable = _click_type(tp, meta)
-            kw: dict[str, Any] = {"help": meta.get("help", ""), "required": required}
+            opts = list(flags.get(name) or meta.get("flags") or (f"--{name.replace('_', '-')}",))
+            required = fld.default is dataclasses.MISSING and name not in defaults
+            default = defaults.get(name, None if required else fld.default)
+            kind = _click_type(tp, fld)
+            help_text = " ".join(x for x in (meta.get("help", ""), notes.get(name)) if x)
+            kw: dict[str, Any] = {"help": help_text, "required": required}
             if tp is bool:
-                long = next(x for x in flags if x.startswith("--"))
-                flags = [f"{long}/--no-{long[2:]}", *[x for x in flags if x != long]]
+                long = next(x for x in opts if x.startswith("--"))
+                opts = [f"{long}/--no-{long[2:]}", *[x for x in opts if x != long]]
                 kw.update(default=default, show_default=True)
             elif meta.get("multiple"):
                 kw.update(multiple=True, type=kind, default=default or ())
@@ -124,13 +137,16 @@ def config_options(cls: type, skip: tuple[str, ...] = ()) -> Callable[[Any], Any
                 show: Any = default is not None  # a tuple is shown as the list one types
                 if isinstance(default, tuple):
                     show = ",".join(map(str, default))
-                if nullable and (default is not None or "none" in meta):
-                    kind = _Nullable(kind, none_word(fld))
                 kw.update(type=kind, default=default, show_default=show)
-            f = click.option(*flags, name, **kw)(f)
+            f = click.option(*opts, name, **kw)(f)
         return f
 
     return decorate
+
+
+def _take(cls: type[C], settings: dict[str, Any]) -> C:
+    """The config `cls` from those of a command's `settings` that are its leaves (taken out)."""
+    return cls.from_flat(**{n: settings.pop(n) for n in leaf_fields(cls) if n in settings})
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -259,23 +275,18 @@ def _format_info(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+SELECTION = ("select", "candidates", "sift_lambda", "sift_alpha")
+"""The retrieval settings that choose which neighbors to train on: `tttnn eval`'s, not search's."""
+
+
 @main.command("search")
 @click.argument("index_dir", type=click.Path(path_type=Path))
 @click.argument("query", nargs=-1)
-@click.option("-k", "k", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--exact", is_flag=True, help="Exact search instead of HNSW.")
-@click.option(
-    "--ef",
-    type=click.IntRange(min=1),
-    default=None,
-    help="HNSW beam width: candidates walked and re-ranked exactly (default: the index's, 64).",
-)
-@click.option(
-    "--guard/--no-guard",
-    default=False,
-    show_default=True,
-    help="Leakage guard: drop neighbors (nearly) identical to the query.",
-)
+@config_options(
+    RetrievalConfig, skip=SELECTION, defaults={"guard": False},
+    notes={"guard": "Off here, on in `tttnn eval`: search shows what the index holds, a query's "
+                    "own copy included."},
+)  # fmt: skip
 @click.option(
     "--queries",
     "queries_file",
@@ -284,25 +295,14 @@ def _format_info(info: dict[str, Any]) -> str:
 )
 @click.option("--out", type=click.Path(path_type=Path), help="Write JSON lines to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
-@click.option(
-    "--shards",
-    type=_CommaList(int),
-    default=None,
-    help="Search only these shards of the index, e.g. 0,1,2.",
-)
 @config_options(RayConfig, skip=("gpus_per_worker", "shard_actors"))
 def search(
     index_dir: Path,
     query: tuple[str, ...],
-    k: int,
-    exact: bool,
-    ef: int | None,
-    guard: bool,
     queries_file: Path | None,
     out: Path | None,
     as_json: bool,
-    shards: tuple[int, ...] | None,
-    **ray_settings: Any,
+    **settings: Any,
 ) -> None:
     """Nearest neighbors of QUERY texts (or of every document of --queries) in INDEX_DIR.
     With --ray its shards are served by Ray actors (same neighbors)."""
@@ -310,7 +310,8 @@ def search(
         raise click.UsageError("give query texts or --queries FILE (one of them)")
     _quiet_transformers()
     with _errors(), contextlib.ExitStack() as closing:
-        ray_cfg = RayConfig(**ray_settings)
+        r = _take(RetrievalConfig, settings)
+        ray_cfg = _take(RayConfig, settings)
         index = Index.open(index_dir, ray=ray_cfg if ray_cfg.ray else None)
         if ray_cfg.ray:
             closing.callback(index.close)  # type: ignore[attr-defined]
@@ -329,8 +330,9 @@ def search(
             for batch in _query_batches(query, queries_file):
                 texts = [t for _, _, t in batch]
                 results = index.search(
-                    texts, k=k, exact=exact, ef=ef, guard=guard or None, shards=shards
-                )
+                    texts, k=r.neighbors, exact=r.exact, ef=r.ef, guard=r.guard or None,
+                    threshold=r.guard_threshold, shards=r.shards,
+                )  # fmt: skip
                 for (qid, domain, text), res in zip(batch, results):
                     res.query_index = n
                     n += 1
@@ -529,36 +531,26 @@ def sample_cmd(
     click.echo(f"wrote {len(docs)} documents to {out} ({parts})")
 
 
+DEMO_OPTIONS = ("neighbors", "limit_per_domain", "max_length", "lr", "model")
+"""The settings `tttnn demo` takes; the others are `DEMO_SETTINGS` or `EvalConfig`'s defaults."""
+
+
 @main.command("demo")
-@click.option(
-    "--workdir", type=click.Path(path_type=Path), default=None, help="Default: ~/.cache/tttnn/demo."
-)
-@click.option("-k", "--neighbors", type=click.IntRange(min=1), default=None,
-              help="Neighbors per document (demo: 10).")  # fmt: skip
-@click.option("--docs-per-domain", type=click.IntRange(min=1, max=3), default=None,
-              help="Test documents per domain (demo: 2).")  # fmt: skip
-@click.option("--max-length", type=click.IntRange(min=16), default=None,
-              help="Training and scoring window (demo: 512).")  # fmt: skip
-@click.option("--lr", type=float, default=None, help="Learning rate (default: tttnn eval's --lr).")
-@click.option("--model", default=None, help="Causal LM (default: the built-in SmolLM2-135M).")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None,
+              help="Index and runs (default: demo/ in tttnn's cache folder, ~/.cache/tttnn "
+                   "unless $TTTNN_CACHE says otherwise).")  # fmt: skip
+@config_options(EvalConfig, only=DEMO_OPTIONS, defaults=DEMO_SETTINGS,
+                flags={"limit_per_domain": ("--docs-per-domain",)})  # fmt: skip
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def demo_cmd(
-    workdir: Path | None, neighbors: int | None, docs_per_domain: int | None,
-    max_length: int | None, lr: float | None, model: str | None, quiet: bool,
-) -> None:  # fmt: skip
+def demo_cmd(workdir: Path | None, quiet: bool, **settings: Any) -> None:
     """The whole job on the built-in sample corpus and default models, offline."""
     from tttnn.demo import default_workdir, run_demo
 
     _quiet_transformers()
-    given = {"neighbors": neighbors, "limit_per_domain": docs_per_domain,
-             "max_length": max_length, "lr": lr, "model": model}  # fmt: skip
     with _errors():
         try:
             text = run_demo(
-                workdir or default_workdir(),
-                {k: v for k, v in given.items() if v is not None},
-                progress=not quiet,
-                echo=click.echo,
+                workdir or default_workdir(), settings, progress=not quiet, echo=click.echo
             )
         except KeyboardInterrupt:
             click.echo("\ninterrupted: run `tttnn demo` again to resume", err=True)

@@ -13,9 +13,11 @@
 
 Every leaf field has a unique name across the tree. That flat name is the CLI option
 (`--weight-decay` for `ttt.weight_decay`; `cli.config_options` makes the options from the fields
-and their `help` metadata) and the keyword of `EvalConfig.from_flat(...)`. Each field is checked
-and normalised once, in its dataclass's `__post_init__`, so a rejected value fails before anything
-is written. `to_dict()` / `from_dict()` round-trip through JSON losslessly: `RUN/config.json`
+and their `help` metadata), the keyword of `EvalConfig.from_flat(...)` and the lm-eval model_args
+name. Text, from the command line or model_args, becomes a value in one place (`parse_setting`).
+Each field is checked and normalised once, in its dataclass's `__post_init__` (a field with
+`choices` against that list, `check_choices`), so a rejected value fails before anything is
+written. `to_dict()` / `from_dict()` round-trip through JSON losslessly: `RUN/config.json`
 holds it, and distributed workers receive it.
 
 Fields use `Optional[...]` rather than `X | None`: `typing.get_type_hints` evaluates them at run
@@ -26,7 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
@@ -35,6 +39,7 @@ from tttnn.embed import DEFAULT_ENCODER
 from tttnn.models import DEFAULT_LM
 
 __all__ = [
+    "DEMO_SETTINGS",
     "K_LADDER",
     "BuildConfig",
     "EvalConfig",
@@ -45,14 +50,28 @@ __all__ = [
     "TTTConfig",
     "TestSetConfig",
     "eval_points",
+    "parse_flat",
+    "parse_setting",
 ]
 
 K_LADDER = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 """Where a document is scored when `eval_at` is not given: these k up to the number of
 neighbors, and that number itself."""
 
+# The allowed values of the fields with `choices`: the CLI offers them, `check_choices` enforces them.
 BASELINES = ("in-context", "dynamic-eval")
 SELECTIONS = ("nearest", "sift")
+AUTOCAST_DTYPES = ("bf16", "fp32")
+VECTOR_DTYPES = ("f32", "f16", "i8")
+ON_ERROR = ("skip", "fail")
+
+DEMO_SETTINGS: dict[str, Any] = {
+    "neighbors": 10,  # fewer neighbors, one window of 512 tokens each: minutes, not hours
+    "windows_per_neighbor": 1,
+    "max_length": 512,
+    "limit_per_domain": 2,
+}
+"""What `tttnn demo` changes from `EvalConfig`'s defaults, to run in minutes on a laptop CPU."""
 
 C = TypeVar("C", bound="Config")
 
@@ -105,6 +124,17 @@ def _check(ok: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
+def check_choices(cfg: Any) -> None:
+    """Every field of `cfg` that has `choices` holds one of them (each item, for a tuple)."""
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        if not choices:
+            continue
+        value = getattr(cfg, f.name)
+        for v in value if isinstance(value, tuple) else (value,):
+            _check(v in choices, f"{f.name} must be one of {', '.join(choices)}, got {v!r}")
+
+
 def _positive(name: str, value: Optional[float], allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -133,7 +163,7 @@ class TTTConfig(Config):
     )
     autocast_dtype: str = opt(
         "bf16", "Mixed-precision autocast dtype; weights stay fp32.", flags=("--autocast",),
-        choices=("bf16", "fp32"),
+        choices=AUTOCAST_DTYPES,
     )  # fmt: skip
     lora_r: Optional[int] = opt(None, "LoRA rank instead of full fine-tuning.", flags=("--lora",))
     lora_alpha: int = opt(32, "LoRA alpha (scale alpha / r).")
@@ -145,6 +175,7 @@ class TTTConfig(Config):
     seed: int = opt(0, "Torch RNG seed for each document (dropout), so documents are independent.")
 
     def __post_init__(self) -> None:
+        check_choices(self)
         _positive("lr", self.lr)
         _positive("eps", self.eps)
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
@@ -161,10 +192,6 @@ class TTTConfig(Config):
                 bool(self.eval_at) and self.eval_at[0] >= 0,
                 f"eval_at must be non-negative neighbor counts, got {self.eval_at}",
             )
-        _check(
-            self.autocast_dtype in ("bf16", "fp32"),
-            f"autocast_dtype must be 'bf16' or 'fp32', got {self.autocast_dtype!r}",
-        )
         _check(self.lora_r is None or self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}")
         _check(
             0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}"
@@ -201,6 +228,7 @@ class RetrievalConfig(Config):
     )
 
     def __post_init__(self) -> None:
+        check_choices(self)
         _check(self.neighbors >= 0, f"neighbors must be >= 0, got {self.neighbors}")
         if self.shards is not None:
             self.shards = tuple(sorted({int(s) for s in self.shards}))
@@ -212,10 +240,6 @@ class RetrievalConfig(Config):
         _check(
             0 < self.guard_threshold <= 1,
             f"guard_threshold must be in (0, 1], got {self.guard_threshold}",
-        )
-        _check(
-            self.select in SELECTIONS,
-            f"select must be one of {', '.join(SELECTIONS)}, got {self.select!r}",
         )
         _check(self.candidates >= 1, f"candidates must be >= 1, got {self.candidates}")
         _positive("sift_lambda", self.sift_lambda)
@@ -347,8 +371,7 @@ class EvalConfig(Config):
     def __post_init__(self) -> None:
         self.index = str(self.index)
         self.baselines = tuple(self.baselines)
-        for b in self.baselines:
-            _check(b in BASELINES, f"unknown baseline {b!r}; choose from {', '.join(BASELINES)}")
+        check_choices(self)
         _check(
             "dynamic-eval" not in self.baselines or self.test.split_text,
             "--baseline dynamic-eval needs --split-text: dynamic evaluation trains on the query "
@@ -386,12 +409,12 @@ class BuildConfig(Config):
     tokenizer: Optional[str] = opt(
         DEFAULT_LM, "LM tokenizer whose token ids are stored ('none': store no tokens)."
     )
-    vector_dtype: str = opt("f16", "Storage of the vectors.", choices=("f32", "f16", "i8"))
+    vector_dtype: str = opt("f16", "Storage of the vectors.", choices=VECTOR_DTYPES)
     shard_size: int = opt(10_000, "Entries per shard (the unit of --resume).")
     hnsw: bool = opt(True, "Build HNSW graphs.")
     chunk_tokens: Optional[int] = opt(None, "Index chunks of N LM tokens instead of documents.")
     on_error: str = opt("skip", "Bad corpus inputs: count and skip, or fail.",
-                        choices=("skip", "fail"))  # fmt: skip
+                        choices=ON_ERROR)  # fmt: skip
     max_doc_bytes: int = opt(DEFAULT_MAX_DOC_BYTES, "Larger documents are bad inputs.")
     batch_size: int = opt(32, "Encoder batch size.")
     limit: Optional[int] = opt(None, "Index at most N documents.")
@@ -404,16 +427,12 @@ class BuildConfig(Config):
     def __post_init__(self) -> None:
         if self.tokenizer is not None and self.tokenizer.lower() == "none":
             self.tokenizer = None
-        _check(
-            self.vector_dtype in ("f32", "f16", "i8"),
-            f"vector_dtype must be 'f32', 'f16' or 'i8', not {self.vector_dtype!r}",
-        )
+        check_choices(self)
         _check(self.shard_size >= 1, f"shard_size must be >= 1, not {self.shard_size}")
         _check(
             self.chunk_tokens is None or self.chunk_tokens >= 1,
             f"chunk_tokens must be >= 1, not {self.chunk_tokens}",
         )
-        _check(self.on_error in ("skip", "fail"), "on_error must be 'skip' or 'fail'")
         _check(self.max_doc_bytes >= 1, f"max_doc_bytes must be >= 1, not {self.max_doc_bytes}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, not {self.batch_size}")
         _check(self.limit is None or self.limit >= 0, f"limit must be >= 0, not {self.limit}")
@@ -512,3 +531,85 @@ def _from_json(tp: Any, v: Any) -> Any:
     if origin is tuple and isinstance(v, list):
         return tuple(v)
     return v
+
+
+# --- settings as text ------------------------------------------------------------------------
+
+_TRUE = ("1", "true", "t", "yes", "y", "on")
+_FALSE = ("0", "false", "f", "no", "n", "off")
+
+
+def parse_setting(value: Any, tp: Any, none: str = "none") -> Any:
+    """The value of a field of type `tp` from its text, for the command line and lm-eval
+    model_args alike: numbers as Python reads them (`20`, `1e-4`), booleans as click does (true,
+    false, yes, no, on, off, 1, 0), the word `none` (the field's `none_word`, `all` for
+    windows_per_neighbor) for None where the field is optional, a tuple's items separated by `,`
+    or `:` (`0.9,0.999` on the command line; `0.9:0.999` in model_args, where `,` separates the
+    settings). A value that already has the type is kept (lm-eval has made `20` an int, `1e-4` a
+    float, `true` a bool); a tuple takes a list, or one item. ValueError `expected ...` otherwise."""
+    kind = setting_kind(tp, none)
+    if typing.get_origin(tp) is typing.Union:
+        if value is None or (isinstance(value, str) and value.strip().lower() == none):
+            return None
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    try:
+        if typing.get_origin(tp) is tuple:
+            item = typing.get_args(tp)[0]
+            if isinstance(value, str):
+                parts: Any = [p.strip() for p in re.split("[,:]", value) if p.strip()]
+            else:
+                parts = value if isinstance(value, (list, tuple)) else [value]
+            return tuple(_scalar(p, item) for p in parts)
+        return _scalar(value, tp)
+    except ValueError:
+        raise ValueError(f"expected {kind}") from None
+
+
+def _scalar(value: Any, tp: Any) -> Any:
+    if isinstance(value, str):
+        if tp is bool:
+            word = value.strip().lower()
+            if word not in _TRUE + _FALSE:
+                raise ValueError(value)
+            return word in _TRUE
+        return tp(value)  # int("1e-4") and float("x") raise ValueError; str keeps the text
+    if value is None:
+        ok = False
+    elif isinstance(value, bool):
+        ok = tp in (bool, str)
+    elif isinstance(value, int):
+        ok = tp in (int, float, str)
+    else:
+        ok = tp is str or isinstance(value, tp)
+    if not ok:
+        raise ValueError(value)
+    return tp(value)
+
+
+def setting_kind(tp: Any, none: str = "none") -> str:
+    """What the text of a field of type `tp` must be, in words: `int`, `float or 'none'`,
+    `int values separated by , or :`."""
+    words = {int: "int", float: "float", bool: "true or false", str: "text"}
+    if typing.get_origin(tp) is typing.Union:
+        inner = next(a for a in typing.get_args(tp) if a is not type(None))
+        return f"{setting_kind(inner)} or {none!r}"
+    if typing.get_origin(tp) is tuple:
+        return f"{words[typing.get_args(tp)[0]]} values separated by , or :"
+    return words[tp]
+
+
+def parse_flat(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat settings of the tree under `cls` (`from_flat`'s names) from their text
+    (`parse_setting`); a ValueError names the setting: `neighbors='many', expected int`."""
+    leaves = leaf_fields(cls)
+    unknown = sorted(set(values) - set(leaves))
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no setting {', '.join(unknown)}")
+    out = {}
+    for name, value in values.items():
+        _, fld, tp = leaves[name]
+        try:
+            out[name] = parse_setting(value, tp, none_word(fld))
+        except ValueError as e:
+            raise ValueError(f"{name}={value!r}, {e}") from None
+    return out

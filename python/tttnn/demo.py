@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from tttnn.config import EvalConfig
+from tttnn.config import DEMO_SETTINGS, EvalConfig
 from tttnn.evaluate import run_eval
 from tttnn.index import Index
 from tttnn.report import make_report, plot_report, render
@@ -36,15 +36,6 @@ def default_workdir() -> Path:
     from tttnn.models import cache_dir
 
     return cache_dir() / "demo"
-
-
-DEMO_SETTINGS: dict[str, Any] = {
-    "neighbors": 10,  # fewer neighbors, one window of 512 tokens each: minutes, not hours
-    "windows_per_neighbor": 1,
-    "max_length": 512,
-    "limit_per_domain": 2,
-}
-"""What the demo changes from `EvalConfig`'s defaults, to run in minutes on a laptop CPU."""
 
 
 def run_demo(

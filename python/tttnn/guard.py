@@ -28,14 +28,14 @@ def search_with_guard(
     k: int,
     n: int,
     *,
-    threshold: float = 0.9,
+    threshold: float,
     margin: Optional[int] = None,
 ) -> list[Hits]:
     """The guarded top-`k` of each query. `search(rows, depth)` returns `(ids, scores)` of the
     queries `rows` (padded with id -1), `texts_of(ids)` the candidates' texts (called once per
     round with every candidate of the round, so a remote store answers in one batch), `n` the
     index size. `dropped` counts the candidates removed among those that ranked above the k-th
-    kept one."""
+    kept one. `threshold`: `tttnn.dedup_neighbors`'s (`RetrievalConfig.guard_threshold`)."""
     depth = min(n, k + (margin if margin is not None else max(k, 10)))
     results: list[Optional[Hits]] = [None] * len(query_texts)
     todo = list(range(len(query_texts)))

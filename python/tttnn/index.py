@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import numpy as np
 
 from tttnn._tttnn import CorruptIndexError, EmbeddingStore
+from tttnn.config import RetrievalConfig
 from tttnn.embed import DEFAULT_ENCODER, Encoder
 from tttnn.guard import search_with_guard
 
@@ -268,11 +269,11 @@ class Index:
     def search(
         self,
         queries: str | Sequence[str] | np.ndarray,
-        k: int = 20,
+        k: int = RetrievalConfig.neighbors,
         *,
         exact: bool = False,
         guard: bool | Sequence[str | bytes] | None = None,
-        threshold: float = 0.9,
+        threshold: float = RetrievalConfig.guard_threshold,
         margin: int | None = None,
         ef: int | None = None,
         shards: Optional[Sequence[int]] = None,

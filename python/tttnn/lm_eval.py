@@ -36,13 +36,11 @@ registers it for `lm_eval.simple_evaluate(model="tttnn", ...)`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
 import sys
 import time
-import typing
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
@@ -51,7 +49,14 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from tttnn.config import EvalConfig, PackConfig, RetrievalConfig, TTTConfig, leaf_fields, none_word
+from tttnn.config import (
+    EvalConfig,
+    PackConfig,
+    RetrievalConfig,
+    TTTConfig,
+    leaf_fields,
+    parse_flat,
+)
 from tttnn.corpus import Document
 from tttnn.models import DEFAULT_LM
 
@@ -63,47 +68,10 @@ NOT_SETTINGS = ("eval_at",)  # the harness scores once, after all the neighbors
 OTHER_SETTINGS = ("index", "device", "progress")  # EvalConfig leaves outside the three groups
 
 
-def _settings() -> dict[str, tuple[Any, str]]:
-    """The model_args names that are config leaves: flat name -> (field type, the word that
-    means None for it, as on the command line)."""
-    every = leaf_fields(EvalConfig)
-    names = [
-        name
-        for cls in (RetrievalConfig, PackConfig, TTTConfig)
-        for name in leaf_fields(cls)
-        if name not in NOT_SETTINGS
-    ]
-    return {name: (every[name][2], none_word(every[name][1])) for name in [*names, *OTHER_SETTINGS]}
-
-
-def _coerce(name: str, tp: Any, value: Any, none: str) -> Any:
-    """A model_args value (lm-eval has made "20" an int, "1e-4" a float, "true" a bool, "none"
-    None) as the field's type, the word `none` None for an optional field; a ValueError naming
-    the setting otherwise."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) is typing.Union:
-        if value is None or (isinstance(value, str) and value.lower() == none):
-            return None
-        tp = args[0]
-    if typing.get_origin(tp) is tuple:
-        item = typing.get_args(tp)[0]
-        parts = value.split(":") if isinstance(value, str) else value
-        parts = parts if isinstance(parts, (list, tuple)) else [parts]
-        return tuple(_coerce(name, item, p, none) for p in parts)
-    ok = {
-        bool: lambda v: isinstance(v, bool),
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        str: lambda v: v is not None,
-    }
-    if tp is int and isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        value = int(value)
-    if tp is float and isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            value = float(value)
-    if tp in ok and ok[tp](value):
-        return tp(value)
-    raise ValueError(f"tttnn model_args: {name}={value!r}, expected {getattr(tp, '__name__', tp)}")
+def _settings() -> tuple[str, ...]:
+    """The model_args names that are config leaves."""
+    groups = [n for c in (RetrievalConfig, PackConfig, TTTConfig) for n in leaf_fields(c)]
+    return (*[n for n in groups if n not in NOT_SETTINGS], *OTHER_SETTINGS)
 
 
 def model_settings(args: dict[str, Any]) -> tuple[str, EvalConfig]:
@@ -122,7 +90,10 @@ def model_settings(args: dict[str, Any]) -> tuple[str, EvalConfig]:
             f"{', '.join(unknown)}{hint}; the settings are pretrained, "
             f"{', '.join(sorted(known))}"
         )
-    flat = {name: _coerce(name, known[name][0], v, known[name][1]) for name, v in args.items()}
+    try:  # the values' text read as on the command line
+        flat = parse_flat(EvalConfig, args)
+    except ValueError as e:
+        raise ValueError(f"tttnn model_args: {e}") from None
     if flat.get("index") is None:
         raise ValueError("tttnn model_args: index=DIR is required (the index to retrieve from)")
     neighbors = flat.get("neighbors", RetrievalConfig().neighbors)
