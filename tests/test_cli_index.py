@@ -56,7 +56,7 @@ def test_search_texts_and_query_file(built, tmp_path: Path) -> None:
     hnsw_row = json.loads(res.stdout)
     assert hnsw_row["neighbors"] == row["neighbors"]
     res = runner.invoke(main, ["search", str(out), rows[2]["text"], "--ef", "0"])
-    assert res.exit_code != 0 and "--ef" in res.output
+    assert res.exit_code == 1 and "ef must be >= 1" in res.output
     res = runner.invoke(main, ["search", str(out), rows[2]["text"], "-k", "2", "--guard"])
     assert res.exit_code == 0, res.output
     assert (
@@ -71,6 +71,24 @@ def test_search_texts_and_query_file(built, tmp_path: Path) -> None:
     lines = [json.loads(x) for x in dest.read_text().splitlines()]
     assert [x["query_id"] for x in lines] == [f"docs.jsonl.zst:{i + 1}" for i in range(len(rows))]
     assert all(x["neighbors"][0]["doc_id"] == x["query_id"] for x in lines)
+
+
+def test_search_guard_threshold_decides_what_is_a_copy(built) -> None:
+    """A query that is the third document with every 20th word changed: about three quarters of
+    its word 5-shingles are the document's, a copy at --guard-threshold 0.5, not at 0.9."""
+    out, _, rows = built
+    words = rows[2]["text"].split()
+    edited = " ".join("zzyzx" if i % 20 == 19 else w for i, w in enumerate(words))
+    args = ["search", str(out), edited, "-k", "2", "--exact", "--json"]
+    runner = CliRunner()
+    for extra, dropped in (([], 0), (["--guard"], 0), (["--guard", "--guard-threshold", "0.5"], 1)):
+        res = runner.invoke(main, [*args, *extra])
+        assert res.exit_code == 0, res.output
+        row = json.loads(res.stdout)
+        assert row["dropped"] == dropped, extra
+        assert (row["neighbors"][0]["doc_id"] == "docs.jsonl.zst:3") == (dropped == 0), extra
+    res = runner.invoke(main, [*args, "--guard", "--guard-threshold", "1.5"])
+    assert res.exit_code == 1 and "guard_threshold must be in (0, 1]" in res.output
 
 
 def test_errors_are_one_line_without_traceback(built, tmp_path: Path) -> None:
@@ -121,6 +139,7 @@ def test_build_without_hnsw_or_tokens_in_i8(built, tmp_path: Path) -> None:
 def test_a_partial_index_says_so(built, tmp_path: Path) -> None:
     """An interrupted build: `index info` counts the documents stored so far, `search` warns
     that it sees part of the index, `eval` refuses it."""
+    from tttnn.build import build_index
     from tttnn.index import Index, PartialIndexWarning
 
     _, corpus, _ = built
@@ -130,7 +149,7 @@ def test_a_partial_index_says_so(built, tmp_path: Path) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        Index.build([corpus], out, shard_size=2, on_shard=stop, progress=False)
+        build_index([corpus], out, shard_size=2, on_shard=stop, progress=False)
     runner = CliRunner()
     res = runner.invoke(main, ["index", "info", str(out)])
     assert res.exit_code == 0, res.output

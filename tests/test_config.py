@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from pathlib import Path
+from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from helpers import SAMPLE_TEST
 from tttnn.cli import main
-from tttnn.config import BuildConfig, EvalConfig, TTTConfig, eval_points, leaf_fields
+from tttnn.config import (
+    DEMO_SETTINGS,
+    BuildConfig,
+    EvalConfig,
+    RetrievalConfig,
+    TTTConfig,
+    eval_points,
+    leaf_fields,
+    parse_flat,
+)
 
 
 def test_every_setting_is_an_option() -> None:
@@ -78,3 +91,125 @@ def test_training_settings_from_the_cli_reach_config_json(
     assert (ttt["grad_clip"], ttt["lora_r"], ttt["lora_alpha"]) == (None, 2, 4)
     assert ttt["eval_at"] == [0, 2] and ttt["autocast_dtype"] == "fp32"
     assert written["pack"]["windows_per_neighbor"] is None  # `all`: every window of each neighbor
+
+
+def _options(command: str) -> dict[str, click.Option]:
+    return {p.name: p for p in main.commands[command].params if isinstance(p, click.Option)}
+
+
+def test_search_takes_every_retrieval_setting_with_the_trees_default() -> None:
+    """`tttnn search` offers every retrieval setting but those choosing what to train on; each
+    default is `RetrievalConfig`'s, or the help says why not."""
+    training_only = {"select", "candidates", "sift_lambda", "sift_alpha"}
+    options = _options("search")
+    for name, (_, fld, _) in leaf_fields(RetrievalConfig).items():
+        if name in training_only:
+            assert name not in options, name
+            continue
+        assert name in options, name
+        if options[name].default != fld.default:
+            assert "tttnn eval" in (options[name].help or ""), (name, options[name].help)
+    assert options["neighbors"].opts[0] == "-k"
+    assert options["guard"].default is False  # as before: search shows the index as it is
+
+
+def test_demo_options_default_to_the_demo_settings() -> None:
+    options = _options("demo")
+    defaults = EvalConfig.from_flat(index="i", data=("d",), out="o", **DEMO_SETTINGS)
+    expected = {"neighbors": defaults.retrieval.neighbors, "max_length": defaults.ttt.max_length,
+                "limit_per_domain": defaults.test.limit_per_domain, "lr": defaults.ttt.lr,
+                "model": defaults.model}  # fmt: skip
+    assert {n: options[n].default for n in expected} == expected
+    assert "--docs-per-domain" in options["limit_per_domain"].opts
+    assert set(options) == {*expected, "workdir", "quiet"}
+
+
+def test_search_and_the_guard_take_their_defaults_from_the_tree() -> None:
+    from tttnn.guard import search_with_guard
+    from tttnn.index import Index
+
+    search = inspect.signature(Index.search).parameters
+    assert search["k"].default == RetrievalConfig().neighbors
+    assert search["threshold"].default == RetrievalConfig().guard_threshold
+    guard = inspect.signature(search_with_guard).parameters
+    assert guard["threshold"].default is inspect.Parameter.empty  # its caller passes it
+
+
+# (setting, text, value): the same text means the same on the command line and in model_args
+SPELLINGS = [
+    ("betas", "0.9:0.999", (0.9, 0.999)),
+    ("betas", "0.9,0.999", (0.9, 0.999)),
+    ("windows_per_neighbor", "all", None),
+    ("windows_per_neighbor", "ALL", None),
+    ("windows_per_neighbor", "3", 3),
+    ("grad_clip", "none", None),
+    ("grad_clip", "0.5", 0.5),
+    ("lr", "1e-4", 1e-4),
+    ("neighbors", "20", 20),
+    ("ef", "none", None),
+    ("ef", "64", 64),
+    ("shards", "0:2", (0, 2)),
+    ("shards", "2,0", (2, 0)),  # sorted by RetrievalConfig, not by the parser
+    ("lora_target_modules", "q_proj:v_proj", ("q_proj", "v_proj")),
+    ("lora_target_modules", "q_proj, v_proj", ("q_proj", "v_proj")),
+    ("autocast_dtype", "fp32", "fp32"),
+    ("select", "sift", "sift"),
+    ("device", "cpu", "cpu"),
+    ("device", "none", None),
+]
+REJECTED = [("neighbors", "many"), ("betas", "0.9:x"), ("lr", "fast"), ("grad_clip", "off"),
+            ("windows_per_neighbor", "none")]  # fmt: skip
+
+
+def _cli_value(name: str, text: str) -> Any:
+    """`text` as `tttnn eval`'s option for the setting `name` reads it."""
+    command = main.commands["eval"]
+    option = _options("eval")[name]
+    return option.type_cast_value(click.Context(command), text)
+
+
+@pytest.mark.parametrize(("name", "text", "value"), SPELLINGS)
+def test_one_parser_reads_setting_text_for_the_cli_and_model_args(
+    name: str, text: str, value: Any
+) -> None:
+    assert parse_flat(EvalConfig, {name: text}) == {name: value}
+    assert _cli_value(name, text) == value
+
+
+@pytest.mark.parametrize(("name", "text"), REJECTED)
+def test_bad_setting_text_is_refused_by_the_cli_and_the_parser(name: str, text: str) -> None:
+    with pytest.raises(click.BadParameter, match="expected"):
+        _cli_value(name, text)
+    with pytest.raises(ValueError, match=f"{name}='{text}', expected"):
+        parse_flat(EvalConfig, {name: text})
+
+
+def test_model_args_read_setting_text_as_the_cli_does() -> None:
+    """lm-eval hands model_args over as text, or as numbers and booleans it converted itself."""
+    lm_eval = pytest.importorskip("tttnn.lm_eval")
+    for name, text, _ in SPELLINGS:
+        _, cfg = lm_eval.model_settings({"index": "DIR", name: text})
+        cli = EvalConfig.from_flat(index="DIR", data=("d",), out="o",
+                                   **{name: _cli_value(name, text)})  # fmt: skip
+        path = leaf_fields(EvalConfig)[name][0]
+        assert functools.reduce(getattr, path, cfg) == functools.reduce(getattr, path, cli), name
+    _, cfg = lm_eval.model_settings({"index": "DIR", "exact": True, "lr": 1e-4, "neighbors": 7})
+    assert (cfg.retrieval.exact, cfg.ttt.lr, cfg.retrieval.neighbors) == (True, 1e-4, 7)
+    for name, text in REJECTED:
+        with pytest.raises(ValueError, match=f"tttnn model_args: {name}='{text}', expected"):
+            lm_eval.model_settings({"index": "DIR", name: text})
+
+
+def test_choice_lists_are_offered_and_enforced_from_one_place() -> None:
+    for command, cls in (("eval", EvalConfig), ("build", BuildConfig)):
+        group = main if command == "eval" else main.commands["index"]
+        options = {p.name: p for p in group.commands[command].params}
+        required = {"index": "i", "data": ("d",), "out": "o"} if cls is EvalConfig else {}
+        for name, (_, fld, _) in leaf_fields(cls).items():
+            choices = fld.metadata.get("choices")
+            if not choices:
+                continue
+            assert tuple(options[name].type.choices) == tuple(choices), name
+            bad = ("nope",) if fld.metadata.get("multiple") else "nope"
+            with pytest.raises(ValueError, match=f"{name} must be one of {', '.join(choices)}"):
+                cls.from_flat(**required, **{name: bad})
