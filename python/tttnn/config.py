@@ -547,7 +547,7 @@ def parse_setting(value: Any, tp: Any, none: str = "none") -> Any:
     or `:` (`0.9,0.999` on the command line; `0.9:0.999` in model_args, where `,` separates the
     settings). A value that already has the type is kept (lm-eval has made `20` an int, `1e-4` a
     float, `true` a bool); a tuple takes a list, or one item. ValueError `expected ...` otherwise."""
-    kind = setting_kind(tp, none)
+    kind = _setting_kind(tp, none)
     if typing.get_origin(tp) is typing.Union:
         if value is None or (isinstance(value, str) and value.strip().lower() == none):
             return None
@@ -586,13 +586,13 @@ def _scalar(value: Any, tp: Any) -> Any:
     return tp(value)
 
 
-def setting_kind(tp: Any, none: str = "none") -> str:
+def _setting_kind(tp: Any, none: str = "none") -> str:
     """What the text of a field of type `tp` must be, in words: `int`, `float or 'none'`,
     `int values separated by , or :`."""
     words = {int: "int", float: "float", bool: "true or false", str: "text"}
     if typing.get_origin(tp) is typing.Union:
         inner = next(a for a in typing.get_args(tp) if a is not type(None))
-        return f"{setting_kind(inner)} or {none!r}"
+        return f"{_setting_kind(inner)} or {none!r}"
     if typing.get_origin(tp) is tuple:
         return f"{words[typing.get_args(tp)[0]]} values separated by , or :"
     return words[tp]
