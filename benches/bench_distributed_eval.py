@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tttnn import jobs
 from tttnn.config import EvalConfig
 from tttnn.evaluate import results_of, run_eval
 
@@ -67,7 +68,7 @@ def main() -> None:
     t_one = time.perf_counter() - t
 
     t = time.perf_counter()
-    ray = run_eval(
+    ray = jobs.evaluate(
         EvalConfig.from_flat(
             out=str(out / "ray"), ray=True, workers=args.workers,
             cpus_per_worker=args.cpus_per_worker, **common,

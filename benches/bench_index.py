@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tttnn.build import build_index
 from tttnn.cli import _format_info, _size
 from tttnn.corpus import Corpus
 from tttnn.embed import Encoder
@@ -63,7 +64,7 @@ def main() -> None:
             encoder, tokenizer = Encoder(), load_tokenizer(args.tokenizer)
             encoder.fingerprint  # noqa: B018 (computed once per encoder; not document work)
             start = time.perf_counter()
-            index = Index.build(
+            index = build_index(
                 [args.train],
                 out,
                 encoder=encoder,

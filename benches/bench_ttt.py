@@ -20,6 +20,7 @@ import json
 import statistics
 from pathlib import Path
 
+from tttnn.build import build_index
 from tttnn.config import EvalConfig, PackConfig, TTTConfig
 from tttnn.evaluate import run_eval
 from tttnn.index import Index
@@ -74,7 +75,7 @@ def main() -> None:
     if not (args.index / "manifest.json").exists() or not _complete(args.index):
         resume = (args.index / "manifest.json").exists()
         print(f"building the index of {args.train} in {args.index} (resume={resume})")
-        Index.build([args.train], args.index, resume=resume, shard_size=1000)
+        build_index([args.train], args.index, resume=resume, shard_size=1000)
     eval_at = tuple(int(x) for x in args.eval_at.split(","))
     tag = f"k{args.k}-L{args.max_length}-w{args.windows_per_neighbor or 'all'}-lr{args.lr:g}"
     runs = {"full": args.out / f"ttt-full-{tag}"}

@@ -28,12 +28,47 @@ def lm_tokenizer():
 @pytest.fixture(scope="session")
 def sample_index(tmp_path_factory, encoder, lm_tokenizer) -> Path:
     """An index of the first 40 documents of the packaged sample (small shards, HNSW)."""
-    from tttnn.index import Index
+    from tttnn.build import build_index
 
     out = tmp_path_factory.mktemp("sample") / "index"
-    Index.build([SAMPLE_TRAIN], out, encoder=encoder, tokenizer=lm_tokenizer, limit=40,
+    build_index([SAMPLE_TRAIN], out, encoder=encoder, tokenizer=lm_tokenizer, limit=40,
                 shard_size=16, progress=False)  # fmt: skip
     return out
+
+
+RAY_NODE_CPUS = (2, 2)
+"""Logical CPUs of each node of a test module's Ray cluster (the head first), unless the module
+sets its own `RAY_NODE_CPUS`: two nodes, so that a test can lose one."""
+
+FAST_FAILURE = {
+    "health_check_initial_delay_ms": 0,
+    "health_check_period_ms": 500,
+    "health_check_failure_threshold": 3,
+}
+"""A lost node is noticed after a few missed health checks of 0.5 s (Ray's default: 5 of 3 s)."""
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(request):
+    """A local Ray cluster for the test module (`ray.cluster_utils.Cluster`), this process
+    connected to it: nodes of `RAY_NODE_CPUS` logical CPUs and no GPU, whatever the machine has,
+    so that actors with explicit `num_cpus` are placed the same way on a 2-core machine as on a
+    large one. One per module: the tests add, lose and fill nodes."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    head, *others = getattr(request.module, "RAY_NODE_CPUS", RAY_NODE_CPUS)
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": head, "num_gpus": 0, "include_dashboard": False,
+                        "_system_config": FAST_FAILURE},
+    )  # fmt: skip
+    for cpus in others:
+        cluster.add_node(num_cpus=cpus, num_gpus=0)
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
 
 
 @pytest.fixture(scope="session")

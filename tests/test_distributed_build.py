@@ -1,7 +1,7 @@
 """The index build on Ray (`tttnn.distributed.build`): 2 workers against one process, a worker
 killed mid-unit, a node lost mid-unit, a worker the cluster cannot place, an interrupted build
-resumed. One local Ray cluster for the module (two nodes of 2 logical CPUs), real models, a
-corpus of two files with bad inputs in both."""
+resumed. One local Ray cluster for the module (`ray_cluster`: two nodes of 2 logical CPUs), real
+models, a corpus of two files with bad inputs in both."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from helpers import corpus_slice, write_jsonl
 ray = pytest.importorskip("ray")
 
 from tttnn._tttnn import EmbeddingStore  # noqa: E402
+from tttnn.build import build_index  # noqa: E402
 from tttnn.config import BuildConfig  # noqa: E402
 from tttnn.distributed.build import build_distributed, plan_units  # noqa: E402
 from tttnn.index import Index  # noqa: E402
@@ -29,29 +30,7 @@ STRADDLE_BOUND = 2e-2
 
 
 NODE_CPUS = 2
-# A lost node is noticed after a few missed health checks of 0.5 s (Ray's default: 5 of 3 s).
-FAST_FAILURE = {
-    "health_check_initial_delay_ms": 0,
-    "health_check_period_ms": 500,
-    "health_check_failure_threshold": 3,
-}
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """Two nodes of 2 logical CPUs (`ray.cluster_utils.Cluster`), so that a node can be lost."""
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": NODE_CPUS, "include_dashboard": False,
-                        "_system_config": FAST_FAILURE},
-    )  # fmt: skip
-    c.add_node(num_cpus=NODE_CPUS)
-    ray.init(address=c.address, log_to_driver=False)
-    yield c
-    ray.shutdown()
-    c.shutdown()
+RAY_NODE_CPUS = (NODE_CPUS, NODE_CPUS)  # the nodes of the `ray_cluster` fixture (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +55,7 @@ def reference(tmp_path_factory, corpus, encoder) -> Path:
     """The single-process build."""
     out = tmp_path_factory.mktemp("ref") / "index"
     cfg = BuildConfig.from_flat(**SETTINGS)
-    Index.build(corpus, out, cfg, encoder=encoder, progress=False)
+    build_index(corpus, out, cfg, encoder=encoder, progress=False)
     return out
 
 
@@ -175,7 +154,7 @@ def test_units_started_from_positions_read_what_a_skipping_read_does(corpus, eve
 
 
 def test_two_workers_build_the_single_process_index_when_one_is_killed_mid_unit(
-    cluster, corpus, reference, tmp_path
+    ray_cluster, corpus, reference, tmp_path
 ):
     out = tmp_path / "index"
     dispatched: list[int] = []
@@ -209,7 +188,9 @@ def test_two_workers_build_the_single_process_index_when_one_is_killed_mid_unit(
                                "missing_text": 1}  # fmt: skip
 
 
-def test_a_lost_node_s_unit_is_rerun_elsewhere(cluster, corpus, reference, tmp_path, monkeypatch):
+def test_a_lost_node_s_unit_is_rerun_elsewhere(
+    ray_cluster, corpus, reference, tmp_path, monkeypatch
+):
     """A third node joins; 3 workers of 2 CPUs fill the 3 nodes; the node of one busy worker is
     lost mid-unit. Its replacement cannot be placed (the other nodes are full), so it is given
     up, and its unit is re-run by a surviving worker: the index is the single-process one."""
@@ -219,8 +200,8 @@ def test_a_lost_node_s_unit_is_rerun_elsewhere(cluster, corpus, reference, tmp_p
 
     monkeypatch.setattr(dc, "SCHEDULE_TIMEOUT", 20.0)
     wait_for_free_cpus(2 * NODE_CPUS)
-    node = cluster.add_node(num_cpus=NODE_CPUS)
-    cluster.wait_for_nodes()
+    node = ray_cluster.add_node(num_cpus=NODE_CPUS, num_gpus=0)
+    ray_cluster.wait_for_nodes()
     wait_for_free_cpus(3 * NODE_CPUS)
     dispatched: list[int] = []
     lost: dict = {}
@@ -231,7 +212,7 @@ def test_a_lost_node_s_unit_is_rerun_elsewhere(cluster, corpus, reference, tmp_p
         while ray.get(actor.progress.remote())[1] == 0:  # until it has embedded part of it
             time.sleep(0.05)
         lost["unit"] = unit.index
-        cluster.remove_node(node, allow_graceful=False)
+        ray_cluster.remove_node(node, allow_graceful=False)
 
     def hook(event, unit, actor):
         if event == "dispatch":
@@ -254,7 +235,7 @@ class Stop(Exception):
     pass
 
 
-def test_resume_skips_committed_units(cluster, corpus, reference, tmp_path):
+def test_resume_skips_committed_units(ray_cluster, corpus, reference, tmp_path):
     out = tmp_path / "index"
 
     def stop_at_commit_of_2(event, unit, actor):
@@ -293,7 +274,7 @@ def test_resume_skips_committed_units(cluster, corpus, reference, tmp_path):
 
 
 def test_a_worker_the_cluster_cannot_place_is_given_up(
-    cluster, corpus, reference, tmp_path, monkeypatch
+    ray_cluster, corpus, reference, tmp_path, monkeypatch
 ):
     import tttnn.distributed.cluster as dc
 

@@ -1,6 +1,6 @@
-"""The evaluation over Ray workers (`tttnn eval --ray`): one local cluster for the module (4
-logical CPUs), the shipped sample index served by shard actors, a tiny Llama with SmolLM2's
-vocabulary. The rows of 2 workers equal those of one process (timings aside; bits per byte to
+"""The evaluation over Ray workers (`tttnn eval --ray`): one local cluster for the module
+(`ray_cluster`: one node of 4 logical CPUs), the shipped sample index served by shard actors, a
+tiny Llama with SmolLM2's vocabulary. The rows of 2 workers equal those of one process (timings aside; bits per byte to
 1e-7, the rounding of another torch thread count); a worker killed mid-document has its document
 re-run; the driver stays the only writer."""
 
@@ -16,19 +16,15 @@ from pathlib import Path
 import pytest
 
 from helpers import SAMPLE_TEST
+from tttnn import jobs
 from tttnn.config import EvalConfig
 from tttnn.evaluate import results_of, run_eval
 
 ray = pytest.importorskip("ray")
 
+RAY_NODE_CPUS = (4,)  # the `ray_cluster` fixture (conftest.py): a worker of 2 CPUs fits one node
 
-@pytest.fixture(scope="module", autouse=True)
-def cluster():
-    from tttnn.distributed.cluster import connect
-
-    connect(num_cpus=4)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
 def config(index: Path, model: Path, out: Path, **kw) -> EvalConfig:
@@ -104,13 +100,13 @@ def worker_pids() -> list[int]:
 @pytest.mark.slow
 def test_two_workers_write_the_rows_of_one_process(sample_index, tiny_lm, single, tmp_path):
     run = tmp_path / "ray"
-    summary = run_eval(config(sample_index, tiny_lm, run, ray=True, workers=2))
+    summary = jobs.evaluate(config(sample_index, tiny_lm, run, ray=True, workers=2))
     assert (summary.ok, summary.failed) == (8, 0)
     one, two = results(single), results(run)
     assert all(r["status"] == "ok" for r in one.values())
     assert_same(two, one)
     # resuming over Ray: nothing left to do, nothing written twice
-    summary = run_eval(config(sample_index, tiny_lm, run, ray=True, workers=2))
+    summary = jobs.evaluate(config(sample_index, tiny_lm, run, ray=True, workers=2))
     assert (summary.ok, summary.resumed) == (0, 8)
     assert_same(results(run), one)
 
@@ -122,7 +118,7 @@ def test_a_worker_killed_mid_document_has_its_document_rerun(
     run = tmp_path / "killed"
     cfg = config(sample_index, tiny_lm, run, ray=True, workers=2)
     outcome: dict = {}
-    t = threading.Thread(target=lambda: outcome.update(summary=run_eval(cfg)))
+    t = threading.Thread(target=lambda: outcome.update(summary=jobs.evaluate(cfg)))
     t.start()
     # once a row is written both workers are busy (two documents queued on each): kill one
     deadline = time.monotonic() + 300
@@ -171,15 +167,17 @@ def test_a_worker_the_cluster_cannot_place_is_given_up(
     # 2-core machine: at 30 s the test failed once of 3 runs beside two evaluations
     monkeypatch.setattr(dc, "SCHEDULE_TIMEOUT", 90.0)
     run = tmp_path / "one_fits"
-    summary = run_eval(config(sample_index, tiny_lm, run, ray=True, workers=2, cpus_per_worker=2))
+    summary = jobs.evaluate(
+        config(sample_index, tiny_lm, run, ray=True, workers=2, cpus_per_worker=2)
+    )
     assert (summary.ok, summary.failed) == (8, 0)
     assert_same(results(run), results(single))
     # no worker fits: a clear error, not a wait forever
     monkeypatch.setattr(dc, "SCHEDULE_TIMEOUT", 3.0)
     with pytest.raises(RuntimeError, match=r"no TTT worker could be started within 3 s: each "
                        r"needs 8 CPU"):  # fmt: skip
-        run_eval(config(sample_index, tiny_lm, tmp_path / "none", ray=True, workers=1,
-                        cpus_per_worker=8))  # fmt: skip
+        jobs.evaluate(config(sample_index, tiny_lm, tmp_path / "none", ray=True, workers=1,
+                             cpus_per_worker=8))  # fmt: skip
 
 
 def wait_for_free_cpus(n: float, timeout: float = 120.0) -> None:

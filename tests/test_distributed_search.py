@@ -1,7 +1,7 @@
 """Search over Ray: shard actors (`tttnn.distributed.index`) against the single-process index.
 
-One local Ray cluster of two nodes (`ray.cluster_utils.Cluster`, logical CPUs given) for the
-module; the worker node is removed at the end to simulate a lost machine.
+One local Ray cluster of two nodes for the module (`ray_cluster`, logical CPUs given); the
+worker node is removed at the end to simulate a lost machine.
 """
 
 from __future__ import annotations
@@ -15,35 +15,13 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from ray.cluster_utils import Cluster  # noqa: E402
-
-from tttnn import EmbeddingStore  # noqa: E402
+from tttnn import EmbeddingStore, jobs  # noqa: E402
 from tttnn.config import RayConfig  # noqa: E402
 from tttnn.distributed.index import RayIndex, merge_parts, shard_groups  # noqa: E402
 from tttnn.index import INDEX_FORMAT, INDEX_KIND, Index  # noqa: E402
 
 DIM = 16
-NODE_CPUS = 2
-# A lost node is noticed after a few missed health checks of 0.5 s (Ray's default: 5 of 3 s).
-FAST_FAILURE = {
-    "health_check_initial_delay_ms": 0,
-    "health_check_period_ms": 500,
-    "health_check_failure_threshold": 3,
-}
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    c = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": NODE_CPUS, "include_dashboard": False,
-                        "_system_config": FAST_FAILURE},
-    )  # fmt: skip
-    workers = [c.add_node(num_cpus=NODE_CPUS)]
-    ray.init(address=c.address, log_to_driver=False)
-    yield c, workers
-    ray.shutdown()
-    c.shutdown()
+RAY_NODE_CPUS = (2, 2)  # the nodes of the `ray_cluster` fixture (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +56,7 @@ def tie_store(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ray_ties(cluster, tie_store):
+def ray_ties(ray_cluster, tie_store):
     index = RayIndex.open(tie_store, ray=RayConfig(ray=True, workers=3, cpus_per_worker=0.25))
     yield index
     index.close()
@@ -164,7 +142,7 @@ def test_shards_subset_over_ray(ray_ties, tie_store):
             part.search(q, k=2, shards=[0])
 
 
-def test_a_node_needs_only_its_shards(cluster, tie_store, tmp_path):
+def test_a_node_needs_only_its_shards(ray_cluster, tie_store, tmp_path):
     """Serving shards 1 and 4 from a copy of the index that holds only their directories and
     the manifest (what a node with those shards on its local disk has): same answers and reads
     as the whole index."""
@@ -237,11 +215,11 @@ def test_a_pickled_index_searches_through_the_same_actors(ray_ties, tie_store):
     assert [r.ids for r in ray_ties.search(q, k=4, exact=True)] == want
 
 
-def test_real_index_text_queries_guard_and_packing(cluster, sample_index, encoder):
+def test_real_index_text_queries_guard_and_packing(ray_cluster, sample_index, encoder):
     local = Index.open(sample_index, encoder=encoder)
     queries = ["the history of the roman empire", "def main():\n    return 0"]
     cfg = RayConfig(ray=True, workers=2, cpus_per_worker=0.5)
-    with Index.open(sample_index, encoder=encoder, ray=cfg) as index:
+    with jobs.open_index(sample_index, cfg, encoder=encoder) as index:
         assert isinstance(index, RayIndex)
         for exact in (True, False):
             want = local.search(queries, k=6, exact=exact)
@@ -280,7 +258,7 @@ def test_a_killed_actor_mid_batch_still_gives_the_answer(ray_ties, tie_store):
     assert ray.get(victim.stats.remote())["pid"] != pid  # it was restarted
 
 
-def test_cli_search_over_ray_prints_the_local_neighbors(cluster, sample_index):
+def test_cli_search_over_ray_prints_the_local_neighbors(ray_cluster, sample_index):
     from click.testing import CliRunner
 
     from tttnn.cli import main
@@ -299,14 +277,13 @@ def test_cli_search_over_ray_prints_the_local_neighbors(cluster, sample_index):
     assert bad.exit_code == 1 and "shard 9 out of range" in bad.output
 
 
-def test_a_lost_node_s_actors_restart_elsewhere(cluster, ray_ties, tie_store):
-    c, workers = cluster
+def test_a_lost_node_s_actors_restart_elsewhere(ray_cluster, ray_ties, tie_store):
     q = _queries(tie_store)
     want = EmbeddingStore.open(tie_store).search(q, 8, exact=True)
     before = ray_ties.store.actor_stats()  # SPREAD: some actors on the worker node
-    lost = workers[0]
+    (lost,) = ray_cluster.worker_nodes
     assert lost.node_id in {s["node_id"] for s in before}, "no actor on the worker node"
-    c.remove_node(lost, allow_graceful=False)
+    ray_cluster.remove_node(lost, allow_graceful=False)
     got = ray_ties.store.search(q, 8, exact=True)
     np.testing.assert_array_equal(got[0], want[0])
     assert got[1].tobytes() == want[1].tobytes()

@@ -102,11 +102,20 @@ def test_a_rejected_setting_writes_nothing(tmp_path: Path, sample_index: Path) -
         assert not (tmp_path / "r").exists()
 
 
+def test_a_ray_config_is_not_run_here_by_mistake(tmp_path: Path, sample_index: Path) -> None:
+    """`run_eval` evaluates here unless given another executor; a config that asks for Ray is
+    refused before anything is written (`tttnn.jobs.evaluate` runs it on Ray)."""
+    with pytest.raises(ValueError, match=r"tttnn\.jobs\.evaluate"):
+        run_eval(config(sample_index, tmp_path, tmp_path / "run", ray=True))
+    assert not (tmp_path / "run").exists()
+
+
 def test_tokenizer_mismatch_and_missing_tokens_are_refused_up_front(
     sample_index: Path, tmp_path: Path, encoder
 ) -> None:
     from helpers import byte_tokenizer, tiny_llama
-    from tttnn.index import Index, InvalidIndexError
+    from tttnn.build import build_index
+    from tttnn.index import InvalidIndexError
 
     other = tmp_path / "byte-llama"  # another vocabulary than the index's (SmolLM2's)
     tok = byte_tokenizer()
@@ -123,7 +132,7 @@ def test_tokenizer_mismatch_and_missing_tokens_are_refused_up_front(
     assert row["windows_trained"] == 3 and row["tokens_trained"] == 3 * 64
 
     bare = tmp_path / "bare"
-    Index.build([SAMPLE_TRAIN], bare, encoder=encoder, tokenizer=None, limit=8, progress=False)
+    build_index([SAMPLE_TRAIN], bare, encoder=encoder, tokenizer=None, limit=8, progress=False)
     with pytest.raises(InvalidIndexError, match="stores no token ids"):
         run_eval(config(bare, other, tmp_path / "run2"))
 

@@ -19,6 +19,7 @@ import pytest
 from helpers import corpus_slice, write_jsonl
 from tttnn import CorruptIndexError
 from tttnn._tttnn import EmbeddingStore
+from tttnn.build import build_index
 from tttnn.embed import Encoder, EncoderNotFoundError, default_encoder_path, split_by_tokens
 from tttnn.index import Index, InvalidIndexError
 
@@ -32,7 +33,7 @@ def rows() -> list[dict]:
 def built(rows, encoder, lm_tokenizer, tmp_path_factory) -> tuple[Index, Path]:
     tmp = tmp_path_factory.mktemp("built")
     corpus = write_jsonl(rows, tmp / "slice.jsonl.zst")
-    index = Index.build(
+    index = build_index(
         [corpus], tmp / "index", encoder=encoder, tokenizer=lm_tokenizer, shard_size=16,
         progress=False,
     )  # fmt: skip
@@ -195,14 +196,14 @@ def test_open_errors(built, tmp_path: Path) -> None:
 def test_build_refuses_a_non_empty_directory_and_bad_options(built, encoder) -> None:
     index, corpus = built
     with pytest.raises(InvalidIndexError, match="not empty; pass resume=True"):
-        Index.build([corpus], index.path, encoder=encoder, tokenizer=None, progress=False)
+        build_index([corpus], index.path, encoder=encoder, tokenizer=None, progress=False)
     with pytest.raises(InvalidIndexError, match=r"cannot resume .*dtype='f16'"):
-        Index.build(
+        build_index(
             [corpus], index.path, encoder=encoder, tokenizer=index.meta["tokenizer"],
             vector_dtype="i8", resume=True, progress=False,
         )  # fmt: skip
     with pytest.raises(ValueError, match="dtype must be"):
-        Index.build([corpus], index.path / "x", encoder=encoder, vector_dtype="f8")
+        build_index([corpus], index.path / "x", encoder=encoder, vector_dtype="f8")
 
 
 # -- resumption ---------------------------------------------------------------------------------
@@ -231,7 +232,7 @@ def small(rows, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_resume_after_kill_9_equals_a_clean_build(small, encoder, lm_tokenizer, tmp_path) -> None:
-    clean = Index.build(
+    clean = build_index(
         [small], tmp_path / "clean", encoder=encoder, tokenizer="smollm2-135m", shard_size=4,
         progress=False,
     )  # fmt: skip
@@ -239,8 +240,8 @@ def test_resume_after_kill_9_equals_a_clean_build(small, encoder, lm_tokenizer, 
     child = textwrap.dedent(
         f"""
         import time
-        from tttnn.index import Index
-        Index.build([{str(small)!r}], {str(out)!r}, shard_size=4, progress=False,
+        from tttnn.build import build_index
+        build_index([{str(small)!r}], {str(out)!r}, shard_size=4, progress=False,
                     on_shard=lambda n: time.sleep(1.0))
         """
     )
@@ -259,26 +260,26 @@ def test_resume_after_kill_9_equals_a_clean_build(small, encoder, lm_tokenizer, 
     partial = len(EmbeddingStore.open(str(out)))
     assert 4 <= partial < len(clean) and partial % 4 == 0
     assert json.loads(EmbeddingStore.open(str(out)).meta)["status"] == "building"
-    resumed = Index.build(
+    resumed = build_index(
         [small], out, encoder=encoder, tokenizer="smollm2-135m", shard_size=4, resume=True,
         progress=False,
     )  # fmt: skip
     _assert_same_index(resumed, clean)
     # resuming a finished build changes nothing; another corpus is refused
-    again = Index.build(
+    again = build_index(
         [small], out, encoder=encoder, tokenizer="smollm2-135m", resume=True, progress=False
     )
     _assert_same_index(again, clean)
     other = write_jsonl([{"text": "something else"}], tmp_path / "small.jsonl.zst")
     with pytest.raises(InvalidIndexError, match="cannot resume"):
-        Index.build([other], out, encoder=encoder, tokenizer="smollm2-135m", resume=True)
+        build_index([other], out, encoder=encoder, tokenizer="smollm2-135m", resume=True)
 
 
 def test_resume_after_ctrl_c_with_chunks_equals_a_clean_build(
     small, encoder, lm_tokenizer, tmp_path
 ) -> None:
     kw = dict(encoder=encoder, tokenizer=lm_tokenizer, shard_size=5, chunk_tokens=96, limit=3)
-    clean = Index.build([small], tmp_path / "clean", progress=False, **kw)
+    clean = build_index([small], tmp_path / "clean", progress=False, **kw)
     assert clean.info()["documents"] == 3 and len(clean) > 10
 
     calls = []
@@ -289,9 +290,9 @@ def test_resume_after_ctrl_c_with_chunks_equals_a_clean_build(
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        Index.build([small], tmp_path / "cut", progress=False, on_shard=interrupt, **kw)
+        build_index([small], tmp_path / "cut", progress=False, on_shard=interrupt, **kw)
     assert len(EmbeddingStore.open(str(tmp_path / "cut"))) == 10
-    resumed = Index.build([small], tmp_path / "cut", progress=False, resume=True, **kw)
+    resumed = build_index([small], tmp_path / "cut", progress=False, resume=True, **kw)
     _assert_same_index(resumed, clean)
 
     # chunks point back to their document and reassemble it
@@ -330,7 +331,7 @@ def test_a_corpus_without_documents_is_an_error(tmp_path: Path, encoder) -> None
     bad.write_text('{"text": ""}\nnot json\n{"meta": {}}\n')
     for on_error in ("skip", "fail"):
         with pytest.raises((InvalidIndexError, ValueError), match=r"no documents|bad\.jsonl:1"):
-            Index.build([bad], tmp_path / on_error, encoder=encoder, tokenizer=None,
+            build_index([bad], tmp_path / on_error, encoder=encoder, tokenizer=None,
                         on_error=on_error, progress=False)  # fmt: skip
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from tttnn._tttnn import EmbeddingStore
 from tttnn.config import BuildConfig
-from tttnn.corpus import Corpus, Document
+from tttnn.corpus import Corpus, CorpusStats, Document
 from tttnn.embed import Encoder, split_by_tokens
 from tttnn.index import (
     INDEX_FORMAT,
@@ -381,29 +381,10 @@ def build_index(
     elif tokenizer != "config":  # a loaded tokenizer
         lm_tok = tokenizer
         settings["tokenizer"] = str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__))
-    if config is not None and settings:
-        raise TypeError("pass either config or settings as keywords, not both")
-    cfg = config or BuildConfig.from_flat(**settings)
-    corpus = Corpus(corpus_paths, on_error=cfg.on_error, max_doc_bytes=cfg.max_doc_bytes)
-    out = Path(out)
-    resuming = resume and (out / "manifest.json").is_file()
-    if out.exists() and not out.is_dir():
-        raise InvalidIndexError(f"{out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not resuming:
-        hint = "" if resume else "; pass resume=True (--resume) to continue a build there"
-        raise InvalidIndexError(f"{out} already exists and is not empty{hint}")
-
-    enc = (
-        encoder if isinstance(encoder, Encoder) else Encoder(cfg.encoder, batch_size=cfg.batch_size)
-    )
-    if lm_tok is None and cfg.tokenizer is not None:
-        from tttnn.models import load_tokenizer
-
-        lm_tok = load_tokenizer(cfg.tokenizer)
+    cfg, corpus, out, resuming = start_build(corpus_paths, Path(out), config, settings, resume)
+    enc, lm_tok = load_models(cfg, encoder if isinstance(encoder, Encoder) else None, lm_tok)
     params = index_params(models_identity(enc, lm_tok), cfg, corpus)
-    store = (
-        _open_for_resume(out, params, corpus) if resuming else _create(out, params, cfg, enc.dim)
-    )
+    store = open_store(out, params, cfg, corpus, resuming)
     with store:  # the writer lock (DIR/.lock) is released when the build ends or fails
         docs = itertools.islice(corpus, cfg.limit)
         chunk_tok = lm_tok if lm_tok is not None else enc.tokenizer
@@ -415,9 +396,7 @@ def build_index(
         def sealed(n: int, first_chunks: int) -> None:
             """After each sealed shard: the documents started so far, for `tttnn index info`."""
             started = stored.documents + first_chunks
-            store.set_meta(
-                json.dumps({**params, "status": "building", "documents_so_far": started})
-            )
+            store.set_meta(json.dumps(index_meta(params, "building", documents_so_far=started)))
             if on_shard is not None:
                 on_shard(n)
 
@@ -439,21 +418,79 @@ def build_index(
             bar.update(max(0, corpus.total_bytes - bar.n))
         finally:
             bar.close()
-        domain_docs, domain_entries = done.documents, done.entries
-        if not domain_docs and cfg.limit != 0:
-            raise InvalidIndexError(f"no documents in {', '.join(map(str, corpus.paths))}")
-        if cfg.hnsw:
-            store.build_hnsw()
-        domain_entries.update(stored.entries)  # resumed: what was stored before counts too
-        meta = {
-            **params, "status": "complete", "documents": sum(domain_docs.values()),
-            "entries": len(store),
-            "domains": {d: {"documents": domain_docs[d], "entries": domain_entries[d]}
-                        for d in sorted(domain_docs)},
-            "corpus_stats": corpus.stats.to_dict(),
-        }  # fmt: skip
-        store.set_meta(json.dumps(meta))
-        return Index(store, meta, enc)
+        done.entries.update(stored.entries)  # resumed: what was stored before counts too
+        return finish_index(store, params, cfg, corpus, done, corpus.stats, enc)
+
+
+# --- what one build and a distributed build share ------------------------------------------------
+
+
+def start_build(
+    corpus_paths: PathLike | Iterable[PathLike], out: Path, config: BuildConfig | None,
+    settings: dict[str, Any], resume: bool,
+) -> tuple[BuildConfig, Corpus, Path, bool]:  # fmt: skip
+    """`(config, corpus, out, resuming)` of a build: the settings (`config`, or `BuildConfig`
+    fields in `settings`), the corpus, and whether `out` holds a build to resume; refuses an
+    `out` that holds anything else."""
+    if config is not None and settings:
+        raise TypeError("pass either config or settings as keywords, not both")
+    cfg = config or BuildConfig.from_flat(**settings)
+    corpus = Corpus(corpus_paths, on_error=cfg.on_error, max_doc_bytes=cfg.max_doc_bytes)
+    resuming = resume and (out / "manifest.json").is_file()
+    if out.exists() and not out.is_dir():
+        raise InvalidIndexError(f"{out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not resuming:
+        hint = "" if resume else "; pass resume=True (--resume) to continue a build there"
+        raise InvalidIndexError(f"{out} already exists and is not empty{hint}")
+    return cfg, corpus, out, resuming
+
+
+def load_models(
+    cfg: BuildConfig, encoder: Encoder | None = None, lm_tok: Any = None, *, progress: bool = True
+) -> tuple[Encoder, Any]:
+    """The encoder and LM tokenizer (None: the index stores no token ids) of a build: `encoder`
+    and `lm_tok` when given (loaded by the caller), else those `cfg` names."""
+    if encoder is None:
+        encoder = Encoder(cfg.encoder, batch_size=cfg.batch_size, progress=progress)
+    if lm_tok is None and cfg.tokenizer is not None:
+        from tttnn.models import load_tokenizer
+
+        lm_tok = load_tokenizer(cfg.tokenizer)
+    return encoder, lm_tok
+
+
+def index_meta(params: dict[str, Any], status: str, **fields: Any) -> dict[str, Any]:
+    """The index meta: what a build fixed when it started (`index_params`), its `status`
+    ("building", "complete") and what it counted so far."""
+    return {**params, "status": status, **fields}
+
+
+def open_store(
+    out: Path, params: dict[str, Any], cfg: BuildConfig, corpus: Corpus, resuming: bool
+) -> Any:
+    """The store of a build: the one in `out` to resume (checked against `params`), or a new
+    one."""
+    return _open_for_resume(out, params, corpus) if resuming else _create(out, params, cfg)
+
+
+def finish_index(
+    store: Any, params: dict[str, Any], cfg: BuildConfig, corpus: Corpus, counted: Embedded,
+    stats: CorpusStats, encoder: Encoder | None = None, **fields: Any,
+) -> Index:  # fmt: skip
+    """Seal a build whose documents and entries by domain are `counted`: the HNSW settings,
+    and the complete meta (with `fields`) written once."""
+    docs, entries = counted.documents, counted.entries
+    if not docs and cfg.limit != 0:
+        raise InvalidIndexError(f"no documents in {', '.join(map(str, corpus.paths))}")
+    if cfg.hnsw:
+        store.build_hnsw()  # distributed: the graphs came with the units; the settings if empty
+    meta = index_meta(
+        params, "complete", documents=sum(docs.values()), entries=len(store),
+        domains={d: {"documents": docs[d], "entries": entries[d]} for d in sorted(docs)},
+        corpus_stats=stats.to_dict(), **fields,
+    )  # fmt: skip
+    store.set_meta(json.dumps(meta))
+    return Index(store, meta, encoder)
 
 
 def models_identity(enc: Encoder, lm_tok: Any) -> dict[str, Any]:
@@ -481,11 +518,13 @@ def index_params(identity: dict[str, Any], cfg: BuildConfig, corpus: Corpus) -> 
     }  # fmt: skip
 
 
-def _create(out: Path, params: dict[str, Any], cfg: BuildConfig, dim: int) -> Any:
+def _create(out: Path, params: dict[str, Any], cfg: BuildConfig) -> Any:
+    """A new store for the entries of `params` (an index's, or a work unit's)."""
     return EmbeddingStore.create(
-        str(out), dim, dtype=cfg.vector_dtype, metric="cosine", shard_size=cfg.shard_size,
-        hnsw=cfg.hnsw, with_text=True, with_tokens=params["tokenizer"] is not None,
-        with_records=True, meta=json.dumps({**params, "status": "building"}),
+        str(out), params["dim"], dtype=cfg.vector_dtype, metric="cosine",
+        shard_size=cfg.shard_size, hnsw=cfg.hnsw, with_text=True,
+        with_tokens=params["tokenizer"] is not None, with_records=True,
+        meta=json.dumps(index_meta(params, "building")),
     )  # fmt: skip
 
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, TextIO, TypeVar
 
 import click
 
-from tttnn import __version__
+from tttnn import __version__, jobs
 from tttnn.config import (
     BASELINES,
     DEMO_SETTINGS,
@@ -176,13 +176,8 @@ def index_build(
     start = time.perf_counter()
     try:
         with _errors():
-            cfg = BuildConfig.from_flat(**settings)
-            if cfg.ray.ray:  # on Ray workers: the same index (tttnn.distributed.build)
-                from tttnn.distributed.build import build_distributed
-
-                index = build_distributed(list(corpus), out, cfg, resume=resume, progress=not quiet)
-            else:
-                index = Index.build(list(corpus), out, cfg, resume=resume, progress=not quiet)
+            cfg = BuildConfig.from_flat(**settings)  # --ray: on Ray workers, the same index
+            index = jobs.build(list(corpus), out, cfg, resume=resume, progress=not quiet)
     except KeyboardInterrupt:
         click.echo(
             f"\ninterrupted: the sealed shards in {out} are kept; continue with --resume",
@@ -312,9 +307,7 @@ def search(
     with _errors(), contextlib.ExitStack() as closing:
         r = _take(RetrievalConfig, settings)
         ray_cfg = _take(RayConfig, settings)
-        index = Index.open(index_dir, ray=ray_cfg if ray_cfg.ray else None)
-        if ray_cfg.ray:
-            closing.callback(index.close)  # type: ignore[attr-defined]
+        index = closing.enter_context(jobs.open_index(index_dir, ray_cfg))
         if index.meta.get("status") != "complete":
             click.echo(
                 f"warning: the index at {index_dir} is {index.meta.get('status')}: searching the "
@@ -403,14 +396,13 @@ def _format_result(res: SearchResult, text: str) -> str:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def eval_cmd(quiet: bool, **settings: Any) -> None:
     """Test-time train on each test document's neighbors and score it (resumable)."""
-    from tttnn.evaluate import run_eval
     from tttnn.report import make_report, render
 
     _quiet_transformers()
     with _errors():
         cfg = EvalConfig.from_flat(progress=not quiet, **settings)
         try:
-            summary = run_eval(cfg)
+            summary = jobs.evaluate(cfg)
         except KeyboardInterrupt:
             click.echo(f"\ninterrupted: rerun the same command to resume ({cfg.run.out})", err=True)
             sys.exit(130)

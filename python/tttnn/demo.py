@@ -14,8 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
+from tttnn import jobs
 from tttnn.config import DEMO_SETTINGS, EvalConfig
-from tttnn.evaluate import run_eval
 from tttnn.index import Index
 from tttnn.report import make_report, plot_report, render
 
@@ -72,7 +72,7 @@ def run_demo(
         f"k = {cfg.retrieval.neighbors} neighbors, windows of {t.max_length} tokens -> {cfg.run.out}"
     )
     t1 = time.perf_counter()
-    summary = run_eval(cfg)
+    summary = jobs.evaluate(cfg)
     echo(f"      done in {time.perf_counter() - t1:.0f} s")
     echo("[3/3] report")
     report = make_report(summary.run_dir)

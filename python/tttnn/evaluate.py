@@ -15,7 +15,7 @@ import os
 import platform
 import time
 import traceback
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -28,7 +28,10 @@ from tttnn.index import SearchResult
 from tttnn.metrics import byte_weighted_bpb
 from tttnn.select import search_depth, select_neighbors
 
-__all__ = ["EvalConfig", "EvalSummary", "iter_test_documents", "run_eval", "split_document"]
+__all__ = [
+    "EvalConfig", "EvalSummary", "Executor", "evaluate_here", "iter_test_documents",
+    "load_trainer", "run_eval", "split_document",
+]  # fmt: skip
 
 CONFIG_FORMAT = 2  # config.json layout: {"format", "config": EvalConfig.to_dict(), ...}
 
@@ -320,15 +323,30 @@ RETRIEVE_BATCH = 64
 """Test documents searched together (one fan-out over the shards per batch)."""
 
 
-def run_eval(cfg: EvalConfig) -> EvalSummary:
-    """Run (or resume) an evaluation: here, or over Ray workers with `cfg.ray.ray` (the same rows;
-    this process stays the only writer of `RUN/results.jsonl`)."""
+Rows = Generator[dict[str, Any], None, None]
+Executor = Callable[[EvalConfig, str, Any, list[Document]], Rows]
+"""Where the documents of a run are evaluated: `executor(cfg, resolved model, index, documents)`
+yields their rows in the order they finish (`evaluate_here`, or Ray's
+`tttnn.distributed.evaluate.evaluate_on_ray`)."""
+
+
+def run_eval(cfg: EvalConfig, executor: Optional[Executor] = None) -> EvalSummary:
+    """Run (or resume) an evaluation in `cfg.run.out`, the documents evaluated by `executor`
+    (default: `evaluate_here`, in this process; `tttnn.jobs.evaluate` picks Ray's for
+    `cfg.ray.ray`: the same rows). This process is the only writer of `RUN/results.jsonl`."""
     from tqdm.auto import tqdm
 
     from tttnn.lock import exclusive_writer
     from tttnn.models import resolve_model
 
-    index = open_index(cfg)
+    if executor is None:
+        if cfg.ray.ray:
+            raise ValueError(
+                "this config runs on Ray (ray=True): run it with tttnn.jobs.evaluate, or pass "
+                "the Ray executor (tttnn.distributed.evaluate.evaluate_on_ray)"
+            )
+        executor = evaluate_here
+    index = open_index(cfg)  # checked before anything is written
     docs = list(iter_test_documents(cfg.test))
     if not docs:
         raise ValueError(f"no test documents in {', '.join(cfg.test.data)}")
@@ -343,12 +361,7 @@ def run_eval(cfg: EvalConfig) -> EvalSummary:
         summary = EvalSummary(out, ok=0, failed=0, resumed=len(docs) - len(todo))
         if not todo:
             return summary
-        if cfg.ray.ray:
-            from tttnn.distributed.evaluate import evaluate_on_ray
-
-            rows = evaluate_on_ray(cfg, resolved, todo)
-        else:
-            rows = _evaluate_here(cfg, resolved, index, todo)
+        rows = executor(cfg, resolved, index, todo)
         scored: list[tuple[float, float, int]] = []  # bpb at 0, at the last k, bytes
         bar = tqdm(total=len(todo), desc="eval", unit="doc", disable=not cfg.run.progress,
                    dynamic_ncols=True)  # fmt: skip
@@ -423,17 +436,26 @@ def score_document(
     return row
 
 
-def _evaluate_here(
-    cfg: EvalConfig, resolved: str, index: Any, todo: list[Document]
-) -> Generator[dict[str, Any], None, None]:
-    """Rows of the `todo` documents, evaluated in this process."""
-    from tttnn.models import load_causal_lm
-    from tttnn.ttt import TestTimeTrainer
-
-    model, tokenizer = load_causal_lm(resolved, device=cfg.run.device)
-    if cfg.retrieval.neighbors > 0:
-        index.check_tokens_for(tokenizer, retokenize=cfg.pack.retokenize)
-    trainer = TestTimeTrainer(model, tokenizer, cfg.ttt)
+def evaluate_here(cfg: EvalConfig, resolved: str, index: Any, todo: list[Document]) -> Rows:
+    """Rows of the `todo` documents, evaluated in this process (an `Executor`)."""
+    _, tokenizer, trainer = load_trainer(cfg, index, model=resolved, device=cfg.run.device)
     for batch in batches(todo):
         for doc, got in zip(batch, retrieve_or_fail(batch, cfg, index, tokenizer)):
             yield got if isinstance(got, dict) else score_document(doc, cfg, index, trainer, got)
+
+
+def load_trainer(
+    cfg: EvalConfig, index: Any, *, model: Optional[str] = None, device: Any = None
+) -> tuple[Any, Any, Any]:
+    """`(model, tokenizer, trainer)` ready for the documents of `cfg`: the model resolved (or
+    `model`, resolved already) and loaded on `device` (default: CUDA when present), its tokenizer
+    checked against the token ids `index` stores (when the run trains on neighbors), and a
+    `TestTimeTrainer` of `cfg.ttt` around it. The one setup of a run here, of a Ray worker and of
+    the lm-eval model."""
+    from tttnn.models import load_causal_lm, resolve_model
+    from tttnn.ttt import TestTimeTrainer
+
+    lm, tokenizer = load_causal_lm(model or resolve_model(cfg.model), device=device)
+    if cfg.retrieval.neighbors > 0:
+        index.check_tokens_for(tokenizer, retokenize=cfg.pack.retokenize)
+    return lm, tokenizer, TestTimeTrainer(lm, tokenizer, cfg.ttt)

@@ -20,10 +20,10 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -31,9 +31,6 @@ from tttnn._tttnn import CorruptIndexError, EmbeddingStore
 from tttnn.config import RetrievalConfig
 from tttnn.embed import DEFAULT_ENCODER, Encoder
 from tttnn.guard import search_with_guard
-
-if TYPE_CHECKING:
-    from tttnn.config import BuildConfig, RayConfig
 
 __all__ = [
     "INDEX_FORMAT",
@@ -123,7 +120,8 @@ def _dir_size(path: Path) -> int:
 
 
 class Index:
-    """An opened index. Make one with `Index.build(...)` or `Index.open(path)`."""
+    """An opened index. Make one with `Index.open(path)`, or build one with
+    `tttnn.build.build_index` (`tttnn.jobs.build` here or on Ray)."""
 
     def __init__(self, store: Any, meta: dict[str, Any], encoder: Encoder | None = None) -> None:
         self.store = store
@@ -133,19 +131,12 @@ class Index:
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
-    def open(
-        cls, path: PathLike, *, encoder: Encoder | None = None,
-        ray: RayConfig | bool | None = None,
-    ) -> Index:  # fmt: skip
+    def open(cls, path: PathLike, *, encoder: Encoder | None = None) -> Index:
         """Open an index directory (constant time: memory maps). The store checks its manifest
         and file sizes; this checks that the store is an index. `encoder` (optional) is used for
-        text queries instead of loading the one named in the index. `ray` (True, or a
-        `RayConfig` with `ray=True`) serves the shards from Ray actors instead: a
-        `tttnn.distributed.index.RayIndex`, same searches and same answers."""
-        if ray is True or (ray is not None and ray is not False and ray.ray):
-            from tttnn.distributed.index import RayIndex
-
-            return RayIndex.open(path, encoder=encoder, ray=ray)
+        text queries instead of loading the one named in the index. Its shards served by Ray
+        actors instead: `tttnn.distributed.index.RayIndex.open` (same searches, same answers),
+        or `tttnn.jobs.open_index`, which picks."""
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"no index at {p}")
@@ -190,6 +181,16 @@ class Index:
                 f"{self.path} ({'; '.join(diffs)}): its query vectors would not match"
             )
 
+    def close(self) -> None:
+        """Nothing to release (the memory maps go with the index); an index served elsewhere
+        (`RayIndex`) stops its actors. So every index can be closed, or used in a `with`."""
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __len__(self) -> int:
         return len(self.store)
 
@@ -222,18 +223,6 @@ class Index:
 
     def _shard_of(self, id: int) -> int:
         return int(np.searchsorted(np.cumsum(self.store.shard_counts()), id, side="right"))
-
-    @classmethod
-    def build(
-        cls, corpus_paths: PathLike | Iterable[PathLike], out: PathLike,
-        config: BuildConfig | None = None, **kw: Any,
-    ) -> Index:  # fmt: skip
-        """Build an index of the documents of `corpus_paths` in the directory `out`; see
-        `tttnn.build.build_index` for the keywords (`resume`, `progress`, a loaded `encoder` or
-        `tokenizer`, ...)."""
-        from tttnn.build import build_index
-
-        return build_index(corpus_paths, out, config, **kw)
 
     def check_complete(self) -> None:
         """Raise unless the index's build has completed."""

@@ -128,20 +128,14 @@ class TTTNNLM(LM):
         super().__init__()
         from lm_eval.models.huggingface import HFLM
 
-        from tttnn.index import Index
-        from tttnn.models import load_causal_lm, resolve_model
-        from tttnn.ttt import TestTimeTrainer
+        from tttnn.evaluate import load_trainer, open_index
 
         if "device" in model_args:
             model_args["device"] = _device(model_args["device"])
-        model, self.config = model_settings({"pretrained": pretrained, **model_args})
+        _, self.config = model_settings({"pretrained": pretrained, **model_args})
         cfg = self.config
-        self.index = Index.open(cfg.index)
-        self.index.check_complete()
-        lm, tokenizer = load_causal_lm(resolve_model(model), device=cfg.run.device)
-        if cfg.retrieval.neighbors > 0:
-            self.index.check_tokens_for(tokenizer, retokenize=cfg.pack.retokenize)
-        self.trainer = TestTimeTrainer(lm, tokenizer, cfg.ttt)
+        self.index = open_index(cfg)
+        lm, tokenizer, self.trainer = load_trainer(cfg, self.index, device=cfg.run.device)
         hf_args: dict[str, Any] = {"batch_size": batch_size, "max_length": cfg.ttt.max_length}
         if max_batch_size is not None:
             hf_args["max_batch_size"] = max_batch_size

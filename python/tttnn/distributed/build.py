@@ -12,22 +12,27 @@ the driver in unit order.
   at (a worker seeks there instead of parsing what comes before); its entries follow those of
   the units before it, so ids depend only on the corpus and the settings, never on the number of
   workers or the order in which units finish.
-- **Workers** are actors (`num_cpus=cpus_per_worker`, `num_gpus=gpus_per_worker`, torch threads =
-  CPUs) that load the encoder and the LM tokenizer once and run the single-process pipeline
+- **Workers** are the actors of a `tttnn.distributed.pool.WorkerPool` (`num_cpus=cpus_per_worker`,
+  `num_gpus=gpus_per_worker`, torch threads = CPUs) that load the encoder and the LM tokenizer
+  once (`tttnn.build.load_models`) and run the single-process pipeline
   (`tttnn.build.to_entries` / `embed_into`) on a unit, into a small store of its own in
   `DIR/units/NNNNN.tmp-A` (attempt A), HNSW graphs included; when it is sealed, the directory is
   renamed to `DIR/units/NNNNN`: the commit.
 - **The driver** is the only writer of `DIR/manifest.json`: it adopts committed units in unit
   order (`EmbeddingStore.adopt`: the unit's shard directories are renamed into `DIR/shards/`
   and listed, with the counts so far in the meta, by one atomic manifest write), then removes the
-  unit's directory. A unit's shards are its own, so shards hold up to `shard_size` entries.
-- **Faults.** A worker that dies (killed actor, lost node) is replaced and its unit re-run from
-  scratch in a new `.tmp-A` directory (the old one is removed first); a unit is adopted once,
-  from one committed directory, so no entry is stored twice or lost. A worker the cluster cannot
-  place within `SCHEDULE_TIMEOUT` (a replacement after a node was lost, say) is given up and its
-  unit goes to the others; with no worker left the build stops with an error instead of waiting
-  forever. `resume=True` adopts what is committed and runs only the rest. Every worker must see
-  `DIR` and the corpus at the same paths: a shared file system on a real cluster.
+  unit's directory. A unit's shards are its own, so shards hold up to `shard_size` entries. The
+  meta is written as one process writes it (`tttnn.build.index_meta`, `finish_index`), with the
+  units' plan and progress beside it.
+- **Faults** (the pool's rules: `tttnn.distributed.pool`). A worker that dies (killed actor, lost
+  node) is replaced and its unit re-run from scratch in a new `.tmp-A` directory (the old one is
+  removed first); a unit whose worker died `MAX_ATTEMPTS` times stops the build. A unit is
+  adopted once, from one committed directory, so no entry is stored twice or lost. A worker the
+  cluster cannot place within `SCHEDULE_TIMEOUT` (a replacement after a node was lost, say) is
+  given up and its unit goes to the others; with no worker left the build stops with an error
+  instead of waiting forever. `resume=True` adopts what is committed and runs only the rest.
+  Every worker must see `DIR` and the corpus at the same paths: a shared file system on a real
+  cluster.
 - **Same index.** Ids, documents, text, token ids, records, domains, counts and `corpus_stats`
   equal those of `tttnn.build.build_index`. Vectors are bitwise equal when every encoder batch
   holds the same entries: groups of 64 entries are aligned on the whole build's entry numbers
@@ -56,6 +61,15 @@ from typing import Any, Callable, Optional, Union
 
 from tttnn.config import BuildConfig
 from tttnn.corpus import ERROR_KINDS, Corpus, CorpusStats, Document
+from tttnn.distributed.cluster import require_ray
+from tttnn.distributed.pool import (
+    MAX_ATTEMPTS,
+    Done,
+    Started,
+    WorkerPool,
+    sized_session,
+    worker_count,
+)
 from tttnn.index import Index, InvalidIndexError
 
 __all__ = ["WorkUnit", "build_distributed", "plan_units"]
@@ -63,8 +77,6 @@ __all__ = ["WorkUnit", "build_distributed", "plan_units"]
 PathLike = Union[str, "os.PathLike[str]"]
 UNITS = "units"
 _MAX_EXAMPLES = 5  # as tttnn.corpus: examples kept per kind of bad input
-_MAX_ATTEMPTS = 3  # a unit whose workers die this many times fails the build
-_POLL = 0.5  # seconds between progress polls of the workers
 
 
 @dataclass(frozen=True)
@@ -216,15 +228,10 @@ class BuildWorker:
                 return
             import torch
 
-            from tttnn.build import models_identity
-            from tttnn.embed import Encoder
+            from tttnn.build import load_models, models_identity
 
             torch.set_num_threads(max(1, self.threads))
-            enc = Encoder(self.cfg.encoder, batch_size=self.cfg.batch_size, progress=False)
-            if self.cfg.tokenizer is not None:
-                from tttnn.models import load_tokenizer
-
-                self.lm_tok = load_tokenizer(self.cfg.tokenizer)
+            enc, self.lm_tok = load_models(self.cfg, progress=False)
             self.identity = models_identity(enc, self.lm_tok)
             self.enc = enc
 
@@ -262,7 +269,8 @@ class BuildWorker:
             if delay:
                 time.sleep(delay)
 
-        store = _create(tmp, {"kind": "tttnn.unit", "tokenizer": cfg.tokenizer}, cfg, self.enc.dim)
+        unit_params = {"kind": "tttnn.unit", "tokenizer": cfg.tokenizer, "dim": self.enc.dim}
+        store = _create(tmp, unit_params, cfg)
         with store:
             # without chunking entry = document: align encoder groups on the whole build's
             offset = unit.offset if cfg.chunk_tokens is None else 0
@@ -341,29 +349,27 @@ def build_distributed(
     (one number, or by unit index) to slow units down; `hook(event, unit, actor)` is called on
     the driver at `"dispatch"` (actor: the worker's handle), `"commit"` and `"adopt"`.
     """
-    from tttnn.distributed.cluster import require_ray, session
+    from tttnn.build import start_build
 
     require_ray()
-    if config is not None and settings:
-        raise TypeError("pass either config or settings as keywords, not both")
-    cfg = config or BuildConfig.from_flat(**settings)
+    cfg, corpus, out, resuming = start_build(
+        corpus_paths, Path(out).absolute(), config, settings, resume
+    )
     rc = cfg.ray
-    corpus = Corpus(corpus_paths, on_error=cfg.on_error, max_doc_bytes=cfg.max_doc_bytes)
-    out = Path(out).absolute()
-    resuming = resume and (out / "manifest.json").is_file()
-    if out.exists() and not out.is_dir():
-        raise InvalidIndexError(f"{out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not resuming:
-        hint = "" if resume else "; pass resume=True (--resume) to continue a build there"
-        raise InvalidIndexError(f"{out} already exists and is not empty{hint}")
-    local: dict[str, Any] = {}
-    if rc.address is None and rc.workers is not None:
-        local["num_cpus"] = max(os.cpu_count() or 1, int(-(-rc.workers * rc.cpus_per_worker // 1)))
-    with session(rc.address, **local) as ray:
-        return _Driver(ray, cfg, corpus, out, resuming, progress, unit_delay, hook).run()
+
+    def size(cpus: float, gpus: float, fit: bool) -> tuple[int, float]:
+        n = worker_count(cpus, gpus, workers=rc.workers, cpus_per_worker=rc.cpus_per_worker,
+                         gpus_per_worker=rc.gpus_per_worker)  # fmt: skip
+        return n, n * rc.cpus_per_worker
+
+    with sized_session(rc, size) as (ray, workers):
+        return _Driver(ray, cfg, corpus, out, resuming, progress, unit_delay, hook).run(workers)
 
 
 class _Driver:
+    """The build's own part: plan the units, hand them to the workers of a `WorkerPool`, adopt
+    the committed ones in unit order, show the progress."""
+
     def __init__(
         self, ray: Any, cfg: BuildConfig, corpus: Corpus, out: Path, resuming: bool,
         progress: bool, unit_delay: float | Mapping[int, float],
@@ -373,67 +379,19 @@ class _Driver:
         self.resuming, self.progress, self.unit_delay, self.hook = (
             resuming, progress, unit_delay, hook
         )  # fmt: skip
-        rc = cfg.ray
-        self.actor_cls = ray.remote(
-            num_cpus=rc.cpus_per_worker, num_gpus=rc.gpus_per_worker, max_concurrency=2
-        )(BuildWorker)
-        self.slots: list[Any] = []  # worker handles
-        self.booting: dict[Any, int] = {}  # ready() ref -> slot
-        self.placing: dict[Any, tuple[int, float]] = {}  # placed() ref -> (slot, asked at)
-        self.retired: set[int] = set()  # slots whose actor the cluster could not place
-        self.alive: set[int] = set()
         self.identity: dict[str, Any] | None = None
+        # what the adopted units hold
+        self.adopted = 0
+        self.stats = CorpusStats()
+        self.docs: Counter[str] = Counter()
+        self.entries: Counter[str] = Counter()
 
-    # -- workers ----------------------------------------------------------------------------------
-    def _start(self, slot: int) -> None:
-        rc = self.cfg.ray
-        actor = self.actor_cls.remote(self.cfg.to_dict(), max(1, int(rc.cpus_per_worker)))
-        if slot == len(self.slots):
-            self.slots.append(actor)
-        else:
-            self.slots[slot] = actor
-        self.placing[actor.placed.remote()] = (slot, time.monotonic())
-        self.booting[actor.ready.remote()] = slot
-
-    def _booted(self, ref: Any) -> None:
-        if ref in self.placing:  # started (or died: its ready() says so)
-            del self.placing[ref]
-            return
-        slot = self.booting.pop(ref)
-        try:
-            ident = self.ray.get(ref)
-        except self.ray.exceptions.RayActorError:
-            self._start(slot)  # died while loading: try again
-            return
-        except self.ray.exceptions.RayTaskError as e:  # could not load: the models' own error
-            raise e.as_instanceof_cause() from None
-        if self.identity is None:
-            self.identity = ident
-        elif ident != self.identity:
-            raise InvalidIndexError(
-                "the Ray workers do not load the same encoder and tokenizer: "
-                f"{json.dumps(ident)} vs {json.dumps(self.identity)} (same files on every node?)"
-            )
-        self.alive.add(slot)
-
-    def _workers(self) -> int:
-        rc = self.cfg.ray
-        if rc.workers is not None:
-            return rc.workers
-        res = self.ray.cluster_resources()
-        if rc.gpus_per_worker > 0 and res.get("GPU", 0) > 0:
-            return max(1, int(res["GPU"] // rc.gpus_per_worker))
-        return max(1, int(res.get("CPU", 1) // rc.cpus_per_worker))
-
-    # -- the build ----------------------------------------------------------------------------
-    def run(self) -> Index:
-        from tqdm.auto import tqdm
-
+    def run(self, workers: int) -> Index:
         from tttnn._tttnn import EmbeddingStore
-        from tttnn.build import _create, _open_for_resume, index_params
+        from tttnn.build import index_params, open_store
 
-        ray, cfg, out = self.ray, self.cfg, self.out
-        counts, starts = count_documents(self.corpus.paths, cfg, ray)
+        cfg, out = self.cfg, self.out
+        counts, starts = count_documents(self.corpus.paths, cfg, self.ray)
         units = plan_units(counts, cfg.unit_documents, cfg.limit, starts)
         labels = [Path(p).name for p in self.corpus.paths]
         plan = {"documents_per_unit": cfg.unit_documents, "count": len(units),
@@ -454,185 +412,121 @@ class _Driver:
                 )
             if old.get("status") == "complete" and prog.get("adopted") == len(units):
                 return Index.open(out)  # nothing left to do
-        for slot in range(self._workers()):
-            self._start(slot)
+        threads = max(1, int(cfg.ray.cpus_per_worker))
+        pool = WorkerPool(BuildWorker, (cfg.to_dict(), threads), cfg.ray, workers,
+                          what="build worker", concurrency=2)  # fmt: skip
         try:
-            while self.identity is None:
-                ready, _ = ray.wait([*self.booting, *self.placing], num_returns=1, timeout=_POLL)
-                if ready:
-                    self._booted(ready[0])
-                else:
-                    self._expire({}, deque(), [])
+            while self.identity is None:  # the first worker's models: the index's params
+                for event in pool.wait():
+                    if isinstance(event, Started):
+                        self._check_identity(event.value)
             params = index_params(self.identity, cfg, self.corpus)
-            if self.resuming:
-                store = _open_for_resume(out, params, self.corpus)
-            else:
-                store = _create(out, params, cfg, self.identity["dim"])
-            with store:
-                return self._build(store, params, plan, units, tqdm)
+            with open_store(out, params, cfg, self.corpus, self.resuming) as store:
+                return self._build(pool, store, params, plan, units)
         finally:
-            for actor in self.slots:
-                with contextlib.suppress(Exception):
-                    ray.kill(actor)
+            pool.close()
 
     def _build(
-        self, store: Any, params: dict[str, Any], plan: dict[str, Any], units: list[WorkUnit],
-        tqdm: Any,
+        self, pool: WorkerPool, store: Any, params: dict[str, Any], plan: dict[str, Any],
+        units: list[WorkUnit],
     ) -> Index:  # fmt: skip
-        ray, cfg, out = self.ray, self.cfg, self.out
-        unit_dir = out / UNITS
-        stats = CorpusStats()
-        docs: Counter[str] = Counter()
-        entries: Counter[str] = Counter()
-        adopted = 0
+        from tttnn.build import Embedded, finish_index
+
+        unit_dir = self.out / UNITS
         if self.resuming:  # the plan was checked; the counts of the adopted units
             prog = json.loads(store.meta)["units"]
-            adopted = int(prog.get("adopted", 0))
-            stats = _stats_from(prog.get("corpus_stats", {}))
-            docs.update(prog.get("documents", {}))
-            entries.update(prog.get("entries", {}))
+            self.adopted = int(prog.get("adopted", 0))
+            self.stats = _stats_from(prog.get("corpus_stats", {}))
+            self.docs.update(prog.get("documents", {}))
+            self.entries.update(prog.get("entries", {}))
         unit_dir.mkdir(exist_ok=True)
-        committed = self._committed(units, adopted, params)
-        pending = deque(u for u in units[adopted:] if u.index not in committed)
+        committed = self._committed(units, self.adopted, params)
+        pending = deque(u for u in units[self.adopted :] if u.index not in committed)
         attempts: Counter[int] = Counter()
-        running: dict[Any, tuple[int, WorkUnit]] = {}  # run() ref -> (slot, unit)
-        idle = [s for s in range(len(self.slots)) if s not in self.retired]
-        total_docs = sum(u.stop - u.start for u in units)
-        bar = tqdm(total=total_docs, unit="doc", desc=f"indexing {out.name} on Ray",
-                   disable=not self.progress, smoothing=0.1)  # fmt: skip
-        started = time.perf_counter()
-        done_docs = sum(docs.values())  # adopted before this run
-        base_docs = done_docs + sum(sum(c["documents"].values()) for c in committed.values())
-        bar.update(base_docs)
-        last_poll, bar_start = 0.0, base_docs
-        in_flight: dict[int, tuple[int, int]] = {}  # slot -> (documents, entries) of its unit
-
-        def meta(status: str) -> dict[str, Any]:
-            m = {**params, "status": status, "documents_so_far": sum(docs.values()),
-                 "units": {**plan, "adopted": adopted, "documents": dict(docs),
-                           "entries": dict(entries), "corpus_stats": stats.to_dict()}}  # fmt: skip
-            return m
-
+        shown = _Progress(self, units, committed)
         try:
-            while adopted < len(units):
-                while adopted in committed:  # adopt in unit order
-                    summary = committed.pop(adopted)
-                    _merge_stats(stats, summary["corpus_stats"])
-                    docs.update(summary["documents"])
-                    entries.update(summary["entries"])
-                    path = unit_dir / _unit_name(adopted)
-                    adopted += 1
-                    store.adopt(str(path), meta=json.dumps(meta("building")))
-                    shutil.rmtree(path)
-                    self._hook("adopt", units[adopted - 1], None)
-                if adopted == len(units):
+            while True:
+                self._adopt(store, committed, units, params, plan)
+                if self.adopted == len(units):
                     break
-                while idle and pending:
-                    # a started worker first: a booting one may never be placed
-                    slot = next((i for i in idle if i in self.alive), idle[0])
-                    idle.remove(slot)
+                while pending and (slot := pool.free()) is not None:
                     unit = pending.popleft()
                     attempts[unit.index] += 1
-                    for old in unit_dir.glob(f"{_unit_name(unit.index)}.tmp*"):
-                        shutil.rmtree(old, ignore_errors=True)
-                    delay = (
-                        self.unit_delay.get(unit.index, 0.0)
-                        if isinstance(self.unit_delay, Mapping)
-                        else self.unit_delay
-                    )
-                    ref = self.slots[slot].run.remote(
-                        unit, attempts[unit.index], [str(p) for p in self.corpus.paths],
-                        str(out), params, delay,
-                    )  # fmt: skip
-                    running[ref] = (slot, unit)
-                    self._hook("dispatch", unit, self.slots[slot])
-                ready, _ = ray.wait([*running, *self.booting, *self.placing], num_returns=1,
-                                    timeout=_POLL)  # fmt: skip
-                self._expire(running, pending, idle)
-                for ref in ready:
-                    if ref in self.booting or ref in self.placing:
-                        self._booted(ref)
-                        continue
-                    slot, unit = running.pop(ref)
-                    in_flight.pop(slot, None)
-                    try:
-                        summary = ray.get(ref)
-                    except ray.exceptions.RayActorError:
-                        # the worker died (killed, node lost): replace it, re-run its unit
-                        if attempts[unit.index] >= _MAX_ATTEMPTS:
+                    self._dispatch(pool, slot, unit, attempts[unit.index], params)
+                for event in pool.wait():
+                    if isinstance(event, Started):
+                        self._check_identity(event.value)
+                    elif isinstance(event, Done):
+                        shown.left(event.slot)
+                        committed[event.item.index] = event.value
+                        shown.committed(event.item)
+                        self._hook("commit", event.item, None)
+                    else:  # its worker died or was given up: the unit runs again
+                        shown.left(event.slot)
+                        unit = event.died
+                        if unit is not None and attempts[unit.index] >= MAX_ATTEMPTS:
                             raise RuntimeError(
                                 f"unit {unit.index} of the build: its worker died "
                                 f"{attempts[unit.index]} times"
-                            ) from None
-                        self.alive.discard(slot)
-                        with contextlib.suppress(Exception):
-                            ray.kill(self.slots[slot])
-                        self._start(slot)
-                        pending.appendleft(unit)
-                        idle.append(slot)
-                        continue
-                    except ray.exceptions.RayTaskError as e:
-                        raise e.as_instanceof_cause() from None
-                    committed[unit.index] = summary
-                    base_docs += unit.stop - unit.start
-                    idle.append(slot)
-                    self._hook("commit", unit, None)
-                now = time.perf_counter()
-                if now - last_poll >= 1.0:
-                    last_poll = now
-                    in_flight = self._poll(running, in_flight)
-                shown = base_docs + sum(d for d, _ in in_flight.values())
-                bar.update(max(0, shown - bar.n))
-                committed_entries = sum(entries.values()) + sum(
-                    sum(s["entries"].values()) for s in committed.values()
-                )
-                rate = (shown - bar_start) / max(now - started, 1e-9)
-                bar.set_postfix(entries=committed_entries + sum(e for _, e in in_flight.values()),
-                                docs_per_s=f"{rate:.1f}", workers=len(self.alive),
-                                refresh=False)  # fmt: skip
+                            )
+                        pending.extendleft([*event.queued, *([unit] if unit else [])])
+                shown.update(pool, committed)
         finally:
-            bar.close()
-        if not docs and cfg.limit != 0:
-            raise InvalidIndexError(f"no documents in {', '.join(map(str, self.corpus.paths))}")
-        if cfg.hnsw:
-            store.build_hnsw()  # graphs came with the units; this records the settings if empty
-        final = {
-            **params, "status": "complete", "documents": sum(docs.values()), "entries": len(store),
-            "domains": {d: {"documents": docs[d], "entries": entries[d]} for d in sorted(docs)},
-            "corpus_stats": stats.to_dict(),
-            "units": {**plan, "adopted": adopted},
-        }  # fmt: skip
-        store.set_meta(json.dumps(final))
+            shown.close()
+        counted = Embedded(self.docs, self.entries)
+        index = finish_index(store, params, self.cfg, self.corpus, counted, self.stats,
+                             units={**plan, "adopted": self.adopted})  # fmt: skip
         shutil.rmtree(unit_dir, ignore_errors=True)
-        return Index(store, final)
+        return index
 
-    def _expire(
-        self, running: dict[Any, tuple[int, WorkUnit]], pending: deque[WorkUnit], idle: list[int]
+    def _adopt(
+        self, store: Any, committed: dict[int, dict[str, Any]], units: list[WorkUnit],
+        params: dict[str, Any], plan: dict[str, Any],
+    ) -> None:  # fmt: skip
+        """Adopt the committed units that come next in unit order: their shards join the
+        index, with the counts so far, in one manifest write each."""
+        from tttnn.build import index_meta
+
+        while self.adopted in committed:
+            summary = committed.pop(self.adopted)
+            _merge_stats(self.stats, summary["corpus_stats"])
+            self.docs.update(summary["documents"])
+            self.entries.update(summary["entries"])
+            path = self.out / UNITS / _unit_name(self.adopted)
+            self.adopted += 1
+            meta = index_meta(
+                params, "building", documents_so_far=sum(self.docs.values()),
+                units={**plan, "adopted": self.adopted, "documents": dict(self.docs),
+                       "entries": dict(self.entries), "corpus_stats": self.stats.to_dict()},
+            )  # fmt: skip
+            store.adopt(str(path), meta=json.dumps(meta))
+            shutil.rmtree(path)
+            self._hook("adopt", units[self.adopted - 1], None)
+
+    def _dispatch(
+        self, pool: WorkerPool, slot: int, unit: WorkUnit, attempt: int, params: dict[str, Any]
     ) -> None:
-        """Give up on the workers not placed within SCHEDULE_TIMEOUT (the cluster cannot place
-        them): their units go back to the queue and their slots are retired. With no worker
-        left, the build stops (the committed units are kept for --resume)."""
-        from tttnn.distributed.cluster import SCHEDULE_TIMEOUT, unschedulable
+        for old in (self.out / UNITS).glob(f"{_unit_name(unit.index)}.tmp*"):
+            shutil.rmtree(old, ignore_errors=True)
+        delay = (
+            self.unit_delay.get(unit.index, 0.0)
+            if isinstance(self.unit_delay, Mapping)
+            else self.unit_delay
+        )
+        paths = [str(p) for p in self.corpus.paths]
+        pool.submit(slot, "run", unit, attempt, paths, str(self.out), params, delay, item=unit)
+        self._hook("dispatch", unit, pool.actors[slot])
 
-        now = time.monotonic()
-        for ref, (slot, asked) in list(self.placing.items()):
-            if now - asked < SCHEDULE_TIMEOUT:
-                continue
-            del self.placing[ref]
-            for r in [r for r, s in self.booting.items() if s == slot]:
-                del self.booting[r]
-            with contextlib.suppress(Exception):
-                self.ray.kill(self.slots[slot])
-            self.retired.add(slot)
-            if slot in idle:
-                idle.remove(slot)
-            for run_ref, (s, unit) in list(running.items()):
-                if s == slot:
-                    del running[run_ref]
-                    pending.appendleft(unit)
-        if not self.alive and not self.booting:
-            rc = self.cfg.ray
-            raise unschedulable("build worker", rc.cpus_per_worker, rc.gpus_per_worker)
+    def _check_identity(self, identity: dict[str, Any]) -> None:
+        """Every worker must load the models the first one loaded (same vectors and ids)."""
+        if self.identity is None:
+            self.identity = identity
+        elif identity != self.identity:
+            raise InvalidIndexError(
+                "the Ray workers do not load the same encoder and tokenizer: "
+                f"{json.dumps(identity)} vs {json.dumps(self.identity)} (same files on every "
+                "node?)"
+            )
 
     def _committed(
         self, units: list[WorkUnit], adopted: int, params: dict[str, Any]
@@ -666,15 +560,62 @@ class _Driver:
                 shutil.rmtree(d, ignore_errors=True)
         return found
 
-    def _poll(
-        self, running: dict[Any, tuple[int, WorkUnit]], old: dict[int, tuple[int, int]]
-    ) -> dict[int, tuple[int, int]]:
+    def _hook(self, event: str, unit: WorkUnit, actor: Any) -> None:
+        if self.hook is not None:
+            self.hook(event, unit, actor)
+
+
+class _Progress:
+    """The build's progress bar: documents of the adopted and committed units, and of the
+    units in progress (asked of their workers about once a second)."""
+
+    def __init__(
+        self, driver: _Driver, units: list[WorkUnit], committed: dict[int, dict[str, Any]]
+    ) -> None:
+        from tqdm.auto import tqdm
+
+        self.driver = driver
+        self.bar = tqdm(total=sum(u.stop - u.start for u in units), unit="doc",
+                        desc=f"indexing {driver.out.name} on Ray", disable=not driver.progress,
+                        smoothing=0.1)  # fmt: skip
+        self.started = time.perf_counter()
+        # documents of the units done: adopted before this run, and committed
+        self.base = sum(driver.docs.values()) + sum(
+            sum(c["documents"].values()) for c in committed.values()
+        )
+        self.bar.update(self.base)
+        self.bar_start, self.last_poll = self.base, 0.0
+        self.in_flight: dict[int, tuple[int, int]] = {}  # slot -> (documents, entries) so far
+
+    def committed(self, unit: WorkUnit) -> None:
+        self.base += unit.stop - unit.start
+
+    def left(self, slot: int) -> None:
+        """Worker `slot` has no unit in progress any more."""
+        self.in_flight.pop(slot, None)
+
+    def update(self, pool: WorkerPool, committed: dict[int, dict[str, Any]]) -> None:
+        now = time.perf_counter()
+        if now - self.last_poll >= 1.0:
+            self.last_poll = now
+            self.in_flight = self._poll(pool)
+        shown = self.base + sum(d for d, _ in self.in_flight.values())
+        self.bar.update(max(0, shown - self.bar.n))
+        entries = sum(self.driver.entries.values()) + sum(
+            sum(s["entries"].values()) for s in committed.values()
+        )
+        rate = (shown - self.bar_start) / max(now - self.started, 1e-9)
+        self.bar.set_postfix(entries=entries + sum(e for _, e in self.in_flight.values()),
+                             docs_per_s=f"{rate:.1f}", workers=len(pool.ready),
+                             refresh=False)  # fmt: skip
+
+    def _poll(self, pool: WorkerPool) -> dict[int, tuple[int, int]]:
         """`(documents, entries)` done so far by each busy worker on its current unit."""
-        ray = self.ray
-        asks = {self.slots[slot].progress.remote(): (slot, unit.index)
-                for slot, unit in running.values()}  # fmt: skip
+        ray = self.driver.ray
+        asks = {pool.actors[slot].progress.remote(): (slot, unit.index)
+                for slot, unit in pool.busy()}  # fmt: skip
         ready, _ = ray.wait(list(asks), num_returns=len(asks), timeout=1.0)
-        out = {slot: old[slot] for slot, _ in asks.values() if slot in old}
+        out = {slot: self.in_flight[slot] for slot, _ in asks.values() if slot in self.in_flight}
         for ref in ready:
             slot, index = asks[ref]
             with contextlib.suppress(Exception):  # a dying worker: keep what was shown
@@ -683,6 +624,5 @@ class _Driver:
                     out[slot] = (d, e)
         return out
 
-    def _hook(self, event: str, unit: WorkUnit, actor: Any) -> None:
-        if self.hook is not None:
-            self.hook(event, unit, actor)
+    def close(self) -> None:
+        self.bar.close()

@@ -18,15 +18,17 @@ import os
 from collections.abc import Iterator
 from typing import Any, Optional
 
-__all__ = ["RAY_MISSING", "SCHEDULE_TIMEOUT", "connect", "require_ray", "session", "unschedulable"]
+__all__ = ["RAY_MISSING", "SCHEDULE_TIMEOUT", "connect", "local_gpus", "require_ray", "session"]
 
 RAY_MISSING = "this needs Ray: pip install 'tttnn[ray]'"
 
 SCHEDULE_TIMEOUT = 600.0
-"""Seconds a worker actor may take to be placed and started (its model load, done by its first
-call, does not count) before a build or an evaluation gives up on it: its work goes to the other workers, and when none is left the job
-stops with an error (what it wrote is kept; rerun with --resume). An autoscaling cluster adds a
-node well within it; a cluster that lacks the resources never places the actor."""
+"""Seconds an actor may take to be placed and started (its model load does not count). A worker
+of a build or an evaluation is then given up (`tttnn.distributed.pool`): its work goes to the
+other workers, and when none is left the job stops with an error (what it wrote is kept; rerun
+with --resume). Shard actors that are not all up by then stop the search with an error. An
+autoscaling cluster adds a node well within it; a cluster that lacks the resources never places
+the actor."""
 
 
 def require_ray() -> Any:
@@ -84,15 +86,3 @@ def local_gpus() -> int:
         return torch.cuda.device_count()
     except Exception:
         return 0
-
-
-def unschedulable(what: str, cpus: float, gpus: float) -> RuntimeError:
-    """The error of a job none of whose `what` actors could be placed within SCHEDULE_TIMEOUT."""
-    ray = require_ray()
-    have = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
-    return RuntimeError(
-        f"no {what} could be started within {SCHEDULE_TIMEOUT:.0f} s: each needs {cpus:g} CPU "
-        f"and {gpus:g} GPU and the cluster has {have} in all (some held by other actors); lower "
-        "--cpus-per-worker/--gpus-per-worker or add nodes, then resume (a build with "
-        "--resume, an evaluation by the same command): what was done is kept"
-    )

@@ -1,6 +1,6 @@
 """An index whose shards are served by Ray actors: `RayIndex` (and its store, `RayStore`).
 
-    index = Index.open(DIR, ray=True)                       # or ray=RayConfig(ray=True, ...)
+    index = RayIndex.open(DIR)                              # a local cluster, default sizes
     index = RayIndex.open(DIR, ray=RayConfig(ray=True, workers=8, cpus_per_worker=0.5))
     index.search(texts_or_vectors, k=20, exact=True, guard=True, shards=(0, 1))
 
@@ -55,7 +55,9 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
+from tttnn.distributed import cluster
 from tttnn.distributed.cluster import connect, require_ray
+from tttnn.distributed.pool import worker_count
 from tttnn.index import Index, PathLike
 
 if TYPE_CHECKING:
@@ -66,7 +68,6 @@ __all__ = ["RayIndex", "RayStore", "ShardActor", "merge_parts", "shard_groups"]
 
 MAX_RESTARTS = 4  # restarts of a shard actor before its calls fail
 MAX_TASK_RETRIES = 4  # retries of a call in flight when its actor dies
-START_TIMEOUT = 300  # seconds for the shard actors to start
 _RESOURCE = "tttnn_shards_{}"  # the custom resource pinning group g (pin="resources")
 Pin = Union[None, str, Sequence[str]]
 
@@ -237,7 +238,7 @@ class RayStore:
             info = ray.get(ray.remote(num_cpus=0.01)(_describe).options(**_where(pin, 0)).remote(p))
         if workers is None:
             cpus = float(ray.cluster_resources().get("CPU", 1.0))
-            workers = max(1, int(cpus // cpus_per_worker))
+            workers = worker_count(cpus, 0, cpus_per_worker=cpus_per_worker)
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         n_shards = len(info["counts"])
@@ -260,13 +261,13 @@ class RayStore:
         ]
         store = cls(info, groups, actors)
         try:  # every actor up (its errors raised here)
-            ray.get([a.stats.remote() for a in actors], timeout=START_TIMEOUT)
+            ray.get([a.stats.remote() for a in actors], timeout=cluster.SCHEDULE_TIMEOUT)
         except ray.exceptions.GetTimeoutError:
             store.close()
             raise RuntimeError(
-                f"the shard actors did not start within {START_TIMEOUT} s: the cluster lacks "
-                f"{cpus_per_worker} CPUs per actor for {len(groups)} actors, or the resources "
-                "of `pin` (see tttnn.distributed.index)"
+                f"the shard actors did not start within {cluster.SCHEDULE_TIMEOUT:.0f} s: the "
+                f"cluster lacks {cpus_per_worker} CPUs per actor for {len(groups)} actors, or "
+                "the resources of `pin` (see tttnn.distributed.index)"
             ) from None
         return store
 
@@ -520,9 +521,6 @@ class RayIndex(Index):
 
     def __enter__(self) -> RayIndex:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _entries_in(self, shards: Optional[Sequence[int]]) -> int:
         counts = self.store.shard_counts()
