@@ -1,5 +1,6 @@
-"""`tttnn compare`: the paired bootstrap on constructed rows whose answer is known, pairing and
-refusals, the CLI, and a real run with both baselines compared as sides."""
+"""`tttnn compare` and `tttnn report` (one run compared at each of its k): the paired bootstrap
+on constructed rows whose answer is known, the report's rows as the comparison's figures,
+pairing and refusals, the CLI, and a real run with both baselines compared as sides."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from tttnn.cli import main
 from tttnn.compare import (
     bootstrap_sides,
     compare,
+    interval,
     load_side,
     match_steps,
     parse_side,
     render_comparison,
 )
-from tttnn.report import bootstrap_change, make_report
+from tttnn.report import make_report, render
 
 DOMAINS = ("code", "legal", "math")
 
@@ -121,7 +123,75 @@ def test_random_cases_interval_holds_the_point_and_matches_report(seed: int, tmp
     for dom in DOMAINS:
         i = np.arange(n)[np.arange(n) % 3 == DOMAINS.index(dom)]
         strata.append((nbytes[i], b0[i], rel_b[i] * b0[i]))
-    assert weighted.entries[1].change_ci == pytest.approx(bootstrap_change(strata)[0], abs=0)
+    rep_w, _ = bootstrap_sides(strata)
+    assert rep_w is not None and weighted.entries[1].change_ci == interval(rep_w[:, 0])
+
+
+def test_report_intervals_on_known_cases(tmp_path: Path):
+    """The report's intervals (the comparison of a run at k = 0 and k) where the answer is
+    known."""
+
+    def report(nbytes: list[float], b0: list[float], bk: list[float], name: str) -> Any:
+        rows = rows_for(np.array(nbytes), np.array(b0), np.array(bk))
+        for r in rows:
+            r["domain"] = "code"
+        return make_report(write_run(tmp_path / name, rows))
+
+    # Every document improves by exactly 10%: no spread, whichever documents are drawn.
+    rep = report([100, 300, 100, 300], [1.0, 2.0, 1.0, 2.0], [0.9, 1.8, 0.9, 1.8], "same")
+    assert rep.weighted.change_ci == pytest.approx((-0.1, -0.1))
+    assert rep.macro_change_ci == pytest.approx((-0.1, -0.1))
+    # Two documents: a replicate draws A twice, B twice (a quarter of the time each) or both,
+    # whose change lies between; so the 95% interval is exactly [change of one, of the other].
+    rep = report([100, 300], [1.0, 2.0], [0.5, 1.9], "two")
+    assert rep.rows[0].change_ci == pytest.approx((-0.5, -0.05))
+    assert rep.weighted.change_ci == rep.rows[0].change_ci and rep.weighted.improved == 2
+    # Resampling within domains of one document each leaves nothing to vary.
+    rows = rows_for(np.array([100.0, 300.0]), np.array([1.0, 2.0]), np.array([0.5, 1.9]))
+    rep = make_report(write_run(tmp_path / "strata", rows))
+    assert rep.weighted.change_ci is None and rep.macro_change_ci is None
+    assert all(r.change_ci is None for r in rep.rows)
+    # Pairing matters: a change shared by every document is certain even when the documents'
+    # own bits per byte vary a lot (an unpaired bootstrap would spread it).
+    nbytes, b0 = docs(50)
+    rep = report(list(nbytes), list(b0), list(0.8 * b0), "paired")
+    assert rep.weighted.change_ci == pytest.approx((-0.2, -0.2))
+    # One notation for intervals, in the report and in the comparison.
+    assert "| -20.0% | [-20.0%, -20.0%] | 50/50 |" in render(rep)
+    paired = load_side(tmp_path / "paired")
+    assert "[-20.0%, -20.0%]" in render_comparison(compare([paired, load_side(paired.run, k=0)]))
+
+
+def test_report_rows_leave_out_what_not_every_document_has(tmp_path: Path):
+    """Domain `code` has a document that did not reach k = 20 and `legal` one without an
+    in-context score, `math` only failed documents: each figure is over the documents that all
+    have it, the averages only where every domain does, and the failures are counted."""
+    nbytes, b0 = docs(9, seed=5)
+    rows = rows_for(nbytes, b0, 0.9 * b0, bpb_in_context=1.0)
+    for r in rows:
+        r["bpb"]["5"] = r["bpb"]["0"] * 0.95
+    del rows[0]["bpb"]["20"]  # code
+    del rows[1]["bpb_in_context"]  # legal
+    for i in (2, 5, 8):  # math
+        rows[i] = {"doc_id": f"d{i}", "domain": "math", "status": "failed", "error": "boom"}
+    rep = make_report(write_run(tmp_path / "run", rows))
+    code, legal, math_ = rep.rows
+    assert rep.ks == [0, 5, 20] and [r.domain for r in rep.rows] == ["code", "legal", "math"]
+    assert sorted(code.bpb) == [0, 5] and code.change(20) is None and code.change_ci is None
+    assert code.in_context == pytest.approx(1.0) and legal.in_context is None
+    i = [1, 4, 7]  # legal's documents
+    assert legal.bpb[20] == pytest.approx((nbytes[i] @ (0.9 * b0[i])) / nbytes[i].sum())
+    assert legal.change(20) == pytest.approx(-0.1) and legal.improved == 3
+    assert (math_.documents, math_.failed, math_.bpb) == (0, 3, {})
+    assert (rep.weighted.documents, rep.weighted.failed) == (6, 3)
+    assert sorted(rep.weighted.bpb) == sorted(rep.macro) == [0, 5]
+    assert rep.weighted.in_context is None and rep.macro_change_ci is None
+    ok = [r for r in rows if r["status"] == "ok"]
+    expect = sum(r["bpb"]["5"] * r["bytes"] for r in ok) / sum(r["bytes"] for r in ok)
+    assert rep.weighted.bpb[5] == pytest.approx(expect, rel=1e-12)
+    assert rep.macro[5] == pytest.approx((code.bpb[5] + legal.bpb[5]) / 2, rel=1e-12)
+    md = render(rep)
+    assert "| math | 0 (+3 failed) |" in md and "3 document(s) failed:" in md
 
 
 def side_of(rows: list[dict[str, Any]], label: str, tmp: Path | None = None) -> Any:

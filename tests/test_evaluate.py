@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -19,7 +18,7 @@ from tttnn.cli import main
 from tttnn.config import EvalConfig
 from tttnn.evaluate import run_eval
 from tttnn.lock import LockedError, exclusive_writer
-from tttnn.report import bootstrap_change, make_report, plot_report, render
+from tttnn.report import make_report, plot_report, render
 
 
 def config(index: Path, model: Path, out: Path, **kw) -> EvalConfig:
@@ -218,31 +217,6 @@ def test_report_aggregates_by_bytes_and_plots(
     assert "The rows were computed in 3 environments" in md
     assert "- unrecorded: 1 row(s)" in md and "Other CPU (avx2), cpu" in md, md
     assert f"{rep.environments[0][0]}: 2 row(s)" in md
-
-
-def test_bootstrap_interval_of_the_change() -> None:
-    """The paired bootstrap on cases whose answer is known."""
-    nbytes = np.array([100.0, 300.0])
-    b0 = np.array([1.0, 2.0])
-    # Every document improves by exactly 10%: no spread, whichever documents are drawn.
-    same, same_macro = bootstrap_change([(nbytes, b0, 0.9 * b0), (nbytes, b0, 0.9 * b0)])
-    assert same == pytest.approx((-0.1, -0.1)) and same_macro == pytest.approx((-0.1, -0.1))
-    # Two documents: a replicate draws A twice, B twice (a quarter of the time each) or both,
-    # whose change lies between; so the 95% interval is exactly [change of one, of the other].
-    bk = np.array([0.5, 1.9])
-    (lo, hi), _ = bootstrap_change([(nbytes, b0, bk)])
-    assert (lo, hi) == pytest.approx((-0.5, -0.05))
-    # Resampling within strata of one document each leaves nothing to vary.
-    assert bootstrap_change([(nbytes[:1], b0[:1], bk[:1]), (nbytes[1:], b0[1:], bk[1:])]) == (
-        None,
-        None,
-    )
-    # Pairing matters: a change shared by every document is certain even when the documents'
-    # own bits per byte vary a lot (an unpaired bootstrap would spread it).
-    rng = np.random.default_rng(0)
-    b0 = rng.uniform(0.3, 3.0, 50)
-    ci, _ = bootstrap_change([(rng.uniform(1e3, 1e5, 50), b0, 0.8 * b0)])
-    assert ci == pytest.approx((-0.2, -0.2))
 
 
 def test_cli_eval_errors_are_one_line(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Runs and baselines compared on the same test documents (`tttnn compare`).
+"""Runs and baselines compared on the same test documents: the one aggregation behind
+`tttnn compare` and `tttnn report`.
 
 A *side* is one thing compared: a run's test-time training (`RUN`), or a baseline the run
 recorded (`RUN:in-context`, `RUN:dynamic-eval`), at one k (`RUN@20`, `RUN:dynamic-eval@5`;
@@ -6,8 +7,16 @@ default: the largest k every document of that side reached). The same side may c
 k (`RUN:dynamic-eval@5 RUN:dynamic-eval@20`: a baseline at its best k and at the run's); each is
 then labelled with its k. The in-context baseline has one k, the run's number of neighbors (all
 of them are in the context). Every side has the same two numbers per document: bits per byte at
-k = 0 (θ0) and at its k; its change is byte-weighted, as in `tttnn report`:
-Σ bytes·bpb(k) / Σ bytes·bpb(0) − 1.
+k = 0 (θ0) and at its k. `tttnn report` is the comparison of one run at each of its k (and its
+in-context baseline), read as one row per domain.
+
+Aggregation follows lm-evaluation-harness: bits per byte over a set of documents is the
+byte-weighted mean (`tttnn.metrics.byte_weighted_bpb`: Σ bytes·bpb / Σ bytes, which is
+Σ nll / Σ bytes / ln 2), so a domain's figure is not moved by how many short documents it has. A
+side's change is its bits per byte at k against k = 0 over the same documents. The overall
+average is given two ways: byte-weighted over all documents (what one bits per byte over all of
+them would be, the Pile paper's "weighted by size") and the plain mean over domains (each domain
+counts once).
 
 Documents are paired by `doc_id`. Sides over different documents are refused (unless
 `intersect`: then the documents all sides share), and so is a document that was scored on other
@@ -18,9 +27,9 @@ better than the first) come with 95% intervals from one paired bootstrap over do
 replicate draws documents with replacement and takes all sides' scores of each drawn document, so
 what the documents share cancels out of the difference. Per domain the documents of the domain
 are drawn; for the averages, the documents of every domain (stratified: the domain mix stays the
-test set's). The bootstrap is `tttnn.report.bootstrap_sides`, the one `tttnn report` runs (same
-seed, same draws), so a side's interval is the one `tttnn report` prints for that run. `better`: documents whose relative
-change is below the first side's.
+test set's). The draws depend on the documents only, never on the sides, so a side's interval is
+the same in every comparison of the same documents (and the one `tttnn report` prints for that
+run). `better`: documents whose relative change is below the first side's.
 
 Compute, side by side, per document: optimizer steps and tokens trained up to the side's k (rows
 record them by k: `steps`, `tokens_trained_at`; older rows only the totals, used at the largest
@@ -37,6 +46,8 @@ seconds are not shown (rows time the whole run, not each k).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
@@ -46,28 +57,33 @@ from typing import Any, Optional
 import numpy as np
 
 from tttnn.config import BASELINES
-from tttnn.report import (
-    BOOTSTRAP_REPS,
-    CI_LEVEL,
-    Stratum,
-    bootstrap_sides,
-    interval,
-    load_results,
-)
+from tttnn.metrics import byte_weighted_bpb
 
 __all__ = [
+    "BOOTSTRAP_REPS",
+    "CI_LEVEL",
     "Comparison",
+    "DocScore",
     "Side",
+    "aggregate",
     "bootstrap_sides",
     "compare",
+    "format_change",
+    "format_interval",
+    "format_number",
+    "interval",
+    "load_results",
     "load_side",
     "match_steps",
     "parse_side",
     "plot_comparison",
     "recorded_baselines",
     "render_comparison",
+    "write_table",
 ]
 
+BOOTSTRAP_REPS = 4000
+CI_LEVEL = 0.95
 WEIGHTED = "average (byte-weighted)"
 MACRO = "average (domains equal)"
 _BASELINE_SECONDS = ("in_context_s", "dynamic_eval_s")
@@ -82,8 +98,40 @@ _TRAINED: dict[Optional[str], tuple[str, str]] = {
 }
 
 
+def load_results(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Rows of `RUN/results.jsonl`; a torn last line (interrupted write) is ignored."""
+    path = Path(run_dir) / "results.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no results; run `tttnn eval ... --out {run_dir}` first")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # torn final write; evaluate rewrites it on resume
+            raise ValueError(f"{path}:{i + 1}: not a JSON row") from None
+    seen: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        doc = str(r.get("doc_id"))
+        if doc in seen:
+            raise ValueError(
+                f"{path}: document {doc!r} has two rows ({seen[doc] + 1} and {i + 1}); "
+                "was the run written by two processes at once?"
+            )
+        seen[doc] = i
+    return rows
+
+
 @dataclass
 class DocScore:
+    """One document of a side: bits per byte at k = 0 and at the side's k (NaN where the
+    document was not scored there: a k it did not reach, in `tttnn report`)."""
+
     domain: str
     bytes: int
     bpb0: float
@@ -147,7 +195,7 @@ def load_side(
     label: Optional[str] = None, budget: Optional[dict[str, Optional[float]]] = None,
 ) -> Side:  # fmt: skip
     """The side `run` (its TTT, or `baseline`) at `k` (default: its largest k) from the run's
-    `results.jsonl` (`tttnn.report.load_results`: a document with two rows is refused). With
+    `results.jsonl` (`load_results`: a document with two rows is refused). With
     `budget` (steps by doc_id), each document at the largest k up to `k` within its budget
     (`match_steps`)."""
     run = str(run)
@@ -233,19 +281,61 @@ def match_steps(first: Side, others: list[tuple[str, Optional[str], Optional[int
     return [load_side(run, b, k, budget=budget) for run, b, k in others]
 
 
-# --- the comparison --------------------------------------------------------------------------
+# --- the aggregation -------------------------------------------------------------------------
+
+# per document: bytes (n,), bpb at k = 0 and bpb at k, (n,) for one side or (n, S) for S sides
+Stratum = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def bootstrap_sides(
+    strata: list[Stratum], reps: int = BOOTSTRAP_REPS, seed: int = 0
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Replicates of the relative change bpb(k) / bpb(0) - 1 of S sides scored on the same
+    documents (a stratum's two score arrays are `(n,)` for one side or `(n, S)`), byte-weighted
+    over all documents and with strata (domains) weighted equally: two `(reps, S)` arrays. A
+    paired bootstrap: each replicate resamples the documents of every stratum with replacement,
+    keeping each document's scores together. `None` where nothing varies (fewer than two
+    documents in every stratum)."""
+    strata = [s for s in strata if len(s[0])]
+    if not strata or all(len(s[0]) < 2 for s in strata):
+        return None, None
+    n_sides = np.asarray(strata[0][1]).reshape(len(strata[0][0]), -1).shape[1]
+    rng = np.random.default_rng(seed)
+    nll0 = np.zeros((reps, n_sides))
+    nllk = np.zeros((reps, n_sides))
+    macro0 = np.zeros((reps, n_sides))
+    macrok = np.zeros((reps, n_sides))
+    for nbytes, b0, bk in strata:
+        b0, bk = (np.asarray(b).reshape(len(nbytes), -1) for b in (b0, bk))
+        idx = rng.integers(0, len(nbytes), (reps, len(nbytes)))
+        tot = nbytes[idx].sum(axis=1)
+        for s in range(n_sides):
+            s0 = (nbytes * b0[:, s])[idx].sum(axis=1)
+            sk = (nbytes * bk[:, s])[idx].sum(axis=1)
+            nll0[:, s] += s0
+            nllk[:, s] += sk
+            macro0[:, s] += s0 / tot
+            macrok[:, s] += sk / tot
+    return nllk / nll0 - 1.0, macrok / macro0 - 1.0
+
+
+def interval(replicates: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
+    """The percentile interval of bootstrap replicates."""
+    lo, hi = np.quantile(replicates, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 @dataclass
 class Entry:
-    """One side's figures over one group of documents."""
+    """One side's figures over one group of documents; a figure over documents of which one was
+    not scored there is None."""
 
     side: str
     k: int
     k_mean: float  # the mean k its documents were read at (k, unless matched)
-    bpb0: float
-    bpbk: float
-    change: float
+    bpb0: Optional[float]
+    bpbk: Optional[float]
+    change: Optional[float]
     change_ci: Optional[tuple[float, float]]
     diff: Optional[float]  # change − the first side's change (None for the first side)
     diff_ci: Optional[tuple[float, float]]
@@ -295,9 +385,25 @@ def _pair(sides: list[Side], intersect: bool) -> tuple[list[str], dict[str, int]
                     f"{b.domain}, {b.bytes} bytes in {s.label}: not the same text (was "
                     "--split-text given to one run only?)"
                 )
-    # In the first side's row order, so its draws (and intervals) are those of `tttnn report`.
+    # In the first side's row order: the bootstrap's draws follow the documents' order.
     ids = [d for d in sides[0].docs if d in common]
     return ids, {s.label: len(x) - len(common) for s, x in zip(sides, sets)}
+
+
+def _stratum(sides: list[Side], ids: list[str]) -> Stratum:
+    return (
+        np.array([float(sides[0].docs[d].bytes) for d in ids]),
+        np.array([[s.docs[d].bpb0 for s in sides] for d in ids]),
+        np.array([[s.docs[d].bpbk for s in sides] for d in ids]),
+    )
+
+
+def _byte_weighted(nbytes: np.ndarray, scores: np.ndarray) -> list[Optional[float]]:
+    """Each side's (column's) byte-weighted bits per byte; None where a document has none."""
+    return [
+        None if np.isnan(col).any() else float(byte_weighted_bpb(col.tolist(), nbytes.tolist()))
+        for col in scores.T
+    ]
 
 
 def _mean(xs: list[Optional[float]]) -> Optional[float]:
@@ -305,30 +411,62 @@ def _mean(xs: list[Optional[float]]) -> Optional[float]:
 
 
 def _entries(
-    sides: list[Side], ids: list[str], bpb0: np.ndarray, bpbk: np.ndarray,
-    changes: np.ndarray, reps: Optional[np.ndarray],
+    sides: list[Side], ids: list[str], bpb0: list[Optional[float]],
+    bpbk: list[Optional[float]], reps: Optional[np.ndarray],
 ) -> list[Entry]:  # fmt: skip
-    """Entries of every side over documents `ids` whose group figures are bpb0, bpbk, changes
-    (S,) and bootstrap replicates `reps` (R, S) of the changes."""
+    """Entries of every side over documents `ids` whose group figures are bpb0, bpbk (one per
+    side) and bootstrap replicates `reps` (R, S) of the changes."""
+    changes = [None if a is None or b is None else b / a - 1.0 for a, b in zip(bpb0, bpbk)]
+    ref = np.array([sides[0].docs[d].bpbk / sides[0].docs[d].bpb0 for d in ids])
     out = []
-    for s, side in enumerate(sides):
+    for s, (side, change) in enumerate(zip(sides, changes)):
         docs = [side.docs[d] for d in ids]
         rel = np.array([d.bpbk / d.bpb0 for d in docs])
-        ref = np.array([sides[0].docs[d].bpbk / sides[0].docs[d].bpb0 for d in ids])
-        first = s == 0
+        paired = s > 0 and change is not None and changes[0] is not None
         out.append(
             Entry(
-                side.label, side.k, float(np.mean([d.k for d in docs])),
-                float(bpb0[s]), float(bpbk[s]), float(changes[s]),
-                None if reps is None else interval(reps[:, s]),
-                None if first else float(changes[s] - changes[0]),
-                None if first or reps is None else interval(reps[:, s] - reps[:, 0]),
-                None if first else int((rel < ref).sum()),
+                side.label, side.k, float(np.mean([d.k for d in docs])), bpb0[s], bpbk[s], change,
+                None if reps is None or change is None else interval(reps[:, s]),
+                change - changes[0] if paired else None,  # type: ignore[operator]
+                interval(reps[:, s] - reps[:, 0]) if paired and reps is not None else None,
+                int((rel < ref).sum()) if s > 0 else None,
                 _mean([d.steps for d in docs]), _mean([d.tokens for d in docs]),
                 _mean([d.seconds for d in docs]),
             )
         )  # fmt: skip
     return out
+
+
+def aggregate(
+    sides: list[Side], ids: list[str], reps: int = BOOTSTRAP_REPS, seed: int = 0
+) -> list[Group]:
+    """The groups of a comparison of `sides` over documents `ids` (each side has them all): one
+    per domain (sorted), then the byte-weighted average over all documents and the mean over
+    domains, each with every side's entry (module doc)."""
+    by_domain: dict[str, list[str]] = {}
+    for d in ids:
+        by_domain.setdefault(sides[0].docs[d].domain, []).append(d)
+    groups, strata = [], []
+    for domain in sorted(by_domain):
+        nbytes, b0, bk = st = _stratum(sides, by_domain[domain])
+        strata.append(st)
+        rep, _ = bootstrap_sides([st], reps, seed)
+        g0, gk = _byte_weighted(nbytes, b0), _byte_weighted(nbytes, bk)
+        entries = _entries(sides, by_domain[domain], g0, gk, rep)
+        groups.append(Group(domain, len(nbytes), int(nbytes.sum()), entries))
+    rep_w, rep_m = bootstrap_sides(strata, reps, seed)
+    nbytes, b0, bk = _stratum(sides, ids)
+    total = int(nbytes.sum())
+    w0, wk = _byte_weighted(nbytes, b0), _byte_weighted(nbytes, bk)
+    groups.append(Group(WEIGHTED, len(ids), total, _entries(sides, ids, w0, wk, rep_w)))
+
+    def domains_equal(of: str) -> list[Optional[float]]:
+        per_side = zip(*[[getattr(e, of) for e in g.entries] for g in groups[:-1]])
+        return [None if None in xs else sum(xs) / len(xs) for xs in per_side]  # type: ignore[arg-type]
+
+    m0, mk = domains_equal("bpb0"), domains_equal("bpbk")
+    groups.append(Group(MACRO, len(ids), total, _entries(sides, ids, m0, mk, rep_m)))
+    return groups
 
 
 def compare(
@@ -346,65 +484,65 @@ def compare(
         replace(s, label=f"{s.label}@{s.k}") if labels.count(s.label) > 1 else s for s in sides
     ]
     ids, dropped = _pair(sides, intersect)
-    by_domain: dict[str, list[str]] = {}
-    for d in ids:
-        by_domain.setdefault(sides[0].docs[d].domain, []).append(d)
-
-    def stratum(doc_ids: list[str]) -> Stratum:
-        nbytes = np.array([float(sides[0].docs[d].bytes) for d in doc_ids])
-        b0 = np.array([[s.docs[d].bpb0 for s in sides] for d in doc_ids])
-        bk = np.array([[s.docs[d].bpbk for s in sides] for d in doc_ids])
-        return nbytes, b0, bk
-
-    groups = []
-    domain_bpb: list[tuple[np.ndarray, np.ndarray]] = []
-    strata = []
-    for domain in sorted(by_domain):
-        nbytes, b0, bk = st = stratum(by_domain[domain])
-        strata.append(st)
-        w = nbytes / nbytes.sum()
-        g0, gk = w @ b0, w @ bk
-        domain_bpb.append((g0, gk))
-        rep, _ = bootstrap_sides([st], reps, seed)
-        groups.append(
-            Group(domain, len(nbytes), int(nbytes.sum()),
-                  _entries(sides, by_domain[domain], g0, gk, gk / g0 - 1.0, rep))
-        )  # fmt: skip
-    rep_w, rep_m = bootstrap_sides(strata, reps, seed)
-    nbytes_all = np.concatenate([s[0] for s in strata])
-    w = nbytes_all / nbytes_all.sum()
-    b0_all, bk_all = np.concatenate([s[1] for s in strata]), np.concatenate([s[2] for s in strata])
-    order = [d for domain in sorted(by_domain) for d in by_domain[domain]]
-    g0, gk = w @ b0_all, w @ bk_all
-    total = int(nbytes_all.sum())
-    groups.append(Group(WEIGHTED, len(ids), total, _entries(sides, order, g0, gk, gk / g0 - 1.0, rep_w)))  # fmt: skip
-    m0 = np.mean([x[0] for x in domain_bpb], axis=0)
-    mk = np.mean([x[1] for x in domain_bpb], axis=0)
-    groups.append(Group(MACRO, len(ids), total, _entries(sides, order, m0, mk, mk / m0 - 1.0, rep_m)))  # fmt: skip
     side_info = [
         {"label": s.label, "run": s.run, "baseline": s.baseline, "k": s.k, "matched": s.matched}
         for s in sides
     ]
-    return Comparison(side_info, len(ids), dropped, groups, reps, seed)
+    return Comparison(side_info, len(ids), dropped, aggregate(sides, ids, reps, seed), reps, seed)
 
 
 # --- output ----------------------------------------------------------------------------------
 
 
-def _num(x: Optional[float], digits: int = 4) -> str:
+def format_number(x: Optional[float], digits: int = 4) -> str:
     return "–" if x is None or math.isnan(x) else f"{x:.{digits}f}"
 
 
-def _pct(x: Optional[float]) -> str:
-    return "–" if x is None else f"{x * 100:+.1f}%"
+def format_change(x: Optional[float]) -> str:
+    """A relative change (or a difference of two) in percent: `-13.3%`."""
+    return "–" if x is None or math.isnan(x) else f"{x * 100:+.1f}%"
 
 
-def _ci(ci: Optional[tuple[float, float]]) -> str:
-    return "–" if ci is None else f"[{ci[0] * 100:+.1f}, {ci[1] * 100:+.1f}]"
+def format_interval(ci: Optional[tuple[float, float]]) -> str:
+    """An interval of changes, in the notation of the change: `[-19.0%, -9.3%]`."""
+    return "–" if ci is None else f"[{format_change(ci[0])}, {format_change(ci[1])}]"
 
 
 def _count(x: Optional[float]) -> str:
     return "–" if x is None else (f"{x:.0f}" if x >= 100 or x == int(x) else f"{x:.1f}")
+
+
+def write_table(header: list[str], body: list[list[str]], fmt: str) -> str:
+    """A table as Markdown (`markdown`; the first two columns to the left, the rest, numbers, to
+    the right), CSV (`csv`) or aligned text (`text`; a blank line before each row that opens a
+    group: a row whose first cell is not empty)."""
+    if fmt == "markdown":
+        lines = [
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|",
+        ]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(header)
+        w.writerows(body)
+        return buf.getvalue()
+    if fmt != "text":
+        raise ValueError(f"unknown table format {fmt!r}; expected markdown, csv or text")
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+
+    def line(r: list[str]) -> str:
+        return "  ".join(
+            x.ljust(w) if i < 2 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths))
+        ).rstrip()
+
+    lines = [line(header)]
+    for r in body:
+        if r[0] and len(lines) > 1:
+            lines.append("")
+        lines.append(line(r))
+    return "\n".join(lines)
 
 
 def render_comparison(c: Comparison, fmt: str = "text") -> str:
@@ -413,6 +551,8 @@ def render_comparison(c: Comparison, fmt: str = "text") -> str:
         d = asdict(c)
         d["ci_level"] = CI_LEVEL
         return json.dumps(d, indent=2)
+    if fmt not in ("text", "markdown"):
+        raise ValueError(f"unknown format {fmt!r}; expected text, markdown or json")
     ref = c.sides[0]["label"]
     header = [
         "group", "side", "k", "docs", "bpb@0", "bpb@k", "change", f"{CI_LEVEL:.0%} CI",
@@ -425,9 +565,10 @@ def render_comparison(c: Comparison, fmt: str = "text") -> str:
                 g.name if i == 0 else "", e.side,
                 f"{e.k_mean:.1f}" if c.sides[i]["matched"] else str(e.k),
                 str(g.documents) if i == 0 else "",
-                _num(e.bpb0), _num(e.bpbk), _pct(e.change), _ci(e.change_ci), _pct(e.diff),
-                _ci(e.diff_ci), "–" if e.better is None else f"{e.better}/{g.documents}",
-                _count(e.steps), _count(e.tokens), _num(e.seconds, 1),
+                format_number(e.bpb0), format_number(e.bpbk), format_change(e.change),
+                format_interval(e.change_ci), format_change(e.diff), format_interval(e.diff_ci),
+                "–" if e.better is None else f"{e.better}/{g.documents}",
+                _count(e.steps), _count(e.tokens), format_number(e.seconds, 1),
             ])  # fmt: skip
     notes = [
         f"change: bits per byte at k vs k = 0, byte-weighted. Δ vs first: change minus that of "
@@ -443,25 +584,7 @@ def render_comparison(c: Comparison, fmt: str = "text") -> str:
     if any(c.dropped.values()):
         left = ", ".join(f"{k}: {v}" for k, v in c.dropped.items() if v)
         notes.append(f"--intersect: documents left out ({left}).")
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]  # fmt: skip
-        lines += ["| " + " | ".join(r) + " |" for r in body]
-        return "\n".join([*lines, "", *notes])
-    if fmt != "text":
-        raise ValueError(f"unknown format {fmt!r}; expected text, markdown or json")
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-
-    def line(r: list[str]) -> str:
-        return "  ".join(
-            x.ljust(w) if i < 2 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths))
-        ).rstrip()
-
-    lines = [line(header)]
-    for r in body:
-        if r[0] and len(lines) > 1:
-            lines.append("")
-        lines.append(line(r))
-    return "\n".join([*lines, "", *notes])
+    return "\n".join([write_table(header, body, fmt), "", *notes])
 
 
 def plot_comparison(c: Comparison, path: str | Path) -> Path:
@@ -479,14 +602,13 @@ def plot_comparison(c: Comparison, path: str | Path) -> Path:
     cmap = plt.get_cmap("tab10")
     for s, info in enumerate(c.sides):
         ys = [g_i + (s - (n_sides - 1) / 2) * height for g_i in range(len(c.groups))]
-        vals = [g.entries[s].change * 100 for g in c.groups]
+        vals = [(g.entries[s].change or 0.0) * 100 for g in c.groups]
         at = "steps matched" if info["matched"] else f"k={info['k']}"
         ax.barh(ys, vals, height=height * 0.9, color=cmap(s % 10), alpha=0.85,
                 label=f"{info['label']} ({at})")  # fmt: skip
-        for y, g in zip(ys, c.groups):
+        for y, v, g in zip(ys, vals, c.groups):
             ci = g.entries[s].change_ci
             if ci is not None:
-                v = g.entries[s].change * 100
                 # a percentile interval of a ratio may leave out its point: bars from the point
                 lo, hi = max(v - ci[0] * 100, 0.0), max(ci[1] * 100 - v, 0.0)
                 ax.errorbar(v, y, xerr=[[lo], [hi]], fmt="none",

@@ -1,44 +1,43 @@
 """Reports of an evaluation run: per-domain bits per byte at each k, relative change, plots.
 
-Aggregation follows lm-evaluation-harness: bits per byte over a set of documents is the
-byte-weighted mean (Σ nll / Σ bytes / ln 2), so a domain's figure is not moved by how many short
-documents it has. The overall average is reported two ways: weighted by each domain's test bytes
-(what one bpb over all documents would be, as the Pile paper's "weighted by size") and the plain
-mean over domains (each domain counts once).
-
-Uncertainty: a handful of test documents per domain is the usual budget for TTT-NN, so every
-change at the largest k comes with a 95% interval from a paired bootstrap over documents (the same
-resampled documents at k = 0 and at k; for the averages, resampled within each domain so the
-domain mix stays that of the test set) and the count of documents that improved.
+A report is the comparison (`tttnn.compare`) of one run at each of its k, and with its in-context
+baseline where recorded, read as one row per domain: the same averages, paired bootstrap and table
+writer as `tttnn compare`. The change at the largest k comes with its 95% interval and the count
+of documents that improved. A k that some documents of a domain did not reach is left out of that
+domain's figures and of the averages, so each figure compares the same documents.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-import numpy as np
-
-from tttnn.metrics import byte_weighted_bpb
+from tttnn.compare import (
+    BOOTSTRAP_REPS,
+    CI_LEVEL,
+    DocScore,
+    Group,
+    Side,
+    aggregate,
+    format_change,
+    format_interval,
+    format_number,
+    load_results,
+    write_table,
+)
 
 __all__ = [
+    "BOOTSTRAP_REPS",
     "DomainRow",
     "Report",
-    "bootstrap_change",
-    "bootstrap_sides",
     "load_results",
     "make_report",
     "plot_report",
     "render",
 ]
-
-BOOTSTRAP_REPS = 4000
-CI_LEVEL = 0.95
 
 
 @dataclass
@@ -75,154 +74,64 @@ class Report:
         return max(self.ks)
 
 
-def load_results(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Rows of `RUN/results.jsonl`; a torn last line (interrupted write) is ignored."""
-    path = Path(run_dir) / "results.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no results; run `tttnn eval ... --out {run_dir}` first")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break  # torn final write; evaluate rewrites it on resume
-            raise ValueError(f"{path}:{i + 1}: not a JSON row") from None
-    seen: dict[str, int] = {}
-    for i, r in enumerate(rows):
-        doc = str(r.get("doc_id"))
-        if doc in seen:
-            raise ValueError(
-                f"{path}: document {doc!r} has two rows ({seen[doc] + 1} and {i + 1}); "
-                "was the run written by two processes at once?"
+def _columns(run: str, ok: list[dict[str, Any]], ks: list[int]) -> list[Side]:
+    """The run at each k (the first, k = 0, is what `improved` counts against), then its
+    in-context baseline if a document has it; NaN where a document has no score."""
+
+    def side(label: str, k: int, field: Optional[str] = None) -> Side:  # None: bpb at k
+        docs = {}
+        for r in ok:
+            score = r["bpb"].get(str(k)) if field is None else r.get(field)
+            b0 = float(r["bpb"].get("0", math.nan))
+            bk = math.nan if score is None else float(score)
+            # steps, tokens and seconds: a report does not show them
+            docs[str(r["doc_id"])] = DocScore(
+                r["domain"], int(r["bytes"]), b0, bk, None, None, None, k
             )
-        seen[doc] = i
-    return rows
+        return Side(label, run, "in-context" if field else None, k, docs)
+
+    sides = [side(f"k={k}", k) for k in ks]
+    if any("bpb_in_context" in r for r in ok):
+        sides.append(side("in-context", ks[-1], "bpb_in_context"))
+    return sides
 
 
-# per document: bytes (n,), bpb at k = 0 and bpb at k, (n,) for one side or (n, S) for S sides
-Stratum = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-def bootstrap_sides(
-    strata: list[Stratum], reps: int = BOOTSTRAP_REPS, seed: int = 0
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Replicates of the relative change bpb(k) / bpb(0) - 1 of S sides scored on the same
-    documents (a stratum's two score arrays are `(n,)` for one side or `(n, S)`), byte-weighted
-    over all documents and with strata (domains) weighted equally: two `(reps, S)` arrays. A
-    paired bootstrap: each replicate resamples the documents of every stratum with replacement,
-    keeping each document's scores together. `None` where nothing varies (fewer than two
-    documents in every stratum)."""
-    strata = [s for s in strata if len(s[0])]
-    if not strata or all(len(s[0]) < 2 for s in strata):
-        return None, None
-    n_sides = np.asarray(strata[0][1]).reshape(len(strata[0][0]), -1).shape[1]
-    rng = np.random.default_rng(seed)
-    nll0 = np.zeros((reps, n_sides))
-    nllk = np.zeros((reps, n_sides))
-    macro0 = np.zeros((reps, n_sides))
-    macrok = np.zeros((reps, n_sides))
-    for nbytes, b0, bk in strata:
-        b0, bk = (np.asarray(b).reshape(len(nbytes), -1) for b in (b0, bk))
-        idx = rng.integers(0, len(nbytes), (reps, len(nbytes)))
-        tot = nbytes[idx].sum(axis=1)
-        for s in range(n_sides):
-            s0 = (nbytes * b0[:, s])[idx].sum(axis=1)
-            sk = (nbytes * bk[:, s])[idx].sum(axis=1)
-            nll0[:, s] += s0
-            nllk[:, s] += sk
-            macro0[:, s] += s0 / tot
-            macrok[:, s] += sk / tot
-    return nllk / nll0 - 1.0, macrok / macro0 - 1.0
-
-
-def interval(replicates: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
-    """The percentile interval of bootstrap replicates."""
-    lo, hi = np.quantile(replicates, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
-
-
-def bootstrap_change(
-    strata: list[Stratum], reps: int = BOOTSTRAP_REPS, level: float = CI_LEVEL, seed: int = 0
-) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
-    """Percentile intervals of one run's relative change bpb(k) / bpb(0) - 1, byte-weighted over
-    all documents and averaged over strata (domains equal), by the paired bootstrap of
-    `bootstrap_sides`. `None` where nothing varies."""
-    weighted, macro = bootstrap_sides(strata, reps, seed)
-    if weighted is None or macro is None:
-        return None, None
-    return interval(weighted[:, 0], level), interval(macro[:, 0], level)
-
-
-def _stratum(ok: list[dict[str, Any]], k: int) -> Stratum:
-    return (
-        np.array([float(r["bytes"]) for r in ok]),
-        np.array([float(r["bpb"]["0"]) for r in ok]),
-        np.array([float(r["bpb"][str(k)]) for r in ok]),
-    )
-
-
-def _ok(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in rows if r.get("status") == "ok"]
-
-
-def _aggregate(
-    domain: str, rows: list[dict[str, Any]], ks: list[int], interval: bool = True
-) -> DomainRow:
-    """Byte-weighted figures of `rows`; `interval=False` leaves `change_ci` to the caller (the
-    overall row, whose interval resamples within domains)."""
-    ok = _ok(rows)
-    total_bytes = sum(int(r["bytes"]) for r in ok)
-    bpb: dict[int, float] = {}
-    for k in ks:
-        have = [r for r in ok if str(k) in r["bpb"]]
-        # Only report k where every document of the domain reached it (k is cut at the number
-        # of neighbors actually retrieved), so the figures compare the same documents.
-        if have and len(have) == len(ok):
-            bpb[k] = byte_weighted_bpb([r["bpb"][str(k)] for r in have], [r["bytes"] for r in have])
-    in_context = None
-    if ok and all("bpb_in_context" in r for r in ok):
-        in_context = byte_weighted_bpb([r["bpb_in_context"] for r in ok], [r["bytes"] for r in ok])
-    row = DomainRow(
-        domain, len(ok), total_bytes, bpb, failed=len(rows) - len(ok), in_context=in_context
-    )
-    kmax = max(ks) if ks else 0
-    if kmax in bpb and 0 in bpb:
-        sizes, b0, bk = _stratum(ok, kmax)
-        row.improved = int((bk < b0).sum())
-        if interval:
-            row.change_ci, _ = bootstrap_change([(sizes, b0, bk)])
-    return row
+def _row(name: str, group: Optional[Group], n_ks: int, failed: int) -> DomainRow:
+    """A report row from the group of the comparison (None: no document scored)."""
+    if group is None:
+        return DomainRow(name, 0, 0, {}, failed=failed)
+    at_k, in_context = group.entries[:n_ks], group.entries[n_ks:]
+    last = at_k[-1]
+    return DomainRow(
+        name, group.documents, group.bytes,
+        {e.k: e.bpbk for e in at_k if e.bpbk is not None}, failed,
+        in_context[0].bpbk if in_context else None,
+        (last.better or 0) if last.change is not None else 0, last.change_ci,
+    )  # fmt: skip
 
 
 def make_report(run_dir: str | Path) -> Report:
     results = load_results(run_dir)
-    ks = sorted({int(k) for r in results if r.get("status") == "ok" for k in r["bpb"]})
-    by_domain: dict[str, list[dict[str, Any]]] = {}
-    for r in results:
-        by_domain.setdefault(r["domain"], []).append(r)
-    rows = [_aggregate(d, by_domain[d], ks) for d in sorted(by_domain)]
-    weighted = _aggregate("weighted", results, ks, interval=False)
-    macro: dict[int, float] = {}
-    for k in ks:
-        vals = [row.bpb[k] for row in rows if k in row.bpb]
-        if vals and len(vals) == len([row for row in rows if row.documents]):
-            macro[k] = sum(vals) / len(vals)
-    macro_ci = None
-    if ks and 0 in weighted.bpb and max(ks) in weighted.bpb:
-        # The averages resample within each domain: the test set's domain mix is fixed.
-        strata = [_stratum(_ok(by_domain[d]), max(ks)) for d in sorted(by_domain)]
-        weighted.change_ci, macro_ci = bootstrap_change(strata)
+    ok = [r for r in results if r.get("status") == "ok"]
+    ks = sorted({int(k) for r in ok for k in r["bpb"]})
+    ids = [str(r["doc_id"]) for r in ok]
+    groups = aggregate(_columns(str(run_dir), ok, ks), ids, BOOTSTRAP_REPS, seed=0) if ks else []
+    domains = {g.name: g for g in groups[:-2]}
+    weighted, macro = groups[-2:] if groups else (None, None)
     failed = [
         {"doc_id": r.get("doc_id"), "domain": r.get("domain"), "error": r.get("error")}
         for r in results
         if r.get("status") != "ok"
     ]
-    return Report(str(run_dir), ks, rows, weighted, macro, failed, macro_ci, environments(results))
+    rows = [
+        _row(d, domains.get(d), len(ks), sum(f["domain"] == d for f in failed))
+        for d in sorted({r["domain"] for r in results})
+    ]
+    average = _row("macro", macro, len(ks), 0)
+    return Report(
+        str(run_dir), ks, rows, _row("weighted", weighted, len(ks), len(failed)), average.bpb,
+        failed, average.change_ci, environments(results),
+    )  # fmt: skip
 
 
 def environments(results: list[dict[str, Any]]) -> list[tuple[str, int]]:
@@ -230,7 +139,9 @@ def environments(results: list[dict[str, Any]]) -> list[tuple[str, int]]:
     with how many rows each, most first; rows written before rows recorded it count as
     `unrecorded`."""
     counts: dict[str, int] = {}
-    for r in _ok(results):
+    for r in results:
+        if r.get("status") != "ok":
+            continue
         env = r.get("env")
         where = (
             "unrecorded" if env is None else
@@ -239,16 +150,6 @@ def environments(results: list[dict[str, Any]]) -> list[tuple[str, int]]:
         )  # fmt: skip
         counts[where] = counts.get(where, 0) + 1
     return sorted(counts.items(), key=lambda kv: -kv[1])
-
-
-def _fmt(x: float | None, pct: bool = False) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    return f"{x * 100:+.1f}%" if pct else f"{x:.4f}"
-
-
-def _fmt_ci(ci: tuple[float, float] | None) -> str:
-    return "–" if ci is None else f"[{ci[0] * 100:+.1f}%, {ci[1] * 100:+.1f}%]"
 
 
 def render(report: Report, fmt: str = "md") -> str:
@@ -270,6 +171,8 @@ def render(report: Report, fmt: str = "md") -> str:
             },
             indent=2,
         )
+    if fmt not in ("md", "csv"):
+        raise ValueError(f"unknown format {fmt!r}; expected md, csv or json")
     with_ic = report.weighted.in_context is not None
     header = [
         "domain", "docs", *[f"k={k}" for k in ks], f"change@{kmax}",
@@ -286,11 +189,11 @@ def render(report: Report, fmt: str = "md") -> str:
             [
                 name,
                 str(row.documents) + (f" (+{row.failed} failed)" if row.failed else ""),
-                *[_fmt(row.bpb.get(k)) for k in ks],
-                _fmt(row.change(kmax), pct=True),
-                _fmt_ci(row.change_ci),
+                *[format_number(row.bpb.get(k)) for k in ks],
+                format_change(row.change(kmax)),
+                format_interval(row.change_ci),
                 f"{row.improved}/{row.documents}" if kmax in row.bpb else "–",
-                *([_fmt(row.in_context)] if with_ic else []),
+                *([format_number(row.in_context)] if with_ic else []),
             ]
         )
     if report.macro:
@@ -300,26 +203,16 @@ def render(report: Report, fmt: str = "md") -> str:
             [
                 "average (domains equal)" if fmt != "md" else "*average (domains equal)*",
                 "",
-                *[_fmt(report.macro.get(k)) for k in ks],
-                _fmt(change, pct=True),
-                _fmt_ci(report.macro_change_ci),
+                *[format_number(report.macro.get(k)) for k in ks],
+                format_change(change),
+                format_interval(report.macro_change_ci),
                 "",
                 *([""] if with_ic else []),
             ]
         )
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(header)
-        w.writerows(body)
-        return buf.getvalue()
-    if fmt != "md":
-        raise ValueError(f"unknown format {fmt!r}; expected md, csv or json")
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|",
-    ]
-    lines += ["| " + " | ".join(r) + " |" for r in body]
+        return write_table(header, body, "csv")
+    lines = [write_table(header, body, "markdown")]
     if report.failed_docs:
         lines.append("")
         lines.append(f"{len(report.failed_docs)} document(s) failed:")
