@@ -41,7 +41,8 @@ pub enum Error {
         found: u32,
         supported: u32,
     },
-    /// Another handle (in this or another process) holds the store's writer lock.
+    /// Another handle (in this or another process) holds the writer lock of a directory (a
+    /// store or a run).
     #[error("{path}: {msg}")]
     Locked { path: PathBuf, msg: String },
     /// Failures inside the ANN index (usearch) or other runtime failures.
