@@ -5,6 +5,9 @@
 //!
 //! `cargo bench --bench knn` (set `TTTNN_BENCH_N` to change the number of vectors).
 
+// A bench stops at its first failure, like a test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

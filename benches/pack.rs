@@ -3,6 +3,9 @@
 //!
 //! `cargo bench --bench pack` (add `-- --quick` for a short run). Prints the naive/core ratio.
 
+// A bench stops at its first failure, like a test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

@@ -1,9 +1,12 @@
 //! Criterion bench of `select::sift_select` at K = 200 candidates, d = 384 (the default encoder),
-//! N = 20 and 50 picks, against the greedy as the issue writes it (the whole K×K Gram matrix and
-//! rank-1 updates of all of it, f64) in the same run.
+//! N = 20 and 50 picks, against the textbook greedy (the whole K×K Gram matrix and rank-1
+//! updates of all of it, f64) in the same run.
 //!
 //! `cargo bench --bench select` (add `-- --quick` for a short run). Prints the full/core ratio.
 //! The numpy float64 peer is `python benches/bench_select.py`.
+
+// A bench stops at its first failure, like a test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

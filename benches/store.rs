@@ -3,6 +3,9 @@
 //!
 //! `cargo bench --bench store`. Prints `ratio append/raw-write` per dtype at the end.
 
+// A bench stops at its first failure, like a test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};

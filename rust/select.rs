@@ -333,30 +333,37 @@ mod x86 {
 
     /// 16 f32 per step, widened to f64 four at a time into four f64x4 sums. The portable loop
     /// ran at about 1/8 of this speed (measured in `benches/select.rs`: 1.9 ms for a K = 200,
-    /// N = 20 selection).
+    /// N = 20 selection). Reads the first `min(a.len(), b.len())` elements.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA (checked at run time by `Kernel::detect`).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_f64_avx2(a: &[f32], b: &[f32]) -> f64 {
         let n = a.len().min(b.len());
         let (ap, bp) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [_mm256_setzero_pd(); 4];
-        let mut i = 0;
-        while i + 16 <= n {
-            for (k, s) in acc.iter_mut().enumerate() {
-                let x = _mm256_cvtps_pd(_mm_loadu_ps(ap.add(i + 4 * k)));
-                let y = _mm256_cvtps_pd(_mm_loadu_ps(bp.add(i + 4 * k)));
-                *s = _mm256_fmadd_pd(x, y, *s);
+        // SAFETY: every load reads elements below `n` of both slices (the loop bounds), the
+        // store writes the 4 lanes of `lanes`; the target features are the caller's obligation.
+        unsafe {
+            let mut acc = [_mm256_setzero_pd(); 4];
+            let mut i = 0;
+            while i + 16 <= n {
+                for (k, s) in acc.iter_mut().enumerate() {
+                    let x = _mm256_cvtps_pd(_mm_loadu_ps(ap.add(i + 4 * k)));
+                    let y = _mm256_cvtps_pd(_mm_loadu_ps(bp.add(i + 4 * k)));
+                    *s = _mm256_fmadd_pd(x, y, *s);
+                }
+                i += 16;
             }
-            i += 16;
+            let s = _mm256_add_pd(_mm256_add_pd(acc[0], acc[1]), _mm256_add_pd(acc[2], acc[3]));
+            let mut lanes = [0f64; 4];
+            _mm256_storeu_pd(lanes.as_mut_ptr(), s);
+            let mut total = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+            while i < n {
+                total += f64::from(*ap.add(i)) * f64::from(*bp.add(i));
+                i += 1;
+            }
+            total
         }
-        let s = _mm256_add_pd(_mm256_add_pd(acc[0], acc[1]), _mm256_add_pd(acc[2], acc[3]));
-        let mut lanes = [0f64; 4];
-        _mm256_storeu_pd(lanes.as_mut_ptr(), s);
-        let mut total = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-        while i < n {
-            total += f64::from(*ap.add(i)) * f64::from(*bp.add(i));
-            i += 1;
-        }
-        total
     }
 }
 
@@ -365,8 +372,7 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    /// The greedy exactly as the issue writes it: the whole Gram matrix, rank-1 updates of all
-    /// of it (f64).
+    /// The textbook greedy: the whole Gram matrix, rank-1 updates of all of it (f64).
     fn reference(x: &[f32], q: &[f32], n: usize, lambda: f64) -> (Vec<usize>, Vec<f64>) {
         let d = q.len();
         let k = x.len() / d;
