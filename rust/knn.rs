@@ -380,6 +380,53 @@ fn worse(ka: f32, ia: i64, kb: f32, ib: i64) -> bool {
 /// Parts may have different `k`; padding (id -1) is skipped. `nq` is the largest `nq` of the
 /// parts (a part with fewer rows contributes nothing to the missing ones).
 pub fn merge_topk(parts: &[SearchResult], k: usize, metric: Metric) -> SearchResult {
+    merge_ranked(parts, k, metric.higher_is_better())
+}
+
+/// [`merge_topk`] of lists that come from outside the core (the searches of shard groups in
+/// other processes): every part holds `nq × k_i` ids and scores for the same `nq` queries, and
+/// `k` passes [`check_k`] against the candidates there are. `higher_is_better`: scores are
+/// similarities (cosine, inner product), else distances (L2). The order is the core's: score by
+/// IEEE total order, then smaller id; padding (id -1, or a NaN score) is skipped, and a query
+/// with fewer than `k` candidates is padded with id -1 / score NaN.
+pub fn merge_lists(
+    parts: &[SearchResult],
+    k: usize,
+    higher_is_better: bool,
+) -> Result<SearchResult> {
+    let Some(first) = parts.first() else {
+        return Err(Error::InvalidArgument(
+            "no lists to merge: give at least one (ids, scores) pair".into(),
+        ));
+    };
+    for (i, p) in parts.iter().enumerate() {
+        if p.nq != first.nq {
+            return Err(Error::Shape(format!(
+                "list {i} has {} queries, list 0 has {}: every list answers the same queries",
+                p.nq, first.nq
+            )));
+        }
+        let entries = p.nq.checked_mul(p.k);
+        if entries != Some(p.ids.len()) || entries != Some(p.scores.len()) {
+            return Err(Error::Shape(format!(
+                "list {i}: {} ids and {} scores for {} queries × {}",
+                p.ids.len(),
+                p.scores.len(),
+                p.nq,
+                p.k
+            )));
+        }
+    }
+    let candidates = parts
+        .iter()
+        .map(|p| p.k)
+        .fold(0usize, usize::saturating_add);
+    check_k(k, first.nq, candidates)?;
+    Ok(merge_ranked(parts, k, higher_is_better))
+}
+
+/// The merge itself: [`merge_topk`] with the direction of the scores given.
+fn merge_ranked(parts: &[SearchResult], k: usize, higher_is_better: bool) -> SearchResult {
     let nq = parts.iter().map(|p| p.nq).max().unwrap_or(0);
     let mut out = SearchResult::empty(nq, k);
     let mut row: Vec<(f32, i64)> = Vec::new();
@@ -393,7 +440,7 @@ pub fn merge_topk(parts: &[SearchResult], k: usize, metric: Metric) -> SearchRes
                 }
             }
         }
-        if metric.higher_is_better() {
+        if higher_is_better {
             row.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         } else {
             row.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
@@ -612,7 +659,7 @@ pub fn simd_kernel_name() -> &'static str {
 fn dot_f32(level: SimdLevel, q: &[f32], x: &[f32]) -> f32 {
     debug_assert_eq!(q.len(), x.len());
     match level {
-        // SAFETY: the level was detected at runtime; slices have equal length.
+        // SAFETY: `Avx2` is chosen only on a CPU with AVX2, FMA and F16C (`simd_level`).
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx2 => unsafe { x86::dot_f32_avx2(q, x) },
         SimdLevel::Scalar => scalar_dot(q, x.iter().copied()),
@@ -655,7 +702,7 @@ fn scan_keys(
 ) -> f32 {
     debug_assert!(s.len() == a.len() && s.len() == c.len());
     match level {
-        // SAFETY: as above; the three slices have equal length.
+        // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx2 => unsafe { x86::scan_keys_avx2(s, a, c, thr, hit) },
         SimdLevel::Scalar => scan_keys_scalar(s, a, c, 0, thr, hit),
@@ -709,22 +756,39 @@ fn scalar_dot(q: &[f32], x: impl Iterator<Item = f32>) -> f32 {
     acc.iter().sum()
 }
 
+/// The AVX2 kernels. Every one is an `unsafe fn` only because of its target features: the
+/// caller must have checked at run time that the CPU has them (`simd_level` does, once). The
+/// slices may have any lengths: a kernel reads and writes only the first `n` elements, `n` the
+/// length of the shortest, and every pointer it offsets stays below `n`.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use half::f16;
     use std::arch::x86_64::*;
 
+    /// Sum of the eight lanes of `v`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX (callers are AVX2 kernels, whose callers checked it).
     #[target_feature(enable = "avx2,fma")]
     unsafe fn hsum256(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
+        // SAFETY: register-only intrinsics, the target features are the caller's obligation.
+        // The block is needed up to Rust 1.86 (the crate's MSRV is 1.80), where every intrinsic
+        // is an unsafe fn; later compilers see these calls as safe in an AVX2 function.
+        #[allow(unused_unsafe)]
+        unsafe {
+            let lo = _mm256_castps256_ps128(v);
+            let hi = _mm256_extractf128_ps(v, 1);
+            let s = _mm_add_ps(lo, hi);
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            _mm_cvtss_f32(s)
+        }
     }
 
     /// See `scan_keys`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA. The slices may differ in length (the shortest counts).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn scan_keys_avx2(
         s: &[f32],
@@ -735,140 +799,177 @@ mod x86 {
     ) -> f32 {
         let n = s.len().min(a.len()).min(c.len());
         let (sp, ap, cp) = (s.as_ptr(), a.as_ptr(), c.as_ptr());
-        let mut t8 = _mm256_set1_ps(thr);
         let mut keys = [0f32; 8];
         let mut j = 0;
-        while j + 8 <= n {
-            let k8 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(sp.add(j)),
-                _mm256_loadu_ps(ap.add(j)),
-                _mm256_loadu_ps(cp.add(j)),
-            );
-            // Greater than the threshold, or NaN (unordered): see `scan_keys_scalar`.
-            let mut m = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NLE_UQ>(k8, t8)) as u32;
-            if m != 0 {
-                _mm256_storeu_ps(keys.as_mut_ptr(), k8);
-                while m != 0 {
-                    let b = m.trailing_zeros() as usize;
-                    if keys[b] > thr || keys[b].is_nan() {
-                        thr = hit(j + b, keys[b]);
+        // SAFETY: the loads read elements j..j + 8 < n of each slice; `keys` holds 8 floats;
+        // the target features are the caller's obligation.
+        unsafe {
+            let mut t8 = _mm256_set1_ps(thr);
+            while j + 8 <= n {
+                let k8 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(sp.add(j)),
+                    _mm256_loadu_ps(ap.add(j)),
+                    _mm256_loadu_ps(cp.add(j)),
+                );
+                // Greater than the threshold, or NaN (unordered): see `scan_keys_scalar`.
+                let mut m = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NLE_UQ>(k8, t8)) as u32;
+                if m != 0 {
+                    _mm256_storeu_ps(keys.as_mut_ptr(), k8);
+                    while m != 0 {
+                        let b = m.trailing_zeros() as usize;
+                        if keys[b] > thr || keys[b].is_nan() {
+                            thr = hit(j + b, keys[b]);
+                        }
+                        m &= m - 1;
                     }
-                    m &= m - 1;
+                    t8 = _mm256_set1_ps(thr);
                 }
-                t8 = _mm256_set1_ps(thr);
+                j += 8;
             }
-            j += 8;
         }
         super::scan_keys_scalar(s, a, c, j, thr, hit)
     }
 
+    /// Dot product of the first `min(q.len(), x.len())` elements.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_f32_avx2(q: &[f32], x: &[f32]) -> f32 {
         let n = q.len().min(x.len());
         let (qp, xp) = (q.as_ptr(), x.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 32 <= n {
-            for (u, a) in acc.iter_mut().enumerate() {
-                let o = i + 8 * u;
-                *a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(o)), _mm256_loadu_ps(xp.add(o)), *a);
+        // SAFETY: every load reads elements below `n` of both slices (the loop bounds); the
+        // target features are the caller's obligation.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 32 <= n {
+                for (u, a) in acc.iter_mut().enumerate() {
+                    let o = i + 8 * u;
+                    *a =
+                        _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(o)), _mm256_loadu_ps(xp.add(o)), *a);
+                }
+                i += 32;
             }
-            i += 32;
+            while i + 8 <= n {
+                acc[0] = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(qp.add(i)),
+                    _mm256_loadu_ps(xp.add(i)),
+                    acc[0],
+                );
+                i += 8;
+            }
+            let mut s = hsum256(_mm256_add_ps(
+                _mm256_add_ps(acc[0], acc[1]),
+                _mm256_add_ps(acc[2], acc[3]),
+            ));
+            while i < n {
+                s += *qp.add(i) * *xp.add(i);
+                i += 1;
+            }
+            s
         }
-        while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(
-                _mm256_loadu_ps(qp.add(i)),
-                _mm256_loadu_ps(xp.add(i)),
-                acc[0],
-            );
-            i += 8;
-        }
-        let mut s = hsum256(_mm256_add_ps(
-            _mm256_add_ps(acc[0], acc[1]),
-            _mm256_add_ps(acc[2], acc[3]),
-        ));
-        while i < n {
-            s += *qp.add(i) * *xp.add(i);
-            i += 1;
-        }
-        s
     }
 
+    /// Dot product of the first `min(q.len(), x.len())` elements, `x` widened from f16.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_f16_avx2(q: &[f32], x: &[f16]) -> f32 {
         let n = q.len().min(x.len());
         let (qp, xp) = (q.as_ptr(), x.as_ptr() as *const u16);
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 32 <= n {
-            for (u, a) in acc.iter_mut().enumerate() {
-                let o = i + 8 * u;
-                let h = _mm_loadu_si128(xp.add(o) as *const __m128i);
-                *a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(o)), _mm256_cvtph_ps(h), *a);
+        // SAFETY: every load reads elements below `n` of both slices (8 f16 = 16 bytes for each
+        // `_mm_loadu_si128`); the target features are the caller's obligation.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 32 <= n {
+                for (u, a) in acc.iter_mut().enumerate() {
+                    let o = i + 8 * u;
+                    let h = _mm_loadu_si128(xp.add(o) as *const __m128i);
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(o)), _mm256_cvtph_ps(h), *a);
+                }
+                i += 32;
             }
-            i += 32;
+            while i + 8 <= n {
+                let h = _mm_loadu_si128(xp.add(i) as *const __m128i);
+                acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_cvtph_ps(h), acc[0]);
+                i += 8;
+            }
+            let mut s = hsum256(_mm256_add_ps(
+                _mm256_add_ps(acc[0], acc[1]),
+                _mm256_add_ps(acc[2], acc[3]),
+            ));
+            while i < n {
+                s += *qp.add(i) * (*x.get_unchecked(i)).to_f32();
+                i += 1;
+            }
+            s
         }
-        while i + 8 <= n {
-            let h = _mm_loadu_si128(xp.add(i) as *const __m128i);
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_cvtph_ps(h), acc[0]);
-            i += 8;
-        }
-        let mut s = hsum256(_mm256_add_ps(
-            _mm256_add_ps(acc[0], acc[1]),
-            _mm256_add_ps(acc[2], acc[3]),
-        ));
-        while i < n {
-            s += *qp.add(i) * (*x.get_unchecked(i)).to_f32();
-            i += 1;
-        }
-        s
     }
 
+    /// Dot product of the first `min(q.len(), x.len())` elements, `x` widened from i8.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_i8_avx2(q: &[f32], x: &[i8]) -> f32 {
         let n = q.len().min(x.len());
         let (qp, xp) = (q.as_ptr(), x.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 32 <= n {
-            for (u, a) in acc.iter_mut().enumerate() {
-                let o = i + 8 * u;
-                let b = _mm_loadl_epi64(xp.add(o) as *const __m128i);
-                let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
-                *a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(o)), f, *a);
+        // SAFETY: every load reads elements below `n` of both slices (8 i8 = 8 bytes for each
+        // `_mm_loadl_epi64`); the target features are the caller's obligation.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 32 <= n {
+                for (u, a) in acc.iter_mut().enumerate() {
+                    let o = i + 8 * u;
+                    let b = _mm_loadl_epi64(xp.add(o) as *const __m128i);
+                    let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(o)), f, *a);
+                }
+                i += 32;
             }
-            i += 32;
+            while i + 8 <= n {
+                let b = _mm_loadl_epi64(xp.add(i) as *const __m128i);
+                let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+                acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), f, acc[0]);
+                i += 8;
+            }
+            let mut s = hsum256(_mm256_add_ps(
+                _mm256_add_ps(acc[0], acc[1]),
+                _mm256_add_ps(acc[2], acc[3]),
+            ));
+            while i < n {
+                s += *qp.add(i) * f32::from(*xp.add(i));
+                i += 1;
+            }
+            s
         }
-        while i + 8 <= n {
-            let b = _mm_loadl_epi64(xp.add(i) as *const __m128i);
-            let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), f, acc[0]);
-            i += 8;
-        }
-        let mut s = hsum256(_mm256_add_ps(
-            _mm256_add_ps(acc[0], acc[1]),
-            _mm256_add_ps(acc[2], acc[3]),
-        ));
-        while i < n {
-            s += *qp.add(i) * f32::from(*xp.add(i));
-            i += 1;
-        }
-        s
     }
 
+    /// Widen the first `min(x.len(), out.len())` f16 values of `x` into `out`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX and F16C.
     #[target_feature(enable = "avx2,f16c")]
     pub(super) unsafe fn f16_to_f32_f16c(x: &[f16], out: &mut [f32]) {
         let n = x.len().min(out.len());
         let (xp, op) = (x.as_ptr() as *const u16, out.as_mut_ptr());
-        let mut i = 0;
-        while i + 8 <= n {
-            let h = _mm_loadu_si128(xp.add(i) as *const __m128i);
-            _mm256_storeu_ps(op.add(i), _mm256_cvtph_ps(h));
-            i += 8;
-        }
-        while i < n {
-            *op.add(i) = (*x.get_unchecked(i)).to_f32();
-            i += 1;
+        // SAFETY: every load and store touches elements below `n` of its slice; the target
+        // features are the caller's obligation.
+        unsafe {
+            let mut i = 0;
+            while i + 8 <= n {
+                let h = _mm_loadu_si128(xp.add(i) as *const __m128i);
+                _mm256_storeu_ps(op.add(i), _mm256_cvtph_ps(h));
+                i += 8;
+            }
+            while i < n {
+                *op.add(i) = (*x.get_unchecked(i)).to_f32();
+                i += 1;
+            }
         }
     }
 }
@@ -1103,6 +1204,47 @@ mod tests {
             let m = merge_topk(&parts, 4, Metric::L2);
             assert_eq!(m.ids, vec![7, 5, 11, 12]);
         }
+    }
+
+    #[test]
+    fn merge_lists_checks_the_lists_then_merges_like_merge_topk() {
+        let part = |nq: usize, ids: Vec<i64>, scores: Vec<f32>| SearchResult {
+            nq,
+            k: ids.len() / nq,
+            ids,
+            scores,
+        };
+        let a = part(2, vec![4, 1, 9, -1], vec![0.5, 0.7, 0.2, f32::NAN]);
+        let b = part(2, vec![3, 8, 6, 2], vec![0.7, 0.1, 0.2, 0.3]);
+        let parts = [a.clone(), b.clone()];
+        for (higher, metric) in [(true, Metric::Cosine), (false, Metric::L2)] {
+            let m = merge_lists(&parts, 5, higher).unwrap();
+            let want = merge_topk(&parts, 5, metric);
+            assert_eq!((&m.ids, m.nq, m.k), (&want.ids, 2, 5));
+        }
+        // five candidates for two places each: padded past them, never beyond
+        let m = merge_lists(&parts, 5, true).unwrap();
+        assert_eq!(m.ids, vec![1, 3, 4, 8, -1, 2, 6, 9, -1, -1]);
+        assert!(m.scores[4].is_nan() && m.scores[8].is_nan());
+        let short = part(1, vec![1], vec![0.5]);
+        let err = merge_lists(&[a.clone(), short], 2, true).unwrap_err();
+        assert!(matches!(err, Error::Shape(_)), "{err}");
+        let torn = SearchResult {
+            scores: vec![0.5],
+            ..b
+        };
+        assert!(matches!(
+            merge_lists(&[a.clone(), torn], 2, true),
+            Err(Error::Shape(_))
+        ));
+        assert!(matches!(
+            merge_lists(&[], 2, true),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            merge_lists(&[a], 0, true),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     #[test]

@@ -4,7 +4,7 @@ This file is the contract between the Rust bindings and the Python layer.
 """
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import final
 
 import numpy as np
@@ -12,12 +12,15 @@ import numpy.typing as npt
 
 __all__ = [
     "CorruptIndexError",
+    "DirLock",
     "EmbeddingStore",
     "StoreLockedError",
     "__version__",
     "_simd_kernels",
+    "check_shards",
     "dedup_neighbors",
     "exact_search",
+    "merge_topk",
     "pack_windows",
     "sift_select",
 ]
@@ -28,7 +31,35 @@ class CorruptIndexError(ValueError):
     """A store file is truncated, corrupted, inconsistent with its manifest, or of an unknown version."""
 
 class StoreLockedError(BlockingIOError):
-    """Another writer (this or another process) holds the store directory's lock."""
+    """Another writer (this or another process) holds the writer lock of the directory (a store
+    or a run)."""
+
+@final
+class DirLock:
+    """The writer lock of a directory (it must exist): `DIR/.lock`, the lock a store's writer
+    takes, so one convention serves indexes and runs. `with DirLock(run, what="run"):` holds it
+    for the block; a second writer (this or another process) gets `StoreLockedError` at once,
+    naming the holder's pid and host. The kernel releases the lock when the holder's process
+    ends, even when killed. Readers take no lock and never wait. A symbolic link in place of the
+    lock file is refused (OSError). Not re-entrant."""
+
+    def __new__(cls, path: str | os.PathLike[str], *, what: str = "directory") -> DirLock:
+        """`what` names the directory in the message a second writer gets ("run", "index")."""
+    def acquire(self) -> None:
+        """Take the lock without waiting; StoreLockedError when another writer holds it,
+        RuntimeError when this object holds it already."""
+    def release(self) -> None:
+        """Let the lock go (nothing happens when it is not held)."""
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+    @property
+    def path(self) -> str:
+        """The locked directory."""
+    def __enter__(self) -> DirLock:
+        """Entering a `with` block takes the lock (see `acquire`)."""
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
+        """Leaving the `with` block releases the lock."""
 
 @final
 class EmbeddingStore:
@@ -170,6 +201,27 @@ def exact_search(
     `queries` is `(nq, dim)` or `(dim,)`; returns `(ids int64 (nq, k), scores float32 (nq, k))`,
     best first: cosine and "ip" scores are similarities, "l2" scores squared distances. Rows with
     fewer than k hits are padded with id -1 and score NaN."""
+
+def merge_topk(
+    ids: Sequence[npt.ArrayLike],
+    scores: Sequence[npt.ArrayLike],
+    k: int,
+    *,
+    higher_is_better: bool = True,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """Merge per-group top-k lists of the same queries into the top `k` of each query, in the
+    order of every search of the core: score by IEEE total order (best first: highest
+    similarity, or with `higher_is_better=False` smallest distance), ties by smaller id.
+    `ids[i]` (int64) and `scores[i]` (float32) are `(nq, k_i)`, global ids; entries with id -1
+    or a NaN score are padding and skipped. Returns `(ids int64 (nq, k), scores float32 (nq,
+    k))`, padded with id -1 / score NaN where there are fewer than `k` candidates. Merging the
+    searches of groups of shards gives the search of all of them, bitwise. ValueError for lists
+    of different queries or shapes, or k < 1."""
+
+def check_shards(shards: Iterable[int], num_shards: int) -> list[int]:
+    """The shard numbers `shards` of a store of `num_shards` shards, sorted and distinct: the
+    check every search of some shards makes. ValueError when `shards` is empty, IndexError
+    naming the smallest number outside `0..num_shards` and how many shards there are."""
 
 def _simd_kernels() -> str:
     """The SIMD kernel set chosen at runtime for exact search ("avx2" or "scalar")."""

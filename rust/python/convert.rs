@@ -91,6 +91,42 @@ pub(crate) fn f32_matrix<'py>(
         .map_err(|e| PyValueError::new_err(format!("cannot borrow {name}: {e}")))
 }
 
+/// A C-contiguous int64 `(n, m)` array from `obj` (ids): int64 arrays are borrowed, other
+/// integer arrays and nested lists of ints converted; uint64 (which int64 cannot hold) and
+/// non-integer dtypes are rejected.
+pub(crate) fn i64_matrix<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+) -> PyResult<PyReadonlyArray2<'py, i64>> {
+    let np = obj.py().import("numpy")?;
+    let arr = np
+        .call_method1("asarray", (obj,))
+        .and_then(|a| Ok(a.cast_into::<PyUntypedArray>()?))
+        .map_err(|e| PyTypeError::new_err(format!("{name} must be a 2-D integer array: {e}")))?;
+    let dtype = arr.dtype();
+    let signed_or_narrow = match dtype.kind() {
+        b'i' => true,
+        b'u' => dtype.itemsize() < 8,
+        _ => false,
+    };
+    if !signed_or_narrow {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be integers that fit int64, got dtype {}",
+            dtype_str(&arr)
+        )));
+    }
+    if arr.ndim() != 2 {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be a 2-D array (n, k), got shape {:?}",
+            arr.shape()
+        )));
+    }
+    np.call_method1("ascontiguousarray", (&arr, numpy::dtype::<i64>(obj.py())))?
+        .cast_into::<PyArray2<i64>>()?
+        .try_readonly()
+        .map_err(|e| PyValueError::new_err(format!("cannot borrow {name}: {e}")))
+}
+
 /// Integer element types the binding hands to the core: token ids (`u32`) and row ids (`i64`).
 pub(crate) trait IntTarget: Element + Copy + TryFrom<i64> + TryFrom<u64> {
     /// The values the type holds, for error messages.

@@ -10,6 +10,7 @@ use crate::error::Error;
 
 mod convert;
 mod knn;
+mod lock;
 mod pack;
 mod select;
 mod store;
@@ -25,7 +26,7 @@ create_exception!(
     _tttnn,
     StoreLockedError,
     PyBlockingIOError,
-    "Another writer (this or another process) holds the store directory's lock."
+    "Another writer (this or another process) holds the writer lock of the directory (a store or a run)."
 );
 
 /// The single place where core errors become Python exceptions.
@@ -75,6 +76,7 @@ fn tttnn_ext(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("StoreLockedError", m.py().get_type::<StoreLockedError>())?;
     store::register(m)?;
     knn::register(m)?;
+    lock::register(m)?;
     pack::register(m)?;
     select::register(m)?;
     Ok(())

@@ -1,4 +1,4 @@
-//! Bindings for `crate::store`: the `EmbeddingStore` class.
+//! Bindings for `crate::store`: the `EmbeddingStore` class, and `check_shards`.
 //!
 //! The core store sits behind a `RwLock`: searches and reads share it, `append`, `build_hnsw` and
 //! `set_meta` take it exclusively. Heavy calls take the lock inside `py.detach`, with the GIL
@@ -16,12 +16,27 @@ use super::pack::{pack_options, packed_to_numpy, PackedArrays};
 use super::{detach, to_py};
 use crate::error::Error;
 use crate::hnsw::HnswParams;
-use crate::store::{EmbeddingStore as Core, StoreOptions};
+use crate::store::{check_shards, EmbeddingStore as Core, StoreOptions};
 use crate::vectors::{DType, Metric};
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<EmbeddingStore>()?;
+    m.add_function(wrap_pyfunction!(py_check_shards, m)?)?;
     Ok(())
+}
+
+/// The shard numbers `shards` of a store of `num_shards` shards, sorted and distinct: the check
+/// every search of some shards makes. ValueError when `shards` is empty, IndexError naming the
+/// smallest number outside `0..num_shards` and how many shards there are.
+#[pyfunction]
+#[pyo3(name = "check_shards")]
+fn py_check_shards(shards: &Bound<'_, PyAny>, num_shards: i64) -> PyResult<Vec<usize>> {
+    let items = sequence(Some(shards), "shards")?.unwrap_or_default();
+    let numbers = items
+        .iter()
+        .map(|s| s.extract::<i64>())
+        .collect::<PyResult<Vec<i64>>>()?;
+    check_shards(&numbers, count(num_shards)).map_err(to_py)
 }
 
 /// Append-only, sharded, memory-mapped vectors (f32/f16/i8) with optional per-document text,
@@ -215,22 +230,13 @@ impl EmbeddingStore {
     ) -> PyResult<SearchArrays<'py>> {
         let arr = f32_matrix(queries, "queries", Some(self.dim), true)?;
         let q = arr.as_slice()?;
-        let shards = shards
-            .map(|v| {
-                v.into_iter()
-                    .map(|i| {
-                        usize::try_from(i).map_err(|_| {
-                            pyo3::exceptions::PyIndexError::new_err(format!(
-                                "shard {i} out of range: shard numbers are >= 0"
-                            ))
-                        })
-                    })
-                    .collect::<PyResult<Vec<usize>>>()
-            })
-            .transpose()?;
         let r = detach(py, || {
-            self.read()?
-                .search_shards(q, count(k), exact, ef.map(count), shards.as_deref())
+            let store = self.read()?;
+            let shards = shards
+                .as_deref()
+                .map(|s| check_shards(s, store.num_shards()))
+                .transpose()?;
+            store.search_shards(q, count(k), exact, ef.map(count), shards.as_deref())
         })?;
         let ids = PyArray1::from_vec(py, r.ids).reshape([r.nq, r.k])?;
         let scores = PyArray1::from_vec(py, r.scores).reshape([r.nq, r.k])?;
