@@ -1,36 +1,41 @@
-"""The writer lock, with real processes: a second writer fails with the holder's pid, a writer
-killed with SIGKILL leaves nothing stuck, readers are never blocked."""
+"""The writer lock of a directory (the core's, `DIR/.lock`, for stores and runs alike), with real
+processes: a second writer fails with the holder's pid, a writer killed with SIGKILL leaves
+nothing stuck, readers are never blocked, a symbolic link in place of the lock file is refused."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from tttnn.lock import LOCK_FILE, LockedError, WriterLock, exclusive_writer
+from tttnn._tttnn import DirLock, EmbeddingStore, StoreLockedError
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="flock: POSIX only")
+
+LOCK_FILE = ".lock"
 
 # A writer in its own process: takes the lock (or reports that it could not), then holds it until
 # its stdin closes. `go` (optional) is a file to wait for, so several can start at once.
 WRITER = r"""
 import os, sys, time
-from tttnn.lock import LockedError, exclusive_writer
+from tttnn._tttnn import DirLock, StoreLockedError
 directory, go = sys.argv[1], sys.argv[2]
 while go and not os.path.exists(go):
     time.sleep(0.005)
 try:
-    with exclusive_writer(directory, what="run"):
+    with DirLock(directory, what="run"):
         print("held", flush=True)
         sys.stdin.read()
-except LockedError as e:
-    print(f"locked {e.holder_pid}", flush=True)
+except StoreLockedError as e:
+    print(f"locked {e}", flush=True)
 """
 
 
@@ -45,18 +50,24 @@ def start_writer(directory: Path, go: Path | None = None) -> subprocess.Popen[st
 
 def test_second_writer_fails_until_the_holder_is_killed(tmp_path: Path) -> None:
     run = tmp_path / "run"
+    run.mkdir()
     holder = start_writer(run)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         (run / "results.jsonl").write_text("{}\n")
-        # another process: refused, told who holds the lock
+        # another process: refused at once, told who holds the lock
         other = subprocess.run(
             [sys.executable, "-c", WRITER, str(run), ""], capture_output=True, text=True, timeout=60
         )
-        assert other.stdout == f"locked {holder.pid}\n"
+        assert other.stdout.startswith(f"locked {run}: another writer holds this run's lock")
+        assert f"(pid {holder.pid} on " in other.stdout
+        assert "this process" not in other.stdout
         # this process too, with a message naming the directory and the holder
-        locked = rf"^run directory {run} is locked .*pid {holder.pid}"
-        with pytest.raises(LockedError, match=locked), exclusive_writer(run, what="run"):
+        locked = (
+            rf"^{re.escape(str(run))}: another writer holds this run's lock "
+            rf"\(pid {holder.pid} on "
+        )
+        with pytest.raises(StoreLockedError, match=locked), DirLock(run, what="run"):
             pass
         # readers are not affected
         assert (run / "results.jsonl").read_text() == "{}\n"
@@ -67,14 +78,16 @@ def test_second_writer_fails_until_the_holder_is_killed(tmp_path: Path) -> None:
         holder.communicate(timeout=30)  # reaps it and closes the pipes
     # the holder died without releasing anything: the kernel dropped its lock
     assert (run / LOCK_FILE).exists()
-    with exclusive_writer(run, what="run") as lock:
+    with DirLock(run, what="run") as lock:
         assert lock.held
-        assert json.loads((run / LOCK_FILE).read_text())["pid"] == os.getpid()
+        record = json.loads((run / LOCK_FILE).read_text())
+        assert (record["pid"], record["what"]) == (os.getpid(), "run")
     assert not lock.held
 
 
 def test_one_winner_among_concurrent_writers(tmp_path: Path) -> None:
     run, go = tmp_path / "run", tmp_path / "go"
+    run.mkdir()
     procs = [start_writer(run, go) for _ in range(4)]
     try:
         time.sleep(0.2)
@@ -85,7 +98,8 @@ def test_one_winner_among_concurrent_writers(tmp_path: Path) -> None:
             lines.append(p.stdout.readline())
         winners = [p for p, line in zip(procs, lines) if line == "held\n"]
         assert len(winners) == 1, lines
-        assert sorted(lines) == ["held\n"] + [f"locked {winners[0].pid}\n"] * 3
+        losers = [line for line in lines if line != "held\n"]
+        assert len(losers) == 3 and all(f"(pid {winners[0].pid} on " in x for x in losers), lines
     finally:
         for p in procs:
             p.communicate(timeout=30)
@@ -93,32 +107,59 @@ def test_one_winner_among_concurrent_writers(tmp_path: Path) -> None:
 
 
 def test_same_process_lock_and_release(tmp_path: Path) -> None:
-    lock = WriterLock(tmp_path / "new" / "dir", what="index")
-    assert not lock.held
-    lock.acquire()  # creates the directory
+    lock = DirLock(tmp_path, what="index")
+    assert not lock.held and lock.path == str(tmp_path)
+    lock.acquire()
     try:
-        assert lock.held and lock.path.parent.is_dir()
+        assert lock.held
         # a lock belongs to an open file: a second one in this process is refused as well
-        mine = r"^index directory .* \(this process\)"
-        with (
-            pytest.raises(LockedError, match=mine) as info,
-            exclusive_writer(lock.directory, "index"),
-        ):
+        mine = r"this index's lock \(pid \d+ on .*, this process; lock file \.lock\)"
+        with pytest.raises(StoreLockedError, match=mine), DirLock(tmp_path, what="index"):
             pass
-        assert info.value.holder_pid == os.getpid()
-        assert info.value.directory == lock.directory
         with pytest.raises(RuntimeError, match="already held"):
             lock.acquire()
     finally:
         lock.release()
     lock.release()  # idempotent
-    with exclusive_writer(lock.directory):
+    with DirLock(tmp_path):
         pass
+    with pytest.raises(FileNotFoundError):
+        DirLock(tmp_path / "missing").acquire()
 
 
 def test_unreadable_holder_record_still_gives_a_clear_error(tmp_path: Path) -> None:
-    with exclusive_writer(tmp_path, what="run"):
+    with DirLock(tmp_path, what="run"):
         (tmp_path / LOCK_FILE).write_text("garbage")  # e.g. the holder has not written it yet
-        with pytest.raises(LockedError, match="pid is not recorded") as info:
-            WriterLock(tmp_path, "run").acquire()
-        assert info.value.holder_pid is None
+        with pytest.raises(StoreLockedError, match="pid is not recorded"):
+            DirLock(tmp_path, what="run").acquire()
+
+
+def test_stores_and_runs_share_one_lock(tmp_path: Path) -> None:
+    """A store's writer and a `DirLock` on its directory exclude each other: one lock file."""
+    store = EmbeddingStore.create(tmp_path / "s", 4)
+    index_lock = DirLock(tmp_path / "s", what="index")
+    with pytest.raises(StoreLockedError, match="this index's lock"), index_lock:
+        pass
+    store.release_lock()
+    with index_lock, pytest.raises(StoreLockedError, match="this store's lock"):
+        store.append(np.ones((1, 4), dtype=np.float32))
+    store.append(np.ones((1, 4), dtype=np.float32))
+    assert len(store) == 1
+
+
+def test_a_symbolic_link_in_place_of_the_lock_file_is_refused(tmp_path: Path) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_FILE).symlink_to(precious)
+    with pytest.raises(OSError, match="symbolic link"), DirLock(run, what="run"):
+        pass
+    # a store's writer refuses it the same way, and the link's target is untouched
+    store = EmbeddingStore.create(tmp_path / "s", 4)
+    store.release_lock()
+    (tmp_path / "s" / LOCK_FILE).unlink()
+    (tmp_path / "s" / LOCK_FILE).symlink_to(precious)
+    with pytest.raises(OSError, match="symbolic link"):
+        store.append(np.ones((1, 4), dtype=np.float32))
+    assert precious.read_text() == "keep" and len(store) == 0
