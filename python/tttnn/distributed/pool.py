@@ -260,7 +260,8 @@ class WorkerPool:
     def _expire(self) -> list[Event]:
         """Give up on the workers not placed within SCHEDULE_TIMEOUT (read at each call): their
         slots are retired and their items handed back; with no worker left, an error."""
-        now, events = time.monotonic(), []
+        now = time.monotonic()
+        events: list[Event] = []
         for slot, asked in list(self.placing.values()):
             if now - asked >= cluster.SCHEDULE_TIMEOUT:
                 self._forget(slot)
