@@ -1,13 +1,16 @@
 # Commands a newcomer types. `make test` is what CI runs (after installing, see .ci/run).
 PY ?= python3
 
-.PHONY: install dev test lint rust-test py-test bench demo stubtest fmt
+.PHONY: install dev test lint rust-test py-test bench demo stubtest fmt \
+	wheel-tools wheel wheel-check sdist-check device-wheels device-check
 
 install:            ## build the release extension and install the package (editable)
 	$(PY) -m pip install -e ".[dev,ray,lm-eval]"
 
 dev:                ## rebuild the extension after a Rust change
 	$(PY) -m pip install -e . --no-build-isolation --no-deps -q
+	@# an abi3 build (_tttnn.abi3.so) is shadowed by an older per-version one: Python loads that first
+	if [ -e python/tttnn/_tttnn.abi3.so ]; then rm -f python/tttnn/_tttnn.cpython-*.so; fi
 
 lint:
 	cargo fmt --all -- --check
@@ -41,3 +44,65 @@ bench:              ## criterion benches + Python peers (takes a while)
 
 demo:
 	tttnn demo
+
+# --- wheels: one abi3 wheel (CPython >= 3.9) for manylinux_2_28 (glibc 2.28+), and the sdist ----
+# zig (the `ziglang` package) links against that glibc's symbols, for the Rust and usearch's C++
+# alike, on any build machine. A separate target directory keeps `make dev` builds apart.
+DIST ?= dist
+MANYLINUX ?= 2_28
+WHEEL_TARGET ?= target/wheel
+MATURIN_WHEEL = $(PY) -m maturin build --release --zig --compatibility manylinux_$(MANYLINUX)
+
+wheel-tools:        ## what `make wheel` needs besides Rust: maturin, zig, the checkers
+	$(PY) -m pip install -q "maturin>=1.9,<2" ziglang twine abi3audit check-wheel-contents auditwheel
+
+wheel:              ## release wheel + sdist into dist/, then wheel-check
+	rm -rf $(DIST)/tttnn-*.whl $(DIST)/tttnn-*.tar.gz
+	CARGO_TARGET_DIR=$(WHEEL_TARGET) $(MATURIN_WHEEL) --sdist --out $(DIST)
+	$(MAKE) wheel-check
+
+wheel-check:        ## metadata, stable ABI, contents and platform tag of dist/
+	$(PY) -m twine check --strict $(DIST)/tttnn-*.whl $(DIST)/tttnn-*.tar.gz
+	abi3audit --strict --report $(DIST)/tttnn-*.whl
+	check-wheel-contents $(DIST)/tttnn-*.whl
+	auditwheel show $(DIST)/tttnn-*.whl
+	@ls -l $(DIST)/tttnn-*
+
+sdist-check:        ## build the wheel again from the sdist alone (fresh target: a full build)
+	rm -rf $(DIST)/sdist-build && mkdir -p $(DIST)/sdist-build
+	tar -xzf $(DIST)/tttnn-*.tar.gz -C $(DIST)/sdist-build
+	cd $(DIST)/sdist-build/tttnn-* && CARGO_TARGET_DIR=../target $(MATURIN_WHEEL) --out ..
+	$(PY) -c "$$SAME_WHEEL" $(DIST)/tttnn-*.whl $(DIST)/sdist-build/tttnn-*.whl
+
+# Two wheels are the same build: same name (tags), same files, same bytes but for the compiled
+# extension and the RECORD that hashes it.
+define SAME_WHEEL
+import sys, zipfile
+a, b = (zipfile.ZipFile(p) for p in sys.argv[1:3])
+name = lambda z: z.filename.rsplit("/", 1)[-1]
+assert name(a) == name(b), (name(a), name(b))
+assert sorted(a.namelist()) == sorted(b.namelist()), set(a.namelist()) ^ set(b.namelist())
+differ = [n for n in a.namelist() if a.read(n) != b.read(n)]
+assert all(n.endswith((".so", "RECORD")) for n in differ), differ
+print(f"same wheel: {name(a)}, {len(a.namelist())} files; rebuilt: {differ}")
+endef
+export SAME_WHEEL
+
+# --- the device check on a machine without Rust or network (docs/install.md) --------------------
+# The folder a GPU machine receives: the tttnn wheel and the small dependencies that a PyTorch +
+# transformers + peft image may lack, for that machine's Python (DEVICE_PYTHON=3.12 ...).
+DEVICE_PYTHON ?= $(shell $(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+DEVICE_WHEELS ?= $(DIST)/device-wheels
+
+device-wheels:      ## dist/device-wheels: the wheel + zstandard, click, tqdm, matplotlib and its deps
+	rm -rf $(DEVICE_WHEELS) && mkdir -p $(DEVICE_WHEELS)
+	cp $(DIST)/tttnn-*.whl $(DEVICE_WHEELS)/
+	$(PY) -m pip download -q --no-deps --only-binary :all: -d $(DEVICE_WHEELS) \
+		--python-version $(DEVICE_PYTHON) --platform manylinux_2_28_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		zstandard click tqdm matplotlib contourpy cycler fonttools kiwisolver pillow \
+		pyparsing python-dateutil six
+	@du -sh $(DEVICE_WHEELS)
+
+device-check:       ## the device check on this machine (CPU here: smaller settings)
+	$(PY) benches/device_check.py --out $(or $(OUT),device-check)
