@@ -1,6 +1,6 @@
-"""The dynamic-evaluation baseline: k steps on the query half, then the rest scored. Checked
+"""The baselines: dynamic evaluation (k steps on the query half, then the rest scored) checked
 against a plain loop on the query's tokens, for the reset to θ0, and end to end in `tttnn eval`
-on the sample index with a tiny Llama."""
+on the sample index with a tiny Llama; in-context scoring checked against one forward pass."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from helpers import SAMPLE_TEST, byte_tokenizer, tiny_llama
-from tttnn.baselines import dynamic_eval, dynamic_eval_windows
+from tttnn.baselines import dynamic_eval, dynamic_eval_windows, in_context_bpb
 from tttnn.cli import main
 from tttnn.config import EvalConfig, TTTConfig
 from tttnn.evaluate import iter_test_documents, run_eval, split_document
@@ -83,6 +83,40 @@ def test_dynamic_eval_windows_cycle_over_the_query():
     assert w0.shape[0] == l0.size == d0.size == 0
     with pytest.raises(ValueError, match="nothing to train on"):
         dynamic_eval_windows([5], 3, 8)
+
+
+class TokenStore:
+    """The one call of an embedding store the in-context baseline makes: an entry's token ids."""
+
+    def __init__(self, tok, texts: list[str]) -> None:
+        self.ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+    def tokens(self, i: int) -> np.ndarray:
+        return np.asarray(self.ids[i], dtype=np.uint32)
+
+
+def test_in_context_scores_the_text_after_the_neighbors_last_tokens():
+    """Within one window the in-context baseline is one forward pass over prefix, the
+    neighbors' last tokens (nearest last, each followed by EOS, half the context at most) and
+    the text, scored on the text's positions only."""
+    tok = byte_tokenizer()
+    model = tiny_llama(initializer_range=0.2)  # weights large enough that context matters
+    trainer = TestTimeTrainer(model, tok, ttt_config(max_length=128))
+    store = TokenStore(tok, ["Pack my box with liquor jugs.", "Zebras and foxes. " * 3])
+    text = "The lazy dog sleeps."
+    bpb = in_context_bpb(trainer, text, store, [0, 1], 128)
+
+    eos, ids = tok.eos_token_id, tok(text, add_special_tokens=False)["input_ids"]
+    ctx = [*store.ids[1], eos, *store.ids[0], eos][-64:]  # both fit, the farther one cut
+    assert len(ctx) == 64 and ctx[0] != eos
+    seq = [trainer.prefix_token, *ctx, *ids]
+    with torch.no_grad():
+        logp = model(input_ids=torch.tensor([seq[:-1]])).logits[0].float().log_softmax(-1)
+    scored = logp[len(ctx) :].gather(-1, torch.tensor(ids)[:, None]).sum().item()
+    assert bpb == pytest.approx(-scored / len(text.encode()) / np.log(2), rel=1e-5)
+    # not vacuous: the neighbors, and their order, change the score
+    assert bpb != pytest.approx(bits_per_byte(model, tok, text, 128).bpb, rel=1e-3)
+    assert bpb != pytest.approx(in_context_bpb(trainer, text, store, [1, 0], 128), rel=1e-3)
 
 
 def test_dynamic_eval_needs_split_text(tmp_path: Path, sample_index: Path) -> None:

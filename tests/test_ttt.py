@@ -269,6 +269,29 @@ def test_nan_training_raises_ttterror_and_still_resets():
     )
 
 
+def test_trained_block_sees_the_weights_run_scores_at_the_last_k_then_theta0():
+    """`trained` (the lm-eval path) runs the same loop as `run`: in the block the weights are
+    those `run` scores at k = all neighbors, the model in eval mode; θ0 back afterwards, also
+    when the block raises."""
+    tok = byte_tokenizer()
+    model = tiny_llama()
+    theta0 = params_of(model)
+    trainer = TestTimeTrainer(model, tok, cfg())
+    wins = pack(tok, NEIGHBORS, 48)
+    out = trainer.run(TEXT, *wins)
+    tokens = tok(TEXT, add_special_tokens=False)["input_ids"]
+    with trainer.trained(*wins) as trained:
+        assert not model.training
+        assert trainer.score(tokens) == out.nll_nats[3]
+        assert not torch.equal(model.lm_head.weight, theta0["lm_head.weight"])
+    assert (trained.windows_trained, trained.tokens_trained) == (len(wins[0]), int(wins[1].sum()))
+    with pytest.raises(KeyError), trainer.trained(*wins):
+        raise KeyError("scoring failed")
+    for name, p in model.named_parameters():
+        assert torch.equal(p, theta0[name]), name
+        assert p.grad is None
+
+
 def test_weights_loaded_between_documents_are_reset_unless_snapshotted():
     """θ0 is the snapshot: weights loaded into the model between documents are trained from by
     the next document and then replaced by θ0, unless `snapshot()` makes them the new θ0."""

@@ -21,15 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from tttnn.metrics import document_loglikelihood, encode_document, nats_to_bpb
+from tttnn.metrics import encode_document, nats_to_bpb
 
 __all__ = ["dynamic_eval", "dynamic_eval_windows", "in_context_bpb"]
 
 
 def in_context_bpb(trainer: Any, text: str, store: Any, ids: list[int], max_length: int) -> float:
     """The paper's in-context baseline: the neighbors' tokens (nearest last, next to the text,
-    EOS-separated, at most half the context) precede the text in the model's rolling context; the
-    weights are θ0 (the trainer has reset them)."""
+    EOS-separated, at most half of the `max_length` context, the trainer's) precede the text in
+    the model's rolling context (`trainer.score`); the weights are θ0 (the trainer has reset
+    them)."""
     budget = max_length // 2
     ctx: list[int] = []
     eos = trainer.tokenizer.eos_token_id
@@ -38,12 +39,8 @@ def in_context_bpb(trainer: Any, text: str, store: Any, ids: list[int], max_leng
         ctx = piece + ([eos] if eos is not None else []) + ctx
         if len(ctx) >= budget:
             break
-    tokens = encode_document(trainer.tokenizer, text)
-    logprob, _ = document_loglikelihood(
-        trainer.model, tokens, trainer.prefix_token, max_length, trainer.config.autocast_dtype,
-        context_tokens=ctx[-budget:],
-    )  # fmt: skip
-    return nats_to_bpb(-logprob, len(text.encode("utf-8")))
+    nll = trainer.score(encode_document(trainer.tokenizer, text), context=ctx[-budget:])
+    return nats_to_bpb(nll, len(text.encode("utf-8")))
 
 
 def dynamic_eval_windows(

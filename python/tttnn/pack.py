@@ -99,9 +99,12 @@ def _pack_repeated(
 
 
 def check_windows(
-    windows: Any, lengths: Any, doc_index: Any, max_length: int, vocab: Optional[int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The packed windows as int64 arrays, or a ValueError that says what is wrong."""
+    windows: Any, lengths: Any, doc_index: Any, max_length: int, vocab: Optional[int],
+    n_neighbors: Optional[int] = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:  # fmt: skip
+    """`(windows, lengths, doc_index, n_neighbors)`: the packed windows as int64 arrays and the
+    neighbors they count (default: the last of `doc_index` + 1), or a ValueError that says what
+    is wrong."""
     win = np.asarray(windows)
     if win.ndim != 2:
         raise ValueError(f"windows must be a 2-D (W, L) array, got shape {win.shape}")
@@ -115,17 +118,20 @@ def check_windows(
         raise ValueError(
             f"windows has {n_win} rows but lengths has {len(lens)} and doc_index {len(didx)}"
         )
-    if n_win == 0:
-        return win, lens, didx
-    if width > max_length:
-        raise ValueError(f"windows are {width} tokens wide, more than max_length")
-    if lens.min() < 0 or lens.max() > width:
-        raise ValueError(
-            f"lengths must be within 0..{width} (the window width), got {lens.min()}..{lens.max()}"
-        )
-    if didx.min() < 0 or np.any(np.diff(didx) < 0):
-        raise ValueError("doc_index must be non-negative and non-decreasing (nearest first)")
-    real = win[np.arange(width)[None, :] < lens[:, None]]
-    if real.size and (real.min() < 0 or (vocab is not None and real.max() >= vocab)):
-        raise ValueError(f"token ids out of range for a vocabulary of {vocab}")
-    return win, lens, didx
+    last = int(didx[-1]) if n_win else -1
+    n = last + 1 if n_neighbors is None else n_neighbors
+    if n_win:
+        if width > max_length:
+            raise ValueError(f"windows are {width} tokens wide, more than max_length")
+        if lens.min() < 0 or lens.max() > width:
+            raise ValueError(
+                f"lengths must be within 0..{width} (the window width), got {lens.min()}..{lens.max()}"
+            )
+        if didx.min() < 0 or np.any(np.diff(didx) < 0):
+            raise ValueError("doc_index must be non-negative and non-decreasing (nearest first)")
+        real = win[np.arange(width)[None, :] < lens[:, None]]
+        if real.size and (real.min() < 0 or (vocab is not None and real.max() >= vocab)):
+            raise ValueError(f"token ids out of range for a vocabulary of {vocab}")
+    if last >= n:
+        raise ValueError(f"n_neighbors={n} but doc_index reaches {last}")
+    return win, lens, didx, n

@@ -13,9 +13,9 @@ Weights loaded between documents are overwritten at the next reset unless `snaps
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
-from collections.abc import Callable, Iterator
+from collections import defaultdict
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -50,26 +50,11 @@ class TTTOutcome:
     steps_at: dict[int, int] = field(default_factory=dict)  # k -> optimizer steps before scoring
     tokens_trained_at: dict[int, int] = field(default_factory=dict)  # k -> tokens trained by then
     losses: list[float] = field(default_factory=list)  # training loss of each step
-    seconds: dict[str, float] = field(default_factory=dict)  # "train", "score", "reset"
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # "train", ...
 
     @property
     def bpb(self) -> dict[int, float]:
         return {k: nats_to_bpb(v, self.n_bytes) for k, v in self.nll_nats.items()}
-
-
-@contextlib.contextmanager
-def _timed(seconds: dict[str, float], phase: str, device: torch.device) -> Iterator[None]:
-    """Add the block's wall time to `seconds[phase]`, the device synchronised at both ends."""
-    import torch
-
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
-    sync(device)
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        sync(device)
-        seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - t0
 
 
 class TestTimeTrainer:
@@ -86,6 +71,7 @@ class TestTimeTrainer:
         self.prefix_token = prefix_token_id(tokenizer)
         self.model = with_lora(model, self.config) if self.config.lora_r else model
         self.device = next(self.model.parameters()).device
+        self.vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the model has no trainable parameters")
@@ -106,13 +92,16 @@ class TestTimeTrainer:
                 p.grad = None
             for b, b0 in self._buffers:
                 b.copy_(b0)
+        if self.device.type == "cuda":  # done copying when it returns, for honest timings
+            torch.cuda.synchronize(self.device)
 
-    def score(self, tokens: list[int]) -> float:
-        """−Σ log p (nats) of a text's token ids under the current weights (lm-eval windows)."""
+    def score(self, tokens: Sequence[int], context: Sequence[int] = ()) -> float:
+        """−Σ log p (nats) of token ids under the current weights (lm-eval windows), `context`'s
+        token ids in front of them in the model's context, not scored."""
         c = self.config
         logprob, _ = document_loglikelihood(
             self.model, tokens, self.prefix_token, c.max_length, c.autocast_dtype,
-            batch_size=c.score_batch_size,
+            batch_size=c.score_batch_size, context_tokens=context,
         )  # fmt: skip
         return -logprob
 
@@ -124,26 +113,17 @@ class TestTimeTrainer:
         `n_neighbors` (default: the last of `doc_index` + 1); back at θ0 afterwards, also after a
         failure. `windows` (W, L), `lengths` (W,), `doc_index` (W,) as `tttnn.pack_windows` packs
         them: token ids padded after `lengths[i]`, the neighbor each window comes from."""
-        windows, lengths, doc_index = self._check_windows(windows, lengths, doc_index)
-        last = int(doc_index[-1]) if len(doc_index) else -1
-        n = last + 1 if n_neighbors is None else n_neighbors
-        if last >= n:
-            raise ValueError(f"n_neighbors={n} but doc_index reaches {last}")
-        n_bytes = len(text.encode("utf-8"))
-        if n_bytes == 0:
+        c = self.config
+        *wins, n = check_windows(windows, lengths, doc_index, c.max_length, self.vocab, n_neighbors)
+        if not text:
             raise ValueError("cannot score an empty text")
         tokens = encode_document(self.tokenizer, text)
-        out = TTTOutcome(nll_nats={}, n_bytes=n_bytes, n_tokens=len(tokens))
-        clock = functools.partial(_timed, out.seconds, device=self.device)
-        with clock("score"):
-            out.nll_nats[0] = self.score(tokens)
-        out.steps_at[0], out.tokens_trained_at[0] = 0, 0
-        with self._session(windows, lengths, doc_index, out) as train_to:
-            for k in eval_points(self.config.eval_at, n)[1:]:
-                train_to(int(np.searchsorted(doc_index, k, side="left")))
-                out.steps_at[k], out.tokens_trained_at[k] = out.windows_trained, out.tokens_trained
-                with clock("score"):
-                    out.nll_nats[k] = self.score(tokens)
+        out = TTTOutcome(nll_nats={}, n_bytes=len(text.encode("utf-8")), n_tokens=len(tokens))
+        with contextlib.closing(self._train(wins, eval_points(c.eval_at, n), out)) as trained_to:
+            for k in trained_to:
+                t0 = time.perf_counter()
+                out.nll_nats[k] = self.score(tokens)  # on the host when it returns
+                out.seconds["score"] += time.perf_counter() - t0
         return out
 
     @contextlib.contextmanager
@@ -151,81 +131,69 @@ class TestTimeTrainer:
         """Test-time train on all `windows` as `run` does, without scoring: the block runs with
         the trained weights, in eval mode, under the same seeded RNG; θ0 back afterwards, also
         after a failure (`tttnn.lm_eval` scores the harness's requests in the block)."""
-        windows, lengths, doc_index = self._check_windows(windows, lengths, doc_index)
+        *wins, n = check_windows(windows, lengths, doc_index, self.config.max_length, self.vocab)
         out = TTTOutcome(nll_nats={}, n_bytes=0, n_tokens=0)
-        with self._session(windows, lengths, doc_index, out) as train_to:
-            train_to(len(windows))
+        with contextlib.closing(self._train(wins, [n], out)) as trained_to:
+            next(trained_to)
             self.model.eval()
             yield out
 
-    def _check_windows(self, windows: Any, lengths: Any, doc_index: Any) -> tuple[np.ndarray, ...]:
-        vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
-        return check_windows(windows, lengths, doc_index, self.config.max_length, vocab)
-
-    @contextlib.contextmanager
-    def _session(
-        self, windows: np.ndarray, lengths: np.ndarray, doc_index: np.ndarray, out: TTTOutcome
-    ) -> Iterator[Callable[[int], None]]:
-        """One document's training: a fresh optimizer, dropout seeded, train mode. Yields
-        `train_to(stop)`, one AdamW step per window up to window `stop`; the model's mode, θ0
-        and the caller's RNG state are back afterwards, also after a failure."""
+    def _train(
+        self, packed: Sequence[np.ndarray], ks: Sequence[int], out: TTTOutcome
+    ) -> Generator[int, None, None]:
+        """The loop: a fresh AdamW, dropout seeded, one step per window in order; yields each k of
+        `ks` (ascending) once the first k neighbors are trained on, for the caller to score. The
+        model's mode, θ0 and the caller's RNG state are back when it ends or is closed."""
         import torch
+        from torch.nn.functional import cross_entropy
 
-        c = self.config
+        windows, lengths, doc_index = packed
+        c, done = self.config, 0
         optimizer = torch.optim.AdamW(  # fresh for every document; fused: 3x the CPU loop
             self.params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay,
             fused=self.device.type in ("cpu", "cuda"),
         )  # fmt: skip
-        clock = functools.partial(_timed, out.seconds, device=self.device)
-        done = 0
-
-        def train_to(stop: int) -> None:
-            nonlocal done
-            with clock("train"):
-                for i in range(done, stop):
-                    self._train_window(optimizer, windows[i, : lengths[i]], out, i, doc_index[i])
-            done = max(done, stop)
-
         was_training = self.model.training
         try:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.manual_seed(c.seed)
                 self.model.train()
-                yield train_to
+                for k, stop in zip(ks, np.searchsorted(doc_index, ks)):  # [0, stop): neighbors < k
+                    for i in range(done, stop):
+                        window = windows[i, : lengths[i]]
+                        if len(window) < 2:  # nothing to predict
+                            out.windows_skipped += 1
+                            continue
+                        t0 = time.perf_counter()
+                        try:
+                            ids = torch.from_numpy(window).to(self.device).unsqueeze(0)
+                            with autocast_context(self.device, c.autocast_dtype):
+                                logits = self.model(input_ids=ids).logits
+                            loss = cross_entropy(logits[0, :-1].float(), ids[0, 1:])
+                            if not torch.isfinite(loss):
+                                raise TTTError(f"non-finite training loss ({loss.item()})")
+                            optimizer.zero_grad(set_to_none=True)
+                            loss.backward()
+                            if c.grad_clip is not None:
+                                norm = torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
+                                if not torch.isfinite(norm):
+                                    raise TTTError(f"non-finite gradient norm ({float(norm)})")
+                            optimizer.step()
+                        except (RuntimeError, MemoryError) as err:  # TTTError included
+                            raise TTTError(
+                                f"training step on window {i} (neighbor {doc_index[i]}, "
+                                f"{len(window)} tokens) failed: {type(err).__name__}: {err}"
+                            ) from err
+                        out.losses.append(loss.item())  # the step is done: the device runs in order
+                        out.seconds["train"] += time.perf_counter() - t0
+                        out.windows_trained += 1
+                        out.tokens_trained += len(window)
+                    done = stop
+                    out.steps_at[k] = out.windows_trained
+                    out.tokens_trained_at[k] = out.tokens_trained
+                    yield k
         finally:
             self.model.train(was_training)
-            with clock("reset"):
-                self.reset()
-
-    def _train_window(
-        self, optimizer: torch.optim.Optimizer, window: np.ndarray, out: TTTOutcome, i: int,
-        neighbor: int,
-    ) -> None:  # fmt: skip
-        """One AdamW step on one window: next-token cross entropy on its tokens."""
-        import torch
-
-        if len(window) < 2:
-            out.windows_skipped += 1
-            return
-        try:
-            ids = torch.from_numpy(window).to(self.device).unsqueeze(0)
-            with autocast_context(self.device, self.config.autocast_dtype):
-                logits = self.model(input_ids=ids).logits
-            loss = torch.nn.functional.cross_entropy(logits[0, :-1].float(), ids[0, 1:])
-            if not torch.isfinite(loss):
-                raise TTTError(f"non-finite training loss ({loss.item()})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.config.grad_clip is not None:
-                norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-                if not torch.isfinite(norm):
-                    raise TTTError(f"non-finite gradient norm ({float(norm)})")
-            optimizer.step()
-        except (RuntimeError, MemoryError) as err:  # TTTError included
-            raise TTTError(
-                f"training step on window {i} (neighbor {neighbor}, {len(window)} tokens) failed: "
-                f"{type(err).__name__}: {err}"
-            ) from err
-        out.losses.append(loss.item())
-        out.windows_trained += 1
-        out.tokens_trained += len(window)
+            t0 = time.perf_counter()
+            self.reset()
+            out.seconds["reset"] += time.perf_counter() - t0
