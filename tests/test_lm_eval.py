@@ -9,13 +9,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-import lm_eval
 import pytest
 import torch
-from lm_eval.api.instance import Instance
-from lm_eval.tasks import TaskManager
 
-from tttnn.lm_eval import TTTNNLM, model_settings
+lm_eval = pytest.importorskip("lm_eval")  # the `lm-eval` extra
+
+from lm_eval.api.instance import Instance  # noqa: E402
+from lm_eval.tasks import TaskManager  # noqa: E402
+
+from tttnn.lm_eval import TTTNNLM, model_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "tests" / "lm_eval_tasks"
