@@ -153,6 +153,7 @@ def test_units_started_from_positions_read_what_a_skipping_read_does(corpus, eve
         assert got == want, unit
 
 
+@pytest.mark.slow
 def test_two_workers_build_the_single_process_index_when_one_is_killed_mid_unit(
     ray_cluster, corpus, reference, tmp_path
 ):
@@ -188,6 +189,7 @@ def test_two_workers_build_the_single_process_index_when_one_is_killed_mid_unit(
                                "missing_text": 1}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_lost_node_s_unit_is_rerun_elsewhere(
     ray_cluster, corpus, reference, tmp_path, monkeypatch
 ):
@@ -235,6 +237,7 @@ class Stop(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_skips_committed_units(ray_cluster, corpus, reference, tmp_path):
     out = tmp_path / "index"
 
@@ -273,6 +276,7 @@ def test_resume_skips_committed_units(ray_cluster, corpus, reference, tmp_path):
     assert_same_index(out, reference, the_plan(corpus))
 
 
+@pytest.mark.slow
 def test_a_worker_the_cluster_cannot_place_is_given_up(
     ray_cluster, corpus, reference, tmp_path, monkeypatch
 ):

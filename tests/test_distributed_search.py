@@ -95,6 +95,7 @@ def test_merge_parts_orders_like_the_core():
     assert ids.tolist() == [[5, 12]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exact", [True, False])
 def test_ray_search_is_bitwise_the_local_search(ray_ties, tie_store, exact):
     local = EmbeddingStore.open(tie_store)
@@ -117,6 +118,7 @@ def test_ray_search_is_bitwise_the_local_search(ray_ties, tie_store, exact):
     ]
 
 
+@pytest.mark.slow
 def test_shards_subset_over_ray(ray_ties, tie_store):
     local = Index.open(tie_store)
     q = _queries(tie_store)
@@ -142,6 +144,7 @@ def test_shards_subset_over_ray(ray_ties, tie_store):
             part.search(q, k=2, shards=[0])
 
 
+@pytest.mark.slow
 def test_a_node_needs_only_its_shards(ray_cluster, tie_store, tmp_path):
     """Serving shards 1 and 4 from a copy of the index that holds only their directories and
     the manifest (what a node with those shards on its local disk has): same answers and reads
@@ -177,6 +180,7 @@ def test_a_node_needs_only_its_shards(ray_cluster, tie_store, tmp_path):
         one.set_meta("{}")
 
 
+@pytest.mark.slow
 def test_reads_come_from_the_owning_actors(ray_ties, tie_store):
     local = EmbeddingStore.open(tie_store)
     ids = [44, 0, 17, 25, 9, 44, 50]
@@ -200,6 +204,7 @@ def test_reads_come_from_the_owning_actors(ray_ties, tie_store):
         rs.text(len(local))
 
 
+@pytest.mark.slow
 def test_a_pickled_index_searches_through_the_same_actors(ray_ties, tie_store):
     q = _queries(tie_store)
     copy = pickle.loads(pickle.dumps(ray_ties))
@@ -215,6 +220,7 @@ def test_a_pickled_index_searches_through_the_same_actors(ray_ties, tie_store):
     assert [r.ids for r in ray_ties.search(q, k=4, exact=True)] == want
 
 
+@pytest.mark.slow
 def test_real_index_text_queries_guard_and_packing(ray_cluster, sample_index, encoder):
     local = Index.open(sample_index, encoder=encoder)
     queries = ["the history of the roman empire", "def main():\n    return 0"]
@@ -242,6 +248,7 @@ def test_real_index_text_queries_guard_and_packing(ray_cluster, sample_index, en
         assert index.info()["entries"] == len(local)
 
 
+@pytest.mark.slow
 def test_a_killed_actor_mid_batch_still_gives_the_answer(ray_ties, tie_store):
     local = EmbeddingStore.open(tie_store)
     q = np.random.default_rng(5).standard_normal((3000, DIM)).astype(np.float32)
@@ -258,6 +265,7 @@ def test_a_killed_actor_mid_batch_still_gives_the_answer(ray_ties, tie_store):
     assert ray.get(victim.stats.remote())["pid"] != pid  # it was restarted
 
 
+@pytest.mark.slow
 def test_cli_search_over_ray_prints_the_local_neighbors(ray_cluster, sample_index):
     from click.testing import CliRunner
 
@@ -277,6 +285,7 @@ def test_cli_search_over_ray_prints_the_local_neighbors(ray_cluster, sample_inde
     assert bad.exit_code == 1 and "shard 9 out of range" in bad.output
 
 
+@pytest.mark.slow
 def test_a_lost_node_s_actors_restart_elsewhere(ray_cluster, ray_ties, tie_store):
     q = _queries(tie_store)
     want = EmbeddingStore.open(tie_store).search(q, 8, exact=True)
