@@ -24,8 +24,6 @@ ray = pytest.importorskip("ray")
 
 RAY_NODE_CPUS = (4,)  # the `ray_cluster` fixture (conftest.py): a worker of 2 CPUs fits one node
 
-pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
-
 
 def config(index: Path, model: Path, out: Path, **kw) -> EvalConfig:
     base = dict(
@@ -97,7 +95,10 @@ def worker_pids() -> list[int]:
     return pids
 
 
-def test_two_workers_write_the_rows_of_one_process(sample_index, tiny_lm, single, tmp_path):
+@pytest.mark.slow
+def test_two_workers_write_the_rows_of_one_process(
+    ray_cluster, sample_index, tiny_lm, single, tmp_path
+):
     run = tmp_path / "ray"
     summary = jobs.evaluate(config(sample_index, tiny_lm, run, ray=True, workers=2))
     assert (summary.ok, summary.failed) == (8, 0)
@@ -110,8 +111,9 @@ def test_two_workers_write_the_rows_of_one_process(sample_index, tiny_lm, single
     assert_same(results(run), one)
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_document_has_its_document_rerun(
-    sample_index, tiny_lm, single, tmp_path
+    ray_cluster, sample_index, tiny_lm, single, tmp_path
 ):
     run = tmp_path / "killed"
     cfg = config(sample_index, tiny_lm, run, ray=True, workers=2)
@@ -152,8 +154,9 @@ def test_default_sizes_leave_room_for_the_shard_actors(tmp_path):
     assert _sizes(asked, 2, 0, fit=True) == (3, 3)  # --workers is taken as given
 
 
+@pytest.mark.slow
 def test_a_worker_the_cluster_cannot_place_is_given_up(
-    sample_index, tiny_lm, single, tmp_path, monkeypatch
+    ray_cluster, sample_index, tiny_lm, single, tmp_path, monkeypatch
 ):
     import tttnn.distributed.cluster as dc
 
