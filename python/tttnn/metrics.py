@@ -180,27 +180,39 @@ def document_loglikelihood(
     device = _model_device(model)
     was_training = model.training
     model.eval()
-    total = 0.0
+    # Every token id goes to the device before the first forward pass and the sum stays there
+    # until the end: on a GPU, a copy from the host or a read of a result in the loop would wait
+    # for the work queued before it, and leave the GPU idle while the next is queued. The sum is
+    # the same float64 additions in the same order as a sum on the host.
+    conts = [c for _, c in windows]
+    offsets = [0]
+    for c in conts:
+        offsets.append(offsets[-1] + len(c))
+    targets = torch.tensor([t for c in conts for t in c], dtype=torch.long, device=device)
+    groups = {
+        length: torch.tensor([inputs[r] for r in idx], dtype=torch.long, device=device)
+        for length, idx in by_len.items()
+    }
+    total = torch.zeros((), dtype=torch.float64, device=device)
     try:
         with torch.inference_mode(), autocast_context(device, autocast_dtype):
             for length, idx in by_len.items():
                 for start in range(0, len(idx), batch_size):
                     rows = idx[start : start + batch_size]
-                    batch = torch.tensor([inputs[r] for r in rows], dtype=torch.long, device=device)
-                    logits = model(input_ids=batch).logits
+                    logits = model(input_ids=groups[length][start : start + batch_size]).logits
                     for b, r in enumerate(rows):
-                        cont = windows[r][1]
-                        scored = logits[b, length - len(cont) :]
+                        n = len(conts[r])
+                        scored = logits[b, length - n :]
                         if scored.dtype.itemsize < 4:  # bf16/fp16 logits: softmax in fp32
                             scored = scored.float()
                         scored = scored.log_softmax(-1)
-                        target = torch.tensor(cont, dtype=torch.long, device=device)
+                        target = targets[offsets[r] : offsets[r] + n]
                         lp = scored.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-                        total += float(lp.double().sum())
+                        total = total + lp.double().sum()
                     del logits
     finally:
         model.train(was_training)
-    return total, sum(len(c) for _, c in windows)
+    return float(total), offsets[-1]
 
 
 def nats_to_bpb(nll_nats: float, n_bytes: float) -> float:
