@@ -131,6 +131,7 @@ def test_dynamic_eval_needs_split_text(tmp_path: Path, sample_index: Path) -> No
     assert "Traceback" not in res.output and not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_dynamic_eval_in_an_eval_run(sample_index: Path, tiny_lm: Path, tmp_path: Path) -> None:
     from tttnn.models import load_tokenizer
 

@@ -370,6 +370,7 @@ def test_cli_compare(tmp_path: Path):
     assert res.exit_code == 1 and "not scored at k = 7" in res.output
 
 
+@pytest.mark.slow
 def test_compare_real_run_with_both_baselines(
     sample_index: Path, tiny_lm: Path, tmp_path: Path
 ) -> None:

@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tttnn import CorruptIndexError, EmbeddingStore
 
@@ -140,7 +139,6 @@ def fuzz(tmp: Path, seed: int, cases: int, one_process: bool = True) -> collecti
     return counts
 
 
-@pytest.mark.slow  # 400 cases, each a copied index opened and searched
 def test_corruption_fuzz(tmp_path: Path) -> None:
     seed = int(os.environ.get("TTTNN_FUZZ_SEED", "0"))
     cases = int(os.environ.get("TTTNN_FUZZ_CASES", "400"))

@@ -35,6 +35,7 @@ def rows_of(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_run_writes_rows_and_resumes(sample_index: Path, tiny_lm: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     run_eval(config(sample_index, tiny_lm, run))
@@ -177,6 +178,7 @@ def test_retrieval_shortfall_is_a_loud_failure(
     assert "neighbors" in row["error"] and "bpb" not in row
 
 
+@pytest.mark.slow
 def test_report_aggregates_by_bytes_and_plots(
     sample_index: Path, tiny_lm: Path, tmp_path: Path
 ) -> None:

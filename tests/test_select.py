@@ -208,6 +208,7 @@ def test_repeated_picks_pack_by_rule(sample_index: Path, lm_tokenizer, seed: int
     assert np.all(np.diff(d2) >= 0) and (len(d2) == 0 or d2[-1] <= len(ids) - 1)
 
 
+@pytest.mark.slow
 def test_eval_with_sift(sample_index: Path, tiny_lm: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     cfg = EvalConfig.from_flat(
