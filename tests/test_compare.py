@@ -252,7 +252,7 @@ def test_pairing_by_doc_id_and_refusals(tmp_path: Path):
     assert load_side(ic, "in-context").k == 20
 
 
-def test_parse_side():
+def test_a_side_is_a_run_with_an_optional_baseline_and_k():
     assert parse_side("runs/a") == ("runs/a", None, None)
     assert parse_side("runs/a@5") == ("runs/a", None, 5)
     assert parse_side("runs/a:in-context") == ("runs/a", "in-context", None)
@@ -261,7 +261,7 @@ def test_parse_side():
         parse_side("runs/a:dyn")
 
 
-def test_sides_record_compute(tmp_path: Path):
+def test_each_side_carries_steps_tokens_and_seconds_per_document(tmp_path: Path):
     """Steps, tokens and seconds per document of a run and of its baselines, side by side."""
     nbytes, b0 = docs(6)
     rows = rows_for(nbytes, b0, 0.9 * b0, in_context_s=2.0, bpb_in_context=1.0,
@@ -333,7 +333,7 @@ def test_match_steps_reads_each_document_within_the_first_sides_steps(tmp_path: 
     assert res.exit_code == 0 and "Matched steps" in res.output, res.output
 
 
-def test_cli_compare(tmp_path: Path):
+def test_cli_compare_formats_plot_and_one_line_errors(tmp_path: Path):
     nbytes, b0 = docs(9)
     extra = dict(bpb_in_context=1.0, in_context_s=1.0, bpb_dynamic_eval={"0": 1.0, "20": 0.9},
                  dynamic_eval_s=1.0, dynamic_eval_steps={"0": 0, "20": 20},

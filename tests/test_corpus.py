@@ -191,7 +191,7 @@ def test_bad_text_files_and_parquet_rows(tmp_path: Path) -> None:
         list(Corpus(tmp_path / "notext.parquet"))
 
 
-def test_bad_paths(tmp_path: Path) -> None:
+def test_missing_unknown_or_undecompressable_paths_are_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="corpus path not found"):
         Corpus(tmp_path / "missing.jsonl")
     (tmp_path / "data.csv").write_text("a,b\n")

@@ -321,7 +321,7 @@ def test_verify_shard_by_shard(tmp_path: Path) -> None:
         store.verify()
 
 
-def test_release_lock_and_with_block(tmp_path: Path) -> None:
+def test_with_block_and_release_lock_free_the_writer_lock(tmp_path: Path) -> None:
     path = str(tmp_path / "s")
     with EmbeddingStore.create(path, 4) as store:
         store.append(rows(2, 4, 0))

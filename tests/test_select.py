@@ -133,7 +133,7 @@ def test_inputs_converted_and_checked() -> None:
             tttnn.sift_select(**kw)
 
 
-def test_settings() -> None:
+def test_selection_settings_default_to_nearest_and_refuse_bad_values() -> None:
     r = RetrievalConfig()
     assert (r.select, r.candidates, r.sift_lambda, r.sift_alpha) == ("nearest", 200, 0.01, None)
     bad = [

@@ -219,7 +219,7 @@ def test_bad_columns(tmp_path: Path) -> None:
     assert store.tokens(0).size == 0
 
 
-def test_missing_and_existing(tmp_path: Path) -> None:
+def test_open_needs_a_store_and_create_an_empty_directory(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         EmbeddingStore.open(str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
