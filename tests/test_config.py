@@ -213,3 +213,49 @@ def test_choice_lists_are_offered_and_enforced_from_one_place() -> None:
             bad = ("nope",) if fld.metadata.get("multiple") else "nope"
             with pytest.raises(ValueError, match=f"{name} must be one of {', '.join(choices)}"):
                 cls.from_flat(**required, **{name: bad})
+
+
+TOO_LARGE = [("ef", "99999999999999999999", 2**63 - 1), ("seed", str(2**63), 2**63 - 1),
+             ("shards", f"0:{2**64}", 2**63 - 1), ("max_length", "9" * 30, 2**63 - 1)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "text", "most"), TOO_LARGE)
+def test_an_int_beyond_what_a_run_can_take_is_refused_as_text_and_as_a_value(
+    name: str, text: str, most: int
+) -> None:
+    """The CLI (bad usage), the model_args parser and the config itself: never an OverflowError
+    deep inside a run."""
+    with pytest.raises(click.BadParameter, match=f"too large: at most {most}"):
+        _cli_value(name, text)
+    with pytest.raises(ValueError, match=f"{name}='{text}', too large: at most {most}"):
+        parse_flat(EvalConfig, {name: text})
+    largest = f"0:{most}" if name == "shards" else str(most)  # still a setting
+    assert parse_flat(EvalConfig, {name: largest})[name] == (
+        (0, most) if name == "shards" else most
+    )
+    big = (0, most + 1) if name == "shards" else most + 1
+    with pytest.raises(ValueError, match=f"{name} must be at most {most}, got {most + 1}"):
+        EvalConfig.from_flat(index="i", data=("d",), out="o", **{name: big})
+    assert _cli_value("seed", str(-(2**63))) == -(2**63)
+    with pytest.raises(click.BadParameter, match=f"too small: at least {-(2**63)}"):
+        _cli_value("seed", str(-(2**63) - 1))
+
+
+def test_a_field_with_its_own_largest_value() -> None:
+    from tttnn.corpus import MAX_DOC_BYTES_LIMIT
+
+    build = main.commands["index"].commands["build"]
+    option = next(p for p in build.params if p.name == "max_doc_bytes")
+    ctx = click.Context(build)
+    assert option.type_cast_value(ctx, str(MAX_DOC_BYTES_LIMIT)) == MAX_DOC_BYTES_LIMIT
+    with pytest.raises(click.BadParameter, match=f"too large: at most {MAX_DOC_BYTES_LIMIT}"):
+        option.type_cast_value(ctx, str(MAX_DOC_BYTES_LIMIT + 1))
+    with pytest.raises(ValueError, match=f"max_doc_bytes must be at most {MAX_DOC_BYTES_LIMIT}"):
+        BuildConfig(max_doc_bytes=MAX_DOC_BYTES_LIMIT + 1)
+    with pytest.raises(ValueError, match="shard_size must be at most"):
+        BuildConfig(shard_size=2**64)
+
+
+def test_an_empty_index_path_is_not_the_current_directory() -> None:
+    with pytest.raises(ValueError, match="index must name the index directory, got an empty"):
+        EvalConfig.from_flat(index="", data=("d",), out="o")

@@ -204,6 +204,22 @@ def test_missing_unknown_or_undecompressable_paths_are_errors(tmp_path: Path) ->
         list(Corpus(tmp_path / "x.jsonl.zst"))
 
 
+def test_a_byte_limit_no_reader_can_take_is_refused_before_reading(tmp_path: Path) -> None:
+    """A plain file is never "corrupt or truncated" for a limit it cannot be read with."""
+    from tttnn.corpus import MAX_DOC_BYTES_LIMIT
+
+    docs = [{"text": "one"}, {"text": "two"}]
+    plain = write_jsonl(docs, tmp_path / "small.jsonl")
+    for limit in (99999999999999999999, MAX_DOC_BYTES_LIMIT + 1, 0, -1):
+        with pytest.raises(
+            ValueError, match=f"positive number of bytes up to {MAX_DOC_BYTES_LIMIT}"
+        ):
+            Corpus(plain, max_doc_bytes=limit)
+    for path in (plain, write_jsonl(docs, tmp_path / "small.jsonl.zst")):
+        read = Corpus(path, max_doc_bytes=MAX_DOC_BYTES_LIMIT)  # the largest reads as any other
+        assert [d.text for d in read] == ["one", "two"]
+
+
 def test_same_file_name_in_two_folders_gets_distinct_ids(tmp_path: Path) -> None:
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()

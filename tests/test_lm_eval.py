@@ -62,6 +62,8 @@ def test_model_args_map_onto_config_leaves() -> None:
         ({"index": "DIR", "nieghbors": 2}, "unknown setting nieghbors; the settings are "),
         ({"index": "DIR", "eval_at": 5}, "eval_at (the harness scores once"),
         ({"neighbors": 2}, "index=DIR is required"),
+        ({"index": ""}, "index=DIR is required (the index to retrieve from), not an empty index="),
+        ({"index": "DIR", "pretrained": " "}, "pretrained= is empty"),
         ({"index": "DIR", "neighbors": "many"}, "neighbors='many', expected int"),
         ({"index": "DIR", "lr": -1.0}, "lr must be a positive number"),
         ({"index": "DIR", "pretrained": "a", "model": "b"}, "not both"),
@@ -72,6 +74,24 @@ def test_bad_model_args_are_refused(args: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError) as err:
         model_settings(args)
     assert message in str(err.value)
+
+
+@pytest.mark.slow
+def test_device_in_model_args_is_not_overridden_by_the_harness(
+    sample_index: Path, tiny_lm: Path
+) -> None:
+    """The harness passes its --device (default cuda:0) and --batch_size to every model; the
+    ones in model_args are those asked for, by text (the CLI) or by dict (simple_evaluate)."""
+    harness_settings = {"batch_size": 1, "max_batch_size": None, "device": "cuda:0"}
+    lm = TTTNNLM.create_from_arg_string(
+        f"pretrained={tiny_lm},index={sample_index},device=cpu,progress=false,max_length=64",
+        harness_settings,
+    )
+    assert lm.config.run.device == "cpu" and lm.trainer.device.type == "cpu"
+    args = {"pretrained": str(tiny_lm), "index": str(sample_index), "device": "cpu",
+            "batch_size": 2, "progress": False}  # fmt: skip
+    lm = TTTNNLM.create_from_arg_obj(args, harness_settings)
+    assert lm.config.run.device == "cpu" and lm.hf.batch_size == 2
 
 
 def tttnn_eval_bpb(index: Path, tmp_path: Path, neighbors: int) -> tuple[dict[int, float], int]:

@@ -28,6 +28,7 @@ from typing import Any, Callable, TextIO, TypeVar
 import click
 
 from tttnn import __version__, jobs
+from tttnn.compare import MAX_REPS
 from tttnn.config import (
     BASELINES,
     DEMO_SETTINGS,
@@ -36,6 +37,7 @@ from tttnn.config import (
     EvalConfig,
     RayConfig,
     RetrievalConfig,
+    int_limits,
     leaf_fields,
     none_word,
     parse_setting,
@@ -57,6 +59,12 @@ def _errors() -> Iterator[None]:
         raise click.ClickException(str(e) or type(e).__name__) from None
 
 
+def _warn(skipped: list[str]) -> None:
+    """The damaged rows a report or comparison left out, one line each on stderr."""
+    for problem in skipped:
+        click.echo(f"warning: {problem}", err=True)
+
+
 def _quiet_transformers() -> None:
     """No per-load "Loading weights" bars from transformers in a command's output."""
     with contextlib.suppress(Exception):
@@ -66,14 +74,15 @@ def _quiet_transformers() -> None:
 
 
 class _Setting(click.ParamType):
-    """The text of a config field of type `tp`, read by the config's parser (`parse_setting`)."""
+    """The text of a config field of type `tp`, read by the config's parser (`parse_setting`);
+    an int outside `limits` is bad usage, as a word is where a number belongs."""
 
-    def __init__(self, tp: Any, none: str, name: str) -> None:
-        self.tp, self.none, self.name = tp, none, name
+    def __init__(self, tp: Any, none: str, name: str, limits: tuple[int, int]) -> None:
+        self.tp, self.none, self.name, self.limits = tp, none, name, limits
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
         try:
-            return parse_setting(value, self.tp, self.none)
+            return parse_setting(value, self.tp, self.none, self.limits)
         except ValueError as e:
             self.fail(f"{value!r}: {e}", param, ctx)
 
@@ -93,11 +102,11 @@ def _click_type(tp: Any, fld: dataclasses.Field[Any]) -> click.ParamType:
     inner = next(a for a in typing.get_args(tp) if a is not type(None)) if optional else tp
     if meta.get("multiple"):  # one item per option
         item = typing.get_args(inner)[0]
-        return _Setting(item, none_word(fld), _TYPE_NAMES[item])
+        return _Setting(item, none_word(fld), _TYPE_NAMES[item], int_limits(fld))
     name = "list" if typing.get_origin(inner) is tuple else _TYPE_NAMES[inner]
     if optional and (fld.default is not None or "none" in meta):
         name += f"|{none_word(fld)}"
-    return _Setting(tp, none_word(fld), name)
+    return _Setting(tp, none_word(fld), name, int_limits(fld))
 
 
 def config_options(
@@ -216,8 +225,8 @@ def index_info(index_dir: Path, as_json: bool) -> None:
 @click.argument("index_dir", type=click.Path(path_type=Path))
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def index_verify(index_dir: Path, quiet: bool) -> None:
-    """Read every file of the index in INDEX_DIR and check it: checksums, norms, offsets, and
-    every link of the HNSW graphs. Exit code 1 on the first problem, naming the file."""
+    """Read every file of the index in INDEX_DIR and check it: checksums, norms, offsets, every
+    link of the HNSW graphs, and every record. Exit code 1 on the first problem, naming it."""
     from tqdm.auto import tqdm
 
     with _errors():
@@ -225,7 +234,7 @@ def index_verify(index_dir: Path, quiet: bool) -> None:
         store = index.store
         start = time.perf_counter()
         for i in tqdm(range(store.num_shards), desc="verifying", unit="shard", disable=quiet):
-            store.verify_shard(i)
+            index.verify_shard(i)
         click.echo(
             f"{index_dir}: {store.num_shards} shards, {len(store)} entries, "
             f"{_size(index.info()['size_bytes'])} verified in {time.perf_counter() - start:.1f} s"
@@ -433,6 +442,7 @@ def report_cmd(run_dir: Path, fmt: str, no_plot: bool) -> None:
 
     with _errors():
         rep = make_report(run_dir)
+        _warn(rep.skipped)
         click.echo(render(rep, fmt))
         if not no_plot:
             for p in plot_report(rep):
@@ -454,9 +464,10 @@ def report_cmd(run_dir: Path, fmt: str, no_plot: bool) -> None:
               show_default=True)  # fmt: skip
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a PNG of each side's change per domain, with intervals.")  # fmt: skip
-@click.option("--reps", type=click.IntRange(min=100), default=None,
+@click.option("--reps", type=click.IntRange(min=100, max=MAX_REPS), default=None,
               help="Bootstrap replicates (default: tttnn report's, 4000).")  # fmt: skip
-@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Bootstrap seed.")  # fmt: skip
 def compare_cmd(
     sides: tuple[str, ...], baselines: tuple[str, ...], at: int | None, intersect: bool,
     match_steps: bool, fmt: str, plot: Path | None, reps: int | None, seed: int,
@@ -487,6 +498,7 @@ def compare_cmd(
         loaded = [first] + (
             cmp.match_steps(first, rest) if match_steps else [cmp.load_side(*s) for s in rest]
         )
+        _warn(list(dict.fromkeys(p for side in loaded for p in side.skipped)))
         c = cmp.compare(loaded, intersect=intersect, reps=reps or BOOTSTRAP_REPS, seed=seed)
         click.echo(cmp.render_comparison(c, fmt))
         if plot is not None:
@@ -509,8 +521,12 @@ def sample_cmd(
 ) -> None:  # fmt: skip
     """Draw a validation set from a (training) CORPUS: --per-domain documents of each domain,
     picked by --seed (the same on every machine), for `tttnn eval --data`."""
-    from tttnn.validation import sample_documents, write_documents
+    from tttnn.validation import check_output, sample_documents, write_documents
 
+    try:
+        check_output(out, corpus)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--out") from None
     with _errors():
         docs = sample_documents(
             list(corpus), per_domain, seed, max_chars=max_chars, domains=domains
@@ -550,7 +566,7 @@ def demo_cmd(workdir: Path | None, quiet: bool, **settings: Any) -> None:
     click.echo(text)
 
 
-# --- tttnn lm-eval (issue 11): lm-evaluation-harness with the model `tttnn` registered ---------
+# --- tttnn lm-eval: lm-evaluation-harness with the model `tttnn` registered --------------------
 @main.command(
     "lm-eval",
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False,

@@ -47,9 +47,13 @@ seconds are not shown (rows time the whole run, not each k).
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import logging
 import math
+import os
+import secrets
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -62,6 +66,7 @@ from tttnn.metrics import byte_weighted_bpb
 __all__ = [
     "BOOTSTRAP_REPS",
     "CI_LEVEL",
+    "MAX_REPS",
     "Comparison",
     "DocScore",
     "Side",
@@ -79,10 +84,16 @@ __all__ = [
     "plot_comparison",
     "recorded_baselines",
     "render_comparison",
+    "row_problem",
     "write_table",
 ]
 
+log = logging.getLogger(__name__)
+
 BOOTSTRAP_REPS = 4000
+MAX_REPS = 100_000
+"""The most bootstrap replicates: the draws of one stratum take replicates × documents × 8
+bytes, and the intervals do not move by more than their rounding beyond a few thousand."""
 CI_LEVEL = 0.95
 WEIGHTED = "average (byte-weighted)"
 MACRO = "average (domains equal)"
@@ -98,33 +109,126 @@ _TRAINED: dict[Optional[str], tuple[str, str]] = {
 }
 
 
-def load_results(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Rows of `RUN/results.jsonl`; a torn last line (interrupted write) is ignored."""
+def load_results(run_dir: str | Path, skipped: Optional[list[str]] = None) -> list[dict[str, Any]]:
+    """Rows of `RUN/results.jsonl`. A damaged row (a torn last line from an interrupted write,
+    a line that is not a JSON object or not UTF-8, a row without the fields a report reads or
+    with a score that is not a finite number: `row_problem`) is left out, and described as
+    `RUN/results.jsonl:LINE: why` in `skipped` when given (else logged as a warning). A missing
+    or empty file, or one of damaged rows only, is an error, and so is a document with two rows
+    (two writers)."""
     path = Path(run_dir) / "results.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no results; run `tttnn eval ... --out {run_dir}` first")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.strip():
+        raise ValueError(f"{path}: empty: no document was scored yet")
+    lines = data.split(b"\n")
+    torn = bool(lines[-1].strip())  # no newline at the end: the last write was interrupted
+    rows, lines_of, problems = [], [], []
+    for i, raw in enumerate(lines):
+        if not raw.strip():
             continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break  # torn final write; evaluate rewrites it on resume
-            raise ValueError(f"{path}:{i + 1}: not a JSON row") from None
+        problem, row = _parse_row(raw)
+        if problem is not None and torn and i == len(lines) - 1:
+            problem = "a torn last row (an interrupted write; resuming `tttnn eval` redoes it)"
+        if problem is not None:
+            problems.append(f"{path}:{i + 1}: left out: {problem}")
+            continue
+        rows.append(row)
+        lines_of.append(i + 1)
+    if skipped is None:
+        for problem in problems:
+            log.warning("%s", problem)
+    else:
+        skipped.extend(problems)
+    if not rows:
+        raise ValueError(f"{path}: no readable row ({len(problems)} damaged: {problems[0]})")
     seen: dict[str, int] = {}
-    for i, r in enumerate(rows):
-        doc = str(r.get("doc_id"))
+    for line, r in zip(lines_of, rows):
+        doc = str(r["doc_id"])
         if doc in seen:
             raise ValueError(
-                f"{path}: document {doc!r} has two rows ({seen[doc] + 1} and {i + 1}); "
+                f"{path}: document {doc!r} has two rows (lines {seen[doc]} and {line}); "
                 "was the run written by two processes at once?"
             )
-        seen[doc] = i
+        seen[doc] = line
     return rows
+
+
+def _parse_row(raw: bytes) -> tuple[Optional[str], dict[str, Any]]:
+    """A line of results.jsonl as a row, or what is wrong with it."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"not UTF-8 (byte {e.start})", {}
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as e:
+        return f"not JSON at column {e.colno}: {e.msg}", {}
+    return row_problem(row), row
+
+
+# The numbers of a scored row that a report or comparison reads: single ones, and ones by k.
+_NUMBERS = ("bytes", "bpb_in_context", "total_s", "in_context_s", "dynamic_eval_s",
+            "windows_trained", "tokens_trained")  # fmt: skip
+_BY_K = ("bpb", "bpb_dynamic_eval", "steps", "tokens_trained_at", "dynamic_eval_steps",
+         "dynamic_eval_tokens_trained")  # fmt: skip
+_JSON_NAMES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}  # fmt: skip
+
+
+def row_problem(row: Any) -> Optional[str]:
+    """What makes `row` unusable as a row of results.jsonl (None: nothing): every row is an
+    object with a `doc_id`, a `domain` and a `status` ("ok" or "failed"); a scored row has its
+    `bytes` and bits per byte by k (`bpb`, with k = 0), and every score, step or second it holds
+    is a finite number."""
+    if not isinstance(row, dict):
+        return f"a JSON {_JSON_NAMES.get(type(row), 'value')}, not an object"
+    for key in ("doc_id", "domain", "status"):
+        if key not in row:
+            return f"no {key}"
+    if not isinstance(row["doc_id"], (str, int)) or isinstance(row["doc_id"], bool):
+        return f"doc_id is {_show(row['doc_id'])}, not a name"
+    if not isinstance(row["domain"], str):
+        return f"domain is {_show(row['domain'])}, not a name"
+    if row["status"] not in ("ok", "failed"):
+        return f"status is {_show(row['status'])}, not 'ok' or 'failed'"
+    if row["status"] != "ok":
+        return None
+    if not isinstance(row.get("env", {}), (dict, type(None))):
+        return f"env is {_show(row['env'])}, not an object"
+    if "bpb" not in row or "bytes" not in row:
+        return f"a scored row without {'bpb' if 'bpb' not in row else 'bytes'}"
+    for key in _NUMBERS:
+        if key in row and not _finite(row[key]):
+            return f"{key} is {_show(row[key])}, not a finite number"
+    if not isinstance(row["bytes"], int) or row["bytes"] < 1:
+        return f"bytes is {_show(row['bytes'])}, not a positive count"
+    for key in _BY_K:
+        if key not in row:
+            continue
+        by_k = row[key]
+        if not isinstance(by_k, dict) or not by_k:
+            return f"{key} is {_show(by_k)}, not numbers by k"
+        for k, v in by_k.items():
+            if not (k.isascii() and k.isdigit()):
+                return f"{key} has the key {_show(k)}, not a k"
+            if not _finite(v):
+                return f"{key} at k = {k} is {_show(v)}, not a finite number"
+    if "0" not in row["bpb"]:
+        return "bpb has no score at k = 0"
+    return None
+
+
+def _show(x: Any) -> str:
+    """A value in a message: its repr, cut short."""
+    text = repr(x)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @dataclass
@@ -146,7 +250,8 @@ class DocScore:
 class Side:
     """One side of a comparison: its label, run directory, baseline (None: the run's TTT), k and
     the scores of its documents by doc_id; `matched`: read at the steps of another side
-    (`match_steps`), each document at its own k."""
+    (`match_steps`), each document at its own k; `skipped`: the damaged rows of the run left
+    out (`load_results`)."""
 
     label: str
     run: str
@@ -154,6 +259,7 @@ class Side:
     k: int
     docs: dict[str, DocScore] = field(repr=False)
     matched: bool = False
+    skipped: list[str] = field(default_factory=list)
 
 
 def parse_side(spec: str) -> tuple[str, Optional[str], Optional[int]]:
@@ -172,18 +278,25 @@ def parse_side(spec: str) -> tuple[str, Optional[str], Optional[int]]:
 
 
 def recorded_baselines(run: str | Path) -> set[str]:
-    """The baselines every scored document of `run` has."""
-    rows = [r for r in load_results(run) if r.get("status") == "ok"]
+    """The baselines every scored document of `run` has (its damaged rows left out: `load_side`
+    reports them)."""
+    rows = [r for r in load_results(run, []) if r.get("status") == "ok"]
     return {b for b in BASELINES if rows and all(_SCORES[b] in r for r in rows)}
 
 
 def _neighbors_of(run: str, rows: list[dict[str, Any]]) -> int:
     """The run's number of neighbors (config.json; else the largest k its rows reached)."""
     path = Path(run) / "config.json"
-    if path.exists():
+    if not path.exists():
+        return max(int(k) for r in rows for k in r["bpb"])
+    try:
         with open(path, encoding="utf-8") as f:
-            return int(json.load(f)["config"]["retrieval"]["neighbors"])
-    return max(int(k) for r in rows for k in r["bpb"])
+            neighbors = json.load(f)["config"]["retrieval"]["neighbors"]
+        if not isinstance(neighbors, int) or isinstance(neighbors, bool):
+            raise TypeError(neighbors)
+        return neighbors
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: no number of neighbors in config.retrieval ({e!r})") from None
 
 
 def _at(d: Any, k: int) -> Optional[float]:
@@ -195,14 +308,17 @@ def load_side(
     label: Optional[str] = None, budget: Optional[dict[str, Optional[float]]] = None,
 ) -> Side:  # fmt: skip
     """The side `run` (its TTT, or `baseline`) at `k` (default: its largest k) from the run's
-    `results.jsonl` (`load_results`: a document with two rows is refused). With
-    `budget` (steps by doc_id), each document at the largest k up to `k` within its budget
-    (`match_steps`)."""
+    `results.jsonl` (`load_results`: damaged rows are left out and listed in `skipped`, a
+    document with two rows is refused). With `budget` (steps by doc_id), each document at the
+    largest k up to `k` within its budget (`match_steps`)."""
     run = str(run)
     label = label or run + (f":{baseline}" if baseline else "")
-    rows = [r for r in load_results(run) if r.get("status") == "ok"]
+    skipped: list[str] = []
+    rows = [r for r in load_results(run, skipped) if r.get("status") == "ok"]
     if not rows:
-        raise ValueError(f"{run}: no document was scored")
+        raise ValueError(
+            f"{Path(run) / 'results.jsonl'}: no document was scored (every row failed)"
+        )
     if baseline is not None and baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; choose from {', '.join(BASELINES)}")
     key = _SCORES[baseline]
@@ -251,7 +367,7 @@ def load_side(
             None if steps is None else float(steps), None if tokens is None else float(tokens),
             None if secs is None or budget is not None else float(secs), kd,
         )  # fmt: skip
-    return Side(label, run, baseline, k, docs, matched=budget is not None)
+    return Side(label, run, baseline, k, docs, matched=budget is not None, skipped=skipped)
 
 
 def _within(
@@ -361,6 +477,7 @@ class Comparison:
     groups: list[Group]
     reps: int
     seed: int
+    skipped: list[str] = field(default_factory=list)  # damaged rows of the runs, left out
 
 
 def _pair(sides: list[Side], intersect: bool) -> tuple[list[str], dict[str, int]]:
@@ -476,6 +593,8 @@ def compare(
     paired bootstrap intervals (see the module doc)."""
     if len(sides) < 2:
         raise ValueError("nothing to compare: give two sides or more (runs or RUN:baseline)")
+    if not 1 <= reps <= MAX_REPS:
+        raise ValueError(f"reps must be from 1 to {MAX_REPS}, got {reps}")
     keys = [(s.label, s.k) for s in sides]
     if len(set(keys)) != len(keys):
         raise ValueError(f"a side is given twice: {', '.join(s.label for s in sides)}")
@@ -488,10 +607,45 @@ def compare(
         {"label": s.label, "run": s.run, "baseline": s.baseline, "k": s.k, "matched": s.matched}
         for s in sides
     ]
-    return Comparison(side_info, len(ids), dropped, aggregate(sides, ids, reps, seed), reps, seed)
+    skipped = list(dict.fromkeys(p for s in sides for p in s.skipped))  # a run read twice: once
+    groups = aggregate(sides, ids, reps, seed)
+    return Comparison(side_info, len(ids), dropped, groups, reps, seed, skipped)
 
 
 # --- output ----------------------------------------------------------------------------------
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Replace `path` with a file holding `data`, never writing through a symbolic link: the
+    bytes go to a new file created next to it (exclusively, not following links), which is then
+    renamed over `path`, so a reader sees the old file or the new one. A symbolic link at `path`
+    is refused (OSError ELOOP): a plot or table written through it would overwrite whatever it
+    points to, outside the run."""
+    path = Path(path)
+    if path.is_symlink():
+        err = OSError(f"{path} is a symbolic link; tttnn does not write through one (remove it)")
+        err.errno = errno.ELOOP
+        raise err
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_figure(fig: Any, path: Path, **kw: Any) -> None:
+    """`fig.savefig(path)` (the format from the name's suffix, PNG without one) by
+    `atomic_write`, never through a link."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix[1:].lower() or None, **kw)
+    atomic_write(path, buf.getvalue())
 
 
 def format_number(x: Optional[float], digits: int = 4) -> str:
@@ -588,7 +742,8 @@ def render_comparison(c: Comparison, fmt: str = "text") -> str:
 
 
 def plot_comparison(c: Comparison, path: str | Path) -> Path:
-    """Horizontal bars: each side's change per domain and on average, with its interval."""
+    """Horizontal bars: each side's change per domain and on average, with its interval (a PNG
+    at `path`, written by `atomic_write`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -620,6 +775,8 @@ def plot_comparison(c: Comparison, path: str | Path) -> Path:
     ax.set_title(f"Comparison on {c.documents} test documents")
     ax.grid(axis="x", alpha=0.3)
     fig.legend(fontsize=8, loc="outside lower center", frameon=False, ncol=1)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        save_figure(fig, path, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path

@@ -16,8 +16,8 @@ Every leaf field has a unique name across the tree. That flat name is the CLI op
 and their `help` metadata), the keyword of `EvalConfig.from_flat(...)` and the lm-eval model_args
 name. Text, from the command line or model_args, becomes a value in one place (`parse_setting`).
 Each field is checked and normalised once, in its dataclass's `__post_init__` (a field with
-`choices` against that list, `check_choices`), so a rejected value fails before anything is
-written. `to_dict()` / `from_dict()` round-trip through JSON losslessly: `RUN/config.json`
+`choices` against that list, an int against its range: `check_fields`), so a rejected value fails
+before anything is written. `to_dict()` / `from_dict()` round-trip through JSON losslessly: `RUN/config.json`
 holds it, and distributed workers receive it.
 
 Fields use `Optional[...]` rather than `X | None`: `typing.get_type_hints` evaluates them at run
@@ -34,12 +34,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
-from tttnn.corpus import DEFAULT_MAX_DOC_BYTES
+from tttnn.corpus import DEFAULT_MAX_DOC_BYTES, MAX_DOC_BYTES_LIMIT
 from tttnn.embed import DEFAULT_ENCODER
 from tttnn.models import DEFAULT_LM
 
 __all__ = [
     "DEMO_SETTINGS",
+    "INT_RANGE",
     "K_LADDER",
     "BuildConfig",
     "EvalConfig",
@@ -58,7 +59,11 @@ K_LADDER = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 """Where a document is scored when `eval_at` is not given: these k up to the number of
 neighbors, and that number itself."""
 
-# The allowed values of the fields with `choices`: the CLI offers them, `check_choices` enforces them.
+INT_RANGE = (-(2**63), 2**63 - 1)
+"""The values an int setting may take (a field's `max` may lower the top): the core, numpy and
+torch take them as 64-bit integers, and a larger one would fail deep inside a run."""
+
+# The allowed values of the fields with `choices`: the CLI offers them, `check_fields` enforces them.
 BASELINES = ("in-context", "dynamic-eval")
 SELECTIONS = ("nearest", "sift")
 AUTOCAST_DTYPES = ("bf16", "fp32")
@@ -96,7 +101,7 @@ def opt(default: Any = dataclasses.MISSING, help: str = "", **cli: Any) -> Any:
     `tttnn.cli.config_options`: `flags` (default `--field-name`), `choices`, `multiple` (a
     repeatable option instead of a comma-separated list), `exists` (a path that must exist),
     `none` (the word that means None on the command line and in lm-eval model_args; "none" if
-    not given)."""
+    not given), `max` (the largest value of an int field, below `INT_RANGE`'s)."""
     meta = {"help": help, **cli}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple for sequence defaults")
@@ -124,15 +129,27 @@ def _check(ok: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
-def check_choices(cfg: Any) -> None:
-    """Every field of `cfg` that has `choices` holds one of them (each item, for a tuple)."""
+def int_limits(fld: dataclasses.Field[Any]) -> tuple[int, int]:
+    """The smallest and largest value of an int field (or of each item of a tuple of ints)."""
+    return INT_RANGE[0], min(INT_RANGE[1], fld.metadata.get("max", INT_RANGE[1]))
+
+
+def check_fields(cfg: Any) -> None:
+    """Every field of `cfg` that has `choices` holds one of them, and every int is within the
+    field's `int_limits` (each item, for a tuple)."""
     for f in dataclasses.fields(cfg):
-        choices = f.metadata.get("choices")
-        if not choices:
-            continue
         value = getattr(cfg, f.name)
+        choices = f.metadata.get("choices")
+        lo, hi = int_limits(f)
         for v in value if isinstance(value, tuple) else (value,):
-            _check(v in choices, f"{f.name} must be one of {', '.join(choices)}, got {v!r}")
+            if choices:
+                _check(v in choices, f"{f.name} must be one of {', '.join(choices)}, got {v!r}")
+            if isinstance(v, int) and not isinstance(v, bool):
+                _check(lo <= v <= hi, f"{f.name} must be {_range_words(lo, hi, v)}, got {v}")
+
+
+def _range_words(lo: int, hi: int, v: int) -> str:
+    return f"at most {hi}" if v > hi else f"at least {lo}"
 
 
 def _positive(name: str, value: Optional[float], allow_none: bool = False) -> None:
@@ -175,7 +192,7 @@ class TTTConfig(Config):
     seed: int = opt(0, "Torch RNG seed for each document (dropout), so documents are independent.")
 
     def __post_init__(self) -> None:
-        check_choices(self)
+        check_fields(self)
         _positive("lr", self.lr)
         _positive("eps", self.eps)
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
@@ -228,7 +245,7 @@ class RetrievalConfig(Config):
     )
 
     def __post_init__(self) -> None:
-        check_choices(self)
+        check_fields(self)
         _check(self.neighbors >= 0, f"neighbors must be >= 0, got {self.neighbors}")
         if self.shards is not None:
             self.shards = tuple(sorted({int(s) for s in self.shards}))
@@ -266,6 +283,7 @@ class PackConfig(Config):
     )  # fmt: skip
 
     def __post_init__(self) -> None:
+        check_fields(self)
         _check(
             self.windows_per_neighbor is None or self.windows_per_neighbor >= 1,
             f"windows_per_neighbor must be >= 1, got {self.windows_per_neighbor}",
@@ -292,6 +310,7 @@ class TestSetConfig(Config):
     def __post_init__(self) -> None:
         self.data = tuple(str(p) for p in self.data)
         self.domains = tuple(self.domains)
+        check_fields(self)
         _check(bool(self.data), "no test data given")
         for name in ("limit_per_domain", "limit"):
             v = getattr(self, name)
@@ -331,6 +350,7 @@ class RayConfig(Config):
     gpus_per_worker: float = opt(0.0, "GPUs each Ray worker reserves (1: one model per GPU).")
 
     def __post_init__(self) -> None:
+        check_fields(self)
         _check(
             self.workers is None or self.workers >= 1, f"workers must be >= 1, got {self.workers}"
         )
@@ -370,8 +390,9 @@ class EvalConfig(Config):
 
     def __post_init__(self) -> None:
         self.index = str(self.index)
+        _check(bool(self.index.strip()), "index must name the index directory, got an empty path")
         self.baselines = tuple(self.baselines)
-        check_choices(self)
+        check_fields(self)
         _check(
             "dynamic-eval" not in self.baselines or self.test.split_text,
             "--baseline dynamic-eval needs --split-text: dynamic evaluation trains on the query "
@@ -415,7 +436,8 @@ class BuildConfig(Config):
     chunk_tokens: Optional[int] = opt(None, "Index chunks of N LM tokens instead of documents.")
     on_error: str = opt("skip", "Bad corpus inputs: count and skip, or fail.",
                         choices=ON_ERROR)  # fmt: skip
-    max_doc_bytes: int = opt(DEFAULT_MAX_DOC_BYTES, "Larger documents are bad inputs.")
+    max_doc_bytes: int = opt(DEFAULT_MAX_DOC_BYTES, "Larger documents are bad inputs.",
+                             max=MAX_DOC_BYTES_LIMIT)  # fmt: skip
     batch_size: int = opt(32, "Encoder batch size.")
     limit: Optional[int] = opt(None, "Index at most N documents.")
     unit_documents: int = opt(
@@ -427,7 +449,7 @@ class BuildConfig(Config):
     def __post_init__(self) -> None:
         if self.tokenizer is not None and self.tokenizer.lower() == "none":
             self.tokenizer = None
-        check_choices(self)
+        check_fields(self)
         _check(self.shard_size >= 1, f"shard_size must be >= 1, not {self.shard_size}")
         _check(
             self.chunk_tokens is None or self.chunk_tokens >= 1,
@@ -539,14 +561,18 @@ _TRUE = ("1", "true", "t", "yes", "y", "on")
 _FALSE = ("0", "false", "f", "no", "n", "off")
 
 
-def parse_setting(value: Any, tp: Any, none: str = "none") -> Any:
+def parse_setting(
+    value: Any, tp: Any, none: str = "none", limits: tuple[int, int] = INT_RANGE
+) -> Any:
     """The value of a field of type `tp` from its text, for the command line and lm-eval
     model_args alike: numbers as Python reads them (`20`, `1e-4`), booleans as click does (true,
     false, yes, no, on, off, 1, 0), the word `none` (the field's `none_word`, `all` for
     windows_per_neighbor) for None where the field is optional, a tuple's items separated by `,`
     or `:` (`0.9,0.999` on the command line; `0.9:0.999` in model_args, where `,` separates the
     settings). A value that already has the type is kept (lm-eval has made `20` an int, `1e-4` a
-    float, `true` a bool); a tuple takes a list, or one item. ValueError `expected ...` otherwise."""
+    float, `true` a bool); a tuple takes a list, or one item. An int outside `limits` (the
+    field's `int_limits`) is refused here, before it reaches a run. ValueError `expected ...`
+    or `too large: ...` otherwise."""
     kind = _setting_kind(tp, none)
     if typing.get_origin(tp) is typing.Union:
         if value is None or (isinstance(value, str) and value.strip().lower() == none):
@@ -559,10 +585,16 @@ def parse_setting(value: Any, tp: Any, none: str = "none") -> Any:
                 parts: Any = [p.strip() for p in re.split("[,:]", value) if p.strip()]
             else:
                 parts = value if isinstance(value, (list, tuple)) else [value]
-            return tuple(_scalar(p, item) for p in parts)
-        return _scalar(value, tp)
+            values = tuple(_scalar(p, item) for p in parts)
+        else:
+            values = (_scalar(value, tp),)
     except ValueError:
         raise ValueError(f"expected {kind}") from None
+    lo, hi = limits
+    for v in values:
+        if isinstance(v, int) and not isinstance(v, bool) and not lo <= v <= hi:
+            raise ValueError(f"too {'large' if v > hi else 'small'}: {_range_words(lo, hi, v)}")
+    return values if typing.get_origin(tp) is tuple else values[0]
 
 
 def _scalar(value: Any, tp: Any) -> Any:
@@ -609,7 +641,7 @@ def parse_flat(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in values.items():
         _, fld, tp = leaves[name]
         try:
-            out[name] = parse_setting(value, tp, none_word(fld))
+            out[name] = parse_setting(value, tp, none_word(fld), int_limits(fld))
         except ValueError as e:
             raise ValueError(f"{name}={value!r}, {e}") from None
     return out

@@ -34,6 +34,7 @@ from typing import Any, BinaryIO
 __all__ = [
     "DEFAULT_MAX_DOC_BYTES",
     "ERROR_KINDS",
+    "MAX_DOC_BYTES_LIMIT",
     "Corpus",
     "CorpusError",
     "CorpusStats",
@@ -46,6 +47,10 @@ log = logging.getLogger("tttnn.corpus")
 
 DEFAULT_MAX_DOC_BYTES = 10 * 1024 * 1024
 """Documents whose UTF-8 text is longer than this are skipped as `too_large`."""
+
+MAX_DOC_BYTES_LIMIT = 1 << 40
+"""The largest `max_doc_bytes` (1 TiB, far beyond any document): a JSON line may be six times its
+text, and that cap must stay a size the reader can take."""
 
 ERROR_KINDS = ("malformed_json", "missing_text", "empty_text", "invalid_utf8", "too_large")
 """The kinds of bad input a reader counts."""
@@ -182,8 +187,11 @@ class Corpus:
             raise CorpusError("no corpus path given")
         if on_error not in ("skip", "fail"):
             raise ValueError(f"on_error must be 'skip' or 'fail', not {on_error!r}")
-        if max_doc_bytes <= 0:
-            raise ValueError(f"max_doc_bytes must be positive, not {max_doc_bytes}")
+        if not 0 < max_doc_bytes <= MAX_DOC_BYTES_LIMIT:
+            raise ValueError(
+                f"max_doc_bytes must be a positive number of bytes up to {MAX_DOC_BYTES_LIMIT} "
+                f"(1 TiB), not {max_doc_bytes}"
+            )
         self.on_error = on_error
         self.max_doc_bytes = max_doc_bytes
         self.require_documents = require_documents
@@ -298,9 +306,9 @@ class Corpus:
                         while left > 0:
                             got = len(stream.read(min(left, 1 << 24)))
                             if got == 0:
-                                raise _TruncatedZstd("it ends before the position to start from")
+                                raise _BadZstd("it ends before the position to start from")
                             left -= got
-                except Exception as e:  # zstandard.ZstdError, _TruncatedZstd
+                except _BadZstd as e:  # only a compressed stream is decompressed
                     raise CorpusError(
                         f"{path.name}: cannot decompress up to byte {offset} ({e}); the file is "
                         "corrupt or truncated"
@@ -309,7 +317,7 @@ class Corpus:
                 while True:
                     try:
                         line = stream.readline(line_cap + 1)
-                    except Exception as e:  # zstandard.ZstdError, _TruncatedZstd
+                    except _BadZstd as e:
                         raise CorpusError(
                             f"{path.name}:{lineno + 1}: cannot decompress ({e}); the file is "
                             "corrupt or truncated"
@@ -443,8 +451,9 @@ class Corpus:
             yield Document(where, text, domain, str(f))
 
 
-class _TruncatedZstd(Exception):
-    pass
+class _BadZstd(Exception):
+    """A zstd stream that ends inside a frame or that libzstd refuses: raised by `_ZstdFrames`
+    only, so that a plain file never gets a message about decompression."""
 
 
 class _ZstdFrames(io.RawIOBase):
@@ -456,6 +465,7 @@ class _ZstdFrames(io.RawIOBase):
 
         self._raw = raw
         self._dctx = zstandard.ZstdDecompressor()
+        self._error = zstandard.ZstdError
         self._frame = self._dctx.decompressobj()
         self._in_frame = False  # bytes of the current frame were fed, its end not seen yet
         self._frames = 0
@@ -472,16 +482,19 @@ class _ZstdFrames(io.RawIOBase):
             self._pending = b""
             if not chunk:
                 if self._in_frame:
-                    raise _TruncatedZstd(
+                    raise _BadZstd(
                         f"the input ends inside zstd frame {self._frames + 1}, after "
                         f"{self._fed} compressed bytes"
                     )
                 if self._frames == 0:
-                    raise _TruncatedZstd("the file holds no zstd frame")
+                    raise _BadZstd("the file holds no zstd frame")
                 return 0
             self._in_frame = True
             self._fed += len(chunk)
-            self._out = memoryview(self._frame.decompress(chunk))
+            try:
+                self._out = memoryview(self._frame.decompress(chunk))
+            except self._error as e:
+                raise _BadZstd(str(e)) from None
             if self._frame.eof:
                 self._frames += 1
                 self._in_frame = False

@@ -94,8 +94,13 @@ def model_settings(args: dict[str, Any]) -> tuple[str, EvalConfig]:
         flat = parse_flat(EvalConfig, args)
     except ValueError as e:
         raise ValueError(f"tttnn model_args: {e}") from None
-    if flat.get("index") is None:
-        raise ValueError("tttnn model_args: index=DIR is required (the index to retrieve from)")
+    if flat.get("index") is None or not flat["index"].strip():
+        given = "" if flat.get("index") is None else ", not an empty index="
+        raise ValueError(
+            f"tttnn model_args: index=DIR is required (the index to retrieve from){given}"
+        )
+    if not str(model).strip():
+        raise ValueError("tttnn model_args: pretrained= is empty; name the model (or leave it out)")
     neighbors = flat.get("neighbors", RetrievalConfig().neighbors)
     cfg = EvalConfig.from_flat(
         **flat, model=str(model), data=("<lm-eval requests>",), out="<lm-eval>",
@@ -145,6 +150,30 @@ class TTTNNLM(LM):
         self.hf = HFLM(pretrained=lm, tokenizer=tokenizer, **hf_args)
         self._device = self.trainer.device
         self.records: list[dict[str, Any]] = []  # one per document or distinct context
+
+    @classmethod
+    def create_from_arg_string(
+        cls, arg_string: str, additional_config: Optional[dict[str, Any]] = None
+    ) -> TTTNNLM:
+        """The model from `--model_args` text (lm-eval's own parsing), as `create_from_arg_obj`."""
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(
+        cls, arg_dict: dict[str, Any], additional_config: Optional[dict[str, Any]] = None
+    ) -> TTTNNLM:
+        """The model from model_args and the harness's own settings (`additional_config`:
+        `--device`, `--batch_size`, `--max_batch_size`). A setting in both is taken from
+        model_args: the harness passes its `--device` whether or not it was typed (default
+        `cuda:0`), so only model_args says which device was asked for."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        for name in sorted(set(extra) & set(arg_dict)):
+            if extra[name] != arg_dict[name]:
+                log.info("tttnn: %s=%s from model_args, not the harness's %s", name,
+                         arg_dict[name], extra[name])  # fmt: skip
+        return cls(**{**extra, **arg_dict})
 
     # -- the harness's three request types ------------------------------------------------------
     def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:  # fmt: skip

@@ -26,6 +26,7 @@ from tttnn.compare import (
     format_interval,
     format_number,
     load_results,
+    save_figure,
     write_table,
 )
 
@@ -68,6 +69,7 @@ class Report:
     failed_docs: list[dict[str, Any]] = field(default_factory=list)
     macro_change_ci: tuple[float, float] | None = None
     environments: list[tuple[str, int]] = field(default_factory=list)  # (where, rows), by rows
+    skipped: list[str] = field(default_factory=list)  # damaged rows left out (`load_results`)
 
     @property
     def k_max(self) -> int:
@@ -111,7 +113,8 @@ def _row(name: str, group: Optional[Group], n_ks: int, failed: int) -> DomainRow
 
 
 def make_report(run_dir: str | Path) -> Report:
-    results = load_results(run_dir)
+    skipped: list[str] = []
+    results = load_results(run_dir, skipped)
     ok = [r for r in results if r.get("status") == "ok"]
     ks = sorted({int(k) for r in ok for k in r["bpb"]})
     ids = [str(r["doc_id"]) for r in ok]
@@ -130,7 +133,7 @@ def make_report(run_dir: str | Path) -> Report:
     average = _row("macro", macro, len(ks), 0)
     return Report(
         str(run_dir), ks, rows, _row("weighted", weighted, len(ks), len(failed)), average.bpb,
-        failed, average.change_ci, environments(results),
+        failed, average.change_ci, environments(results), skipped,
     )  # fmt: skip
 
 
@@ -168,6 +171,7 @@ def render(report: Report, fmt: str = "md") -> str:
                 "ci_level": CI_LEVEL,
                 "failed": report.failed_docs,
                 "environments": [{"where": w, "rows": n} for w, n in report.environments],
+                "skipped": report.skipped,
             },
             indent=2,
         )
@@ -235,7 +239,8 @@ def render(report: Report, fmt: str = "md") -> str:
 
 def plot_report(report: Report, out_dir: str | Path | None = None) -> list[Path]:
     """`curve.png`: bits per byte against k, a line per domain and the average; `change.png`:
-    the per-domain relative change at the largest k. Returns the paths written."""
+    the per-domain relative change at the largest k. Returns the paths written. Each replaces
+    its file by `atomic_write`: a symbolic link there is refused, never written through."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -264,8 +269,10 @@ def plot_report(report: Report, out_dir: str | Path | None = None) -> list[Path]
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     curve = out / "curve.png"
-    fig.savefig(curve)
-    plt.close(fig)
+    try:
+        save_figure(fig, curve)
+    finally:
+        plt.close(fig)
 
     kmax = report.k_max
     rows = [r for r in report.rows if r.change(kmax) is not None]
@@ -300,6 +307,8 @@ def plot_report(report: Report, out_dir: str | Path | None = None) -> list[Path]
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     change = out / "change.png"
-    fig.savefig(change)
-    plt.close(fig)
+    try:
+        save_figure(fig, change)
+    finally:
+        plt.close(fig)
     return [curve, change]

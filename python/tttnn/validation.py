@@ -23,9 +23,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Optional
 
+from tttnn.compare import atomic_write
 from tttnn.corpus import Document, read_corpus
 
-__all__ = ["sample_documents", "write_documents"]
+__all__ = ["check_output", "sample_documents", "write_documents"]
 
 
 def _key(seed: int, text: str) -> bytes:
@@ -68,9 +69,26 @@ def sample_documents(
     return [doc for _, doc in sorted(picked, key=lambda x: x[0])]
 
 
+def check_output(out: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]]) -> None:
+    """Refuse an `out` that is one of the corpus files `inputs`: writing the sample there would
+    replace the corpus it is drawn from. The same file however it is named: the paths resolved
+    (symbolic links followed), and where `out` exists, its device and inode (a hard link)."""
+    out = Path(out)
+    target = out.resolve()
+    here = os.stat(out) if out.exists() else None
+    for p in map(Path, inputs):
+        st = os.stat(p)
+        if p.resolve() == target or (here and (here.st_dev, here.st_ino) == (st.st_dev, st.st_ino)):
+            raise ValueError(
+                f"{out} is the input {p}: writing the sample would replace the corpus it is "
+                "drawn from; choose another output"
+            )
+
+
 def write_documents(docs: list[Document], out: str | os.PathLike[str]) -> Path:
     """Pile-format JSON lines (zstd-compressed when `out` ends in .zst), each document's domain
-    and source in `meta`, and its id in the corpus it came from as `meta.sampled_from`."""
+    and source in `meta`, and its id in the corpus it came from as `meta.sampled_from`; written
+    by `atomic_write` (a new file renamed over `out`; a symbolic link at `out` is refused)."""
     out = Path(out)
     data = "".join(
         json.dumps(
@@ -85,7 +103,5 @@ def write_documents(docs: list[Document], out: str | os.PathLike[str]) -> Path:
 
         data = zstandard.ZstdCompressor(level=3).compress(data)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, out)
+    atomic_write(out, data)
     return out
