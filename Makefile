@@ -1,7 +1,9 @@
 # Commands a newcomer types. `make test` is what CI runs (after installing, see .ci/run).
+# `make test-fast` while working: the Python tests not marked `slow` (those that load SmolLM2,
+# start Ray clusters, build the wheel or run whole evaluations), without lint or Rust tests.
 PY ?= python3
 
-.PHONY: install dev test lint rust-test py-test bench demo stubtest fmt \
+.PHONY: install dev test test-fast lint rust-test py-test bench demo stubtest fmt \
 	wheel-tools wheel wheel-check sdist-check device-wheels device-check
 
 install:            ## build the release extension and install the package (editable)
@@ -30,6 +32,9 @@ py-test:
 	$(PY) -m pytest -q
 
 test: lint rust-test stubtest py-test
+
+test-fast:          ## the Python tests not marked slow (pytest -m "not slow")
+	$(PY) -m pytest -q -m "not slow"
 
 fmt:
 	cargo fmt --all
