@@ -56,14 +56,19 @@ demo:
 DIST ?= dist
 MANYLINUX ?= 2_28
 WHEEL_TARGET ?= target/wheel
-MATURIN_WHEEL = $(PY) -m maturin build --release --zig --compatibility manylinux_$(MANYLINUX)
+# -mpopcnt: numkong (usearch's distance kernels) calls _mm_popcnt_u64 inside AVX-512 functions
+# whose target list lacks popcnt; GCC lets that pass, clang (zig cc) refuses it. Every x86-64 CPU
+# since 2008 has POPCNT (it is in x86-64-v2).
+MATURIN_WHEEL = CFLAGS_x86_64_unknown_linux_gnu=-mpopcnt \
+	$(PY) -m maturin build --release --zig --compatibility manylinux_$(MANYLINUX)
 
 wheel-tools:        ## what `make wheel` needs besides Rust: maturin, zig, the checkers
 	$(PY) -m pip install -q "maturin>=1.9,<2" ziglang twine abi3audit check-wheel-contents auditwheel
 
-wheel:              ## release wheel + sdist into dist/, then wheel-check
+wheel:              ## release wheel + sdist into dist/, then wheel-check (sdist-check: once)
 	rm -rf $(DIST)/tttnn-*.whl $(DIST)/tttnn-*.tar.gz
-	CARGO_TARGET_DIR=$(WHEEL_TARGET) $(MATURIN_WHEEL) --sdist --out $(DIST)
+	CARGO_TARGET_DIR=$(WHEEL_TARGET) $(MATURIN_WHEEL) --out $(DIST)
+	$(PY) -m maturin sdist --out $(DIST)
 	$(MAKE) wheel-check
 
 wheel-check:        ## metadata, stable ABI, contents and platform tag of dist/

@@ -7,7 +7,8 @@ What it runs, each figure written to DIR/device_check.json and DIR/device_check.
 - the demo's job on the packaged sample (`tttnn index build` with the check's encoder, then
   `tttnn demo`, one test document per domain) on the device, with the demo's table;
 - agreement with the CPU on the same documents and the same neighbors: bits per byte at k = 0 in
-  fp32 (within 1e-4 relative) and at k = 5 in bf16 autocast (within 1%);
+  fp32 (within 1e-4 relative) and at k = 5 in bf16 autocast (within 1%), and the encoder's fp32
+  vectors (cosine at least 0.9999);
 - test-time training speed at 1024 tokens (steps/s, tokens/s, bf16 autocast as the trainer runs
   it) and that as a share of the device's dense bf16 peak (`BF16_PEAK_TFLOPS`; an unknown device
   gets the raw figure only);
@@ -101,9 +102,10 @@ BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     ("a6000", 154.8),
 )
 
-# Where CPU and device must agree (relative difference of bits per byte).
+# Where CPU and device must agree (relative difference of bits per byte; cosine of fp32 vectors).
 K0_FP32_RTOL = 1e-4
 K5_BF16_RTOL = 1e-2
+VECTOR_MIN_COSINE = 0.9999
 
 # What the check imports beyond the standard library: (module, distribution). The first four
 # must be on the machine; the others may come from --wheels.
@@ -294,6 +296,12 @@ def device_name(device: Any) -> str:
 
     if device.type == "cuda":
         return str(torch.cuda.get_device_name(device))
+    with contextlib.suppress(OSError):
+        for line in (
+            Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+        ):
+            if line.startswith("model name"):
+                return f"{line.partition(':')[2].strip()}, {os.cpu_count()} logical CPUs"
     return platform.processor() or platform.machine()
 
 
@@ -389,6 +397,24 @@ def agreement(
     }  # fmt: skip
 
 
+def encoder_agreement(encoder: str, device: Any, texts: list[str]) -> dict[str, Any]:
+    """The encoder's fp32 vectors of `texts` on the CPU and on `device` (batches of 32, as an
+    index build embeds): the smallest cosine between the two vectors of a text."""
+    import numpy as np
+
+    import tttnn
+
+    vecs = {}
+    for dev in dict.fromkeys(("cpu", str(device))):
+        enc = tttnn.Encoder(encoder, device=dev, precision="fp32", progress=False)
+        vecs[dev] = enc.encode(texts)
+        del enc
+    cos = np.sum(vecs["cpu"] * vecs[str(device)], axis=1)  # rows are unit-norm
+    worst = float(cos.min())
+    return {"documents": len(texts), "precision": "fp32", "min_cosine": worst,
+            "limit": VECTOR_MIN_COSINE, "pass": worst >= VECTOR_MIN_COSINE}  # fmt: skip
+
+
 def ttt_speed(lm: str, device: Any, texts: list[str], max_length: int, warmup: int,
               steps: int) -> dict[str, Any]:  # fmt: skip
     """Training steps per second on full windows of `max_length` tokens of `texts`, one step
@@ -481,6 +507,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"{a['max_rel_k0_fp32']:.2e} (limit {a['rtol_k0_fp32']:g}) |",
         f"| bits per byte, k = {k}, bf16: largest relative difference to the CPU | "
         f"{a[f'max_rel_k{k}_bf16']:.2e} (limit {a[f'rtol_k{k}_bf16']:g}) |",
+        f"| encoder vectors, fp32: smallest cosine to the CPU's ({a['encoder']['documents']} "
+        f"documents) | {a['encoder']['min_cosine']:.7f} (limit {a['encoder']['limit']:g}) |",
         f"| agreement | {'pass' if a['pass'] else 'FAIL'} |",
         "",
         f"Agreement, per document (L = {a['max_length']}, first window of each neighbor):",
@@ -499,10 +527,11 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def demo_table(stdout: str) -> str:
-    """The demo's report: what it prints after its progress lines."""
+    """The demo's report: what it prints after its progress lines, without the paths after it."""
     lines = stdout.splitlines()
     start = next((i + 1 for i, line in enumerate(lines) if line.startswith("[3/3]")), 0)
-    return "\n".join(lines[start:]).strip()
+    end = next((i for i, line in enumerate(lines) if line.startswith("plots:")), len(lines))
+    return "\n".join(lines[start:end]).strip()
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -619,6 +648,10 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     report["agreement"] = agreement(index_dir, lm, encoder, device, docs[: size["agree_docs"]],
                                     size["agree_k"], size["agree_max_length"])  # fmt: skip
+    report["agreement"]["encoder"] = encoder_agreement(encoder, device, texts[:64])
+    report["agreement"]["pass"] = (
+        report["agreement"]["pass"] and report["agreement"]["encoder"]["pass"]
+    )
     report["agreement"]["seconds"] = time.perf_counter() - t
     print(f"agreement: {'pass' if report['agreement']['pass'] else 'FAIL'} "
           f"({report['agreement']['seconds']:.0f} s)", flush=True)  # fmt: skip

@@ -100,6 +100,7 @@ def test_device_check_runs_on_cpu(tmp_path: Path) -> None:
         cpu = d["cpu"]
         assert 0 < cpu["k5_bf16"] < cpu["k0_bf16"]  # five steps on its neighbors lower it
         assert d["rel_k0_fp32"] == 0.0 and d["rel_k5_bf16"] == 0.0  # the CPU against itself
+    assert a["encoder"]["documents"] == 64 and a["encoder"]["min_cosine"] == pytest.approx(1.0)
     assert a["pass"] is True
 
     s = report["ttt_speed"]
