@@ -241,8 +241,9 @@ def test_report_refuses_to_write_a_plot_through_a_symbolic_link(tmp_path: Path) 
     (run / "curve.png").symlink_to(Path("..") / "victim")
     res = cli("report", str(run))
     assert res.exit_code == 1
-    assert f"Error: {run / 'curve.png'} is a symbolic link; tttnn does not write through one" in (
-        res.output
+    assert (
+        f"Error: {run / 'curve.png'}: is a symbolic link where tttnn writes a file of its own"
+        in (res.output)
     )
     assert victim.read_text() == "precious\n" and (run / "curve.png").is_symlink()
     assert sorted(p.name for p in run.iterdir()) == ["curve.png", "results.jsonl"]  # no temp left
@@ -261,13 +262,13 @@ def test_compare_and_sample_refuse_to_write_through_a_symbolic_link(
     link.symlink_to(victim)
     other = run_dir(tmp_path / "other", jsonl(rows(factor=0.8)))
     res = cli("compare", str(good), str(other), "--reps", "200", "--plot", str(link))
-    assert res.exit_code == 1 and f"{link} is a symbolic link" in res.output
+    assert res.exit_code == 1 and f"{link}: is a symbolic link" in res.output
     corpus = tmp_path / "docs.jsonl"
     corpus.write_text(jsonl([{"text": f"document {i}"} for i in range(4)]))
     out = tmp_path / "sample.jsonl"
     out.symlink_to(victim)
     res = cli("sample", str(corpus), "--per-domain", "1", "--out", str(out))
-    assert res.exit_code == 1 and f"{out} is a symbolic link" in res.output
+    assert res.exit_code == 1 and f"{out}: is a symbolic link" in res.output
     assert victim.read_text() == "precious\n"
     # a link planted where a temporary file might go is not written through either
     out.unlink()

@@ -47,19 +47,17 @@ seconds are not shown (rows time the whole run, not each k).
 from __future__ import annotations
 
 import csv
-import errno
 import io
 import json
 import logging
 import math
-import os
-import secrets
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
+from tttnn._tttnn import atomic_write
 from tttnn.config import BASELINES
 from tttnn.metrics import byte_weighted_bpb
 
@@ -615,34 +613,10 @@ def compare(
 # --- output ----------------------------------------------------------------------------------
 
 
-def atomic_write(path: str | Path, data: bytes) -> None:
-    """Replace `path` with a file holding `data`, never writing through a symbolic link: the
-    bytes go to a new file created next to it (exclusively, not following links), which is then
-    renamed over `path`, so a reader sees the old file or the new one. A symbolic link at `path`
-    is refused (OSError ELOOP): a plot or table written through it would overwrite whatever it
-    points to, outside the run."""
-    path = Path(path)
-    if path.is_symlink():
-        err = OSError(f"{path} is a symbolic link; tttnn does not write through one (remove it)")
-        err.errno = errno.ELOOP
-        raise err
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_figure(fig: Any, path: Path, **kw: Any) -> None:
-    """`fig.savefig(path)` (the format from the name's suffix, PNG without one) by
-    `atomic_write`, never through a link."""
+    """`fig.savefig(path)` (the format from the name's suffix, PNG without one), written by the
+    core's `atomic_write`: a fresh file renamed over `path`, never through a symbolic link (one
+    at `path` is an OSError naming it)."""
     buf = io.BytesIO()
     fig.savefig(buf, format=path.suffix[1:].lower() or None, **kw)
     atomic_write(path, buf.getvalue())
@@ -743,7 +717,7 @@ def render_comparison(c: Comparison, fmt: str = "text") -> str:
 
 def plot_comparison(c: Comparison, path: str | Path) -> Path:
     """Horizontal bars: each side's change per domain and on average, with its interval (a PNG
-    at `path`, written by `atomic_write`)."""
+    at `path`, written by `save_figure`)."""
     import matplotlib
 
     matplotlib.use("Agg")

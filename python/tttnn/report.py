@@ -240,7 +240,8 @@ def render(report: Report, fmt: str = "md") -> str:
 def plot_report(report: Report, out_dir: str | Path | None = None) -> list[Path]:
     """`curve.png`: bits per byte against k, a line per domain and the average; `change.png`:
     the per-domain relative change at the largest k. Returns the paths written. Each replaces
-    its file by `atomic_write`: a symbolic link there is refused, never written through."""
+    its file by the core's `atomic_write` (`save_figure`): a symbolic link there is refused,
+    never written through."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Optional
 
-from tttnn.compare import atomic_write
+from tttnn._tttnn import atomic_write
 from tttnn.corpus import Document, read_corpus
 
 __all__ = ["check_output", "sample_documents", "write_documents"]
@@ -88,7 +88,8 @@ def check_output(out: str | os.PathLike[str], inputs: Iterable[str | os.PathLike
 def write_documents(docs: list[Document], out: str | os.PathLike[str]) -> Path:
     """Pile-format JSON lines (zstd-compressed when `out` ends in .zst), each document's domain
     and source in `meta`, and its id in the corpus it came from as `meta.sampled_from`; written
-    by `atomic_write` (a new file renamed over `out`; a symbolic link at `out` is refused)."""
+    by the core's `atomic_write` (a fresh file renamed over `out`; a symbolic link at `out` is
+    refused, never written through)."""
     out = Path(out)
     data = "".join(
         json.dumps(
