@@ -14,10 +14,10 @@ import torch
 from click.testing import CliRunner
 
 from helpers import SAMPLE_TEST, SAMPLE_TRAIN, corpus_slice, write_jsonl
+from tttnn._tttnn import DirLock, StoreLockedError
 from tttnn.cli import main
 from tttnn.config import EvalConfig
 from tttnn.evaluate import run_eval
-from tttnn.lock import LockedError, exclusive_writer
 from tttnn.report import make_report, plot_report, render
 
 
@@ -83,7 +83,7 @@ def test_run_writes_rows_and_resumes(sample_index: Path, tiny_lm: Path, tmp_path
     assert len(rows_of(moved)) == 4
 
     # One writer per run directory: a second one is refused at once, rows untouched.
-    with exclusive_writer(run, what="run"), pytest.raises(LockedError, match=str(run)):
+    with DirLock(run, what="run"), pytest.raises(StoreLockedError, match=str(run)):
         run_eval(config(sample_index, tiny_lm, run))
     assert len(rows_of(run)) == 3
 

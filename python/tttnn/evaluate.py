@@ -336,7 +336,7 @@ def run_eval(cfg: EvalConfig, executor: Optional[Executor] = None) -> EvalSummar
     `cfg.ray.ray`: the same rows). This process is the only writer of `RUN/results.jsonl`."""
     from tqdm.auto import tqdm
 
-    from tttnn.lock import exclusive_writer
+    from tttnn._tttnn import DirLock
     from tttnn.models import resolve_model
 
     if executor is None:
@@ -352,7 +352,7 @@ def run_eval(cfg: EvalConfig, executor: Optional[Executor] = None) -> EvalSummar
         raise ValueError(f"no test documents in {', '.join(cfg.test.data)}")
     out = Path(cfg.run.out)
     out.mkdir(parents=True, exist_ok=True)
-    with exclusive_writer(out, what="run"):
+    with DirLock(out, what="run"):
         resolved = resolve_model(cfg.model)
         _check_or_write_config(out, cfg, resolved)
         results = out / "results.jsonl"

@@ -27,7 +27,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from tttnn._tttnn import CorruptIndexError, EmbeddingStore
+from tttnn._tttnn import CorruptIndexError, EmbeddingStore, check_shards
 from tttnn.config import RetrievalConfig
 from tttnn.embed import DEFAULT_ENCODER, Encoder
 from tttnn.guard import search_with_guard
@@ -208,11 +208,22 @@ class Index:
         """The record of entry `id`: doc_id, domain, source, chunk."""
         return self._parse_record(int(id), self.store.record(int(id)))
 
+    def verify_shard(self, shard: int) -> None:
+        """Check shard `shard` as `tttnn index verify` does: every file against its checksums
+        (the store's `verify_shard`), then every record as a search reads it."""
+        self.store.verify_shard(shard)
+        counts = self.store.shard_counts()
+        start = sum(counts[:shard])
+        for id in range(start, start + counts[shard]):
+            self._parse_record(id, bytes(self.store.record(id)))
+
     def _parse_record(self, id: int, raw: bytes) -> dict[str, Any]:
         try:
             rec = json.loads(raw)
             if not isinstance(rec, dict) or not {"doc_id", "domain", "chunk"} <= rec.keys():
                 raise ValueError(f"not a record object: {raw[:80]!r}")
+            if not isinstance(rec["chunk"], int):
+                raise ValueError(f"chunk is not an integer: {raw[:80]!r}")
         except ValueError as e:  # JSONDecodeError and UnicodeDecodeError included
             raise CorruptIndexError(
                 f"{self.path}: the record of entry {id} (records.bin of shard "
@@ -338,16 +349,7 @@ class Index:
         if shards is None:
             return len(self.store)
         counts = self.store.shard_counts()
-        wanted = sorted({int(s) for s in shards})
-        if not wanted:
-            raise ValueError("shards is empty: give at least one shard number")
-        bad = [s for s in wanted if not 0 <= s < len(counts)]
-        if bad:
-            raise IndexError(
-                f"shard {bad[0]} out of range: the index at {self.path} has {len(counts)} "
-                "shards, numbered from 0"
-            )
-        return int(sum(counts[s] for s in wanted))
+        return int(sum(counts[s] for s in check_shards(shards, len(counts))))
 
     def _texts_of(self, ids: list[int]) -> list[bytes]:
         """Text bytes of `ids` (one batch: a store served elsewhere answers in one round)."""

@@ -96,27 +96,12 @@ def merge_parts(
     parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int, higher_is_better: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Merge per-group `(ids, scores)` (each `(nq, k_i)`, global ids, padding id -1) into the
-    top-`k` of each query: the order of `merge_topk` in the Rust core (score by IEEE total order,
-    then smaller id), padding id -1 / score NaN."""
-    ids = np.concatenate([np.asarray(p[0], dtype=np.int64) for p in parts], axis=1)
-    scores = np.concatenate([np.asarray(p[1], dtype=np.float32) for p in parts], axis=1)
-    bits = scores.view(np.int32).astype(np.int64)
-    order_key = np.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # f32::total_cmp as an integer
-    if higher_is_better:
-        order_key = -order_key
-    valid = (ids >= 0) & ~np.isnan(scores)
-    order_key = np.where(valid, order_key, np.iinfo(np.int64).max)
-    order = np.lexsort((ids, order_key), axis=1)[:, :k]
-    out_ids = np.take_along_axis(ids, order, axis=1)
-    out_scores = np.take_along_axis(scores, order, axis=1)
-    ok = np.take_along_axis(valid, order, axis=1)
-    out_ids[~ok] = -1
-    out_scores[~ok] = np.nan
-    if out_ids.shape[1] < k:  # fewer candidates than k in all: pad
-        pad = k - out_ids.shape[1]
-        out_ids = np.pad(out_ids, ((0, 0), (0, pad)), constant_values=-1)
-        out_scores = np.pad(out_scores, ((0, 0), (0, pad)), constant_values=np.nan)
-    return out_ids, out_scores
+    top-`k` of each query: the Rust core's `merge_topk` (score by IEEE total order, then smaller
+    id), padding id -1 / score NaN."""
+    from tttnn._tttnn import merge_topk
+
+    ids, scores = [p[0] for p in parts], [p[1] for p in parts]
+    return merge_topk(ids, scores, k, higher_is_better=higher_is_better)
 
 
 class ShardActor:
@@ -426,16 +411,11 @@ class RayStore:
 
 
 def _check_shards(shards: Sequence[int], n_shards: int) -> list[int]:
-    """Sorted distinct shard numbers, each < `n_shards` (IndexError) and at least one."""
-    wanted = sorted({int(s) for s in shards})
-    if not wanted:
-        raise ValueError("shards is empty: give at least one shard number")
-    bad = [s for s in wanted if not 0 <= s < n_shards]
-    if bad:
-        raise IndexError(
-            f"shard {bad[0]} out of range: the store has {n_shards} shards, numbered from 0"
-        )
-    return wanted
+    """Sorted distinct shard numbers, each < `n_shards` (IndexError) and at least one: the
+    core's `check_shards`."""
+    from tttnn._tttnn import check_shards
+
+    return check_shards(shards, n_shards)
 
 
 def _where(pin: Pin, g: int) -> dict[str, Any]:
