@@ -31,9 +31,10 @@ use rayon::prelude::*;
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use crate::error::{Error, Result};
+use crate::files::write_new;
 use crate::hnsw_file::GraphLayout;
 use crate::knn::rerank_one;
-use crate::ragged::Mapped;
+use crate::ragged::{FileSum, Mapped};
 use crate::vectors::{check_k, check_queries, Metric, SearchResult, VectorsRef};
 
 /// HNSW construction and search settings (usearch names). `expansion_search` is the default
@@ -300,13 +301,21 @@ impl HnswIndex {
         self.scale
     }
 
-    /// Save to `path` (the caller writes to a temp path and renames).
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let p = path_str(path)?;
-        self.index.save(p).map_err(|e| Error::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(format!("saving the HNSW index: {e}")),
-        })
+    /// The saved form of the graph (what [`HnswIndex::view`] opens), in memory: the store
+    /// writes it with its own file rules (`files.rs`), so a disk-full error is the system's,
+    /// naming the file, and a symbolic link is never written through.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; self.index.serialized_length()];
+        self.index
+            .save_to_buffer(&mut buf)
+            .map_err(|e| Error::Index(format!("serializing the HNSW graph: {e}")))?;
+        Ok(buf)
+    }
+
+    /// Save to the new file `path` (which must not exist: [`crate::files::write_new`]); the
+    /// store writes to a temporary name and renames. Returns its size and xxh3.
+    pub fn save(&self, path: &Path) -> Result<FileSum> {
+        write_new(path, &[&self.to_bytes()?])
     }
 
     /// Open a saved index as a memory-mapped view (no copy of the graph into memory) of a block

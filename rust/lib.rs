@@ -7,11 +7,14 @@
 //! * [`hnsw`]: approximate search with usearch HNSW, saved and reopened as a memory-mapped view.
 //! * [`pack`]: neighbor token ids into training windows, and neighbor de-duplication.
 //! * [`select`]: which retrieved candidates to train on, in what order: nearest first, or SIFT.
+//! * [`files`]: creating, replacing and appending to files without writing through a symbolic
+//!   link: the one rule for every file the store, and the Python layer, writes.
 //!
 //! This crate has no Python in it unless the `python` feature is on: the pyo3 glue lives in
 //! `rust/python/` only.
 
 pub mod error;
+pub mod files;
 pub mod hnsw;
 mod hnsw_file;
 pub mod knn;

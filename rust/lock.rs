@@ -23,6 +23,7 @@ use std::io::{Read, Seek, Write};
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::files::symlink_refused;
 
 pub(crate) const LOCK_FILE: &str = ".lock";
 
@@ -81,14 +82,7 @@ fn open_lock_file(path: &Path) -> Result<File> {
     options.open(path).map_err(|e| {
         let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
         if is_link {
-            Error::io(
-                path,
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "is a symbolic link, not the writer lock file: the lock file is never \
-                     followed (remove the link)",
-                ),
-            )
+            symlink_refused(path)
         } else {
             Error::io(path, e)
         }

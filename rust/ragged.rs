@@ -1,5 +1,5 @@
 //! Flat files of variable-length records with u64 offsets, plus the small file toolkit the store
-//! shares (64-byte checksummed headers, hashed writes, memory maps, fsync).
+//! shares (64-byte checksummed headers, memory maps, hashing; writing files is `files.rs`).
 //!
 //! A ragged column is two files:
 //! * `NAME.bin`: the elements of every record back to back (u8 for text and records, u32 for
@@ -10,7 +10,7 @@
 //!   offsets) make random access right for any UTF-8 text.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::Read;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -20,6 +20,7 @@ use memmap2::Mmap;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::error::{Error, Result};
+use crate::files::write_new;
 
 /// Size of every header, and the alignment of every payload section.
 pub const HEADER_LEN: usize = 64;
@@ -201,27 +202,6 @@ pub(crate) fn file_len(path: &Path) -> Result<u64> {
         .map_err(|e| Error::io(path, e))
 }
 
-/// Write `sections` back to back into a new file, fsync it, and return its size and xxh3.
-pub(crate) fn write_hashed(path: &Path, sections: &[&[u8]]) -> Result<FileSum> {
-    let file = File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
-    let mut hasher = Xxh3::new();
-    let mut bytes = 0u64;
-    for s in sections {
-        w.write_all(s).map_err(|e| Error::io(path, e))?;
-        hasher.update(s);
-        bytes += s.len() as u64;
-    }
-    let file = w
-        .into_inner()
-        .map_err(|e| Error::io(path, e.into_error()))?;
-    file.sync_all().map_err(|e| Error::io(path, e))?;
-    Ok(FileSum {
-        bytes,
-        xxh3: hasher.digest(),
-    })
-}
-
 /// Stream a file once: its size, the xxh3 of the whole file and the xxh3 of everything after the
 /// first `skip` bytes (a header). Reads through a buffer, so it does not grow resident memory.
 pub(crate) fn hash_file(path: &Path, skip: u64) -> Result<(u64, u64, u64)> {
@@ -244,19 +224,13 @@ pub(crate) fn hash_file(path: &Path, skip: u64) -> Result<(u64, u64, u64)> {
     Ok((pos, whole.digest(), tail.digest()))
 }
 
-/// fsync a directory so the renames inside it are durable.
-pub(crate) fn fsync_dir(path: &Path) -> Result<()> {
-    File::open(path)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(path, e))
-}
-
 /// Element types of ragged files: `u8` (text, records) and `u32` (token ids).
 pub trait RaggedElem: Pod {}
 impl RaggedElem for u8 {}
 impl RaggedElem for u32 {}
 
-/// Write records to `data_path` and their offsets to `off_path` (both fsynced).
+/// Write records to `data_path` and their offsets to `off_path`, two new files (see
+/// [`write_new`]), both fsynced.
 /// Returns the (data, offsets) file sums.
 pub fn write_ragged<T: RaggedElem>(
     data_path: &Path,
@@ -271,7 +245,7 @@ pub fn write_ragged<T: RaggedElem>(
         offsets.push(total);
     }
     let sections: Vec<&[u8]> = items.iter().map(|it| bytemuck::cast_slice(it)).collect();
-    let data = write_hashed(data_path, &sections)?;
+    let data = write_new(data_path, &sections)?;
     let off_bytes: &[u8] = bytemuck::cast_slice(&offsets);
     let header = Header {
         magic: *OFF_MAGIC,
@@ -282,7 +256,7 @@ pub fn write_ragged<T: RaggedElem>(
         c: xxh3_64(off_bytes),
         d: data.xxh3,
     };
-    let off = write_hashed(off_path, &[&header.encode(), off_bytes])?;
+    let off = write_new(off_path, &[&header.encode(), off_bytes])?;
     Ok((data, off))
 }
 
@@ -493,6 +467,7 @@ mod tests {
         }
         // Zero-length data file.
         let empty: Vec<&[u32]> = vec![&[], &[]];
+        let (d, o) = (tmp.path().join("e.bin"), tmp.path().join("e.off"));
         write_ragged(&d, &o, &empty).unwrap();
         let r = Ragged::<u32>::open(&d, &o).unwrap();
         assert_eq!(r.get(1).unwrap(), &[] as &[u32]);
@@ -535,7 +510,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("f");
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        let sum = write_hashed(&p, &[&data[..100], &data[100..]]).unwrap();
+        let sum = write_new(&p, &[&data[..100], &data[100..]]).unwrap();
         let (n, whole, tail) = hash_file(&p, 64).unwrap();
         assert_eq!(n, sum.bytes);
         assert_eq!(whole, sum.xxh3);

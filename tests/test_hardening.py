@@ -5,8 +5,10 @@ answer, or a panic crossing into Python."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -332,3 +334,267 @@ def test_with_block_and_release_lock_free_the_writer_lock(tmp_path: Path) -> Non
     other.release_lock()
     assert EmbeddingStore.open(path).append(rows(1, 4, 2)) == [2]
     assert len(store) == 2  # still readable after its lock was released
+
+
+# -- files: never written through a symbolic link -------------------------------------------------
+
+
+def test_a_link_planted_in_a_store_is_never_written_through(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    EmbeddingStore.create(str(path), 4, shard_size=2).append(rows(3, 4, 0))
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    # The manifest's temporary name, and a leftover shard file: a plain open would write the
+    # manifest (or the vectors) into victim, and the rename would leave manifest.json a link.
+    (path / "manifest.json.tmp").symlink_to(victim)
+    (path / "shards" / "00002.tmp").mkdir()
+    (path / "shards" / "00002.tmp" / "vectors.bin").symlink_to(victim)
+    store = EmbeddingStore.open(str(path))
+    assert store.append(rows(1, 4, 1)) == [2]
+    store.set_meta('{"a": 1}')
+    del store
+    assert victim.read_bytes() == b"keep"
+    assert not (path / "manifest.json").is_symlink()
+    store = EmbeddingStore.open(str(path))
+    assert (len(store), store.meta) == (4, '{"a":1}')
+    store.verify()
+
+
+@pytest.mark.parametrize("where", ["manifest.json", "shards", "shards/00002"])
+def test_a_link_where_the_store_writes_is_a_clear_error(tmp_path: Path, where: str) -> None:
+    path = tmp_path / "s"
+    EmbeddingStore.create(str(path), 4, shard_size=2).append(rows(3, 4, 0))
+    link = path / where
+    if link.exists():  # a link to the real thing, inside the store: it still opens
+        real = path / f"{where}.real"
+        link.rename(real)
+        link.symlink_to(real)
+    else:  # the next shard's directory, pointing out of the store
+        (tmp_path / "elsewhere").mkdir()
+        link.symlink_to(tmp_path / "elsewhere")
+    store = EmbeddingStore.open(str(path))
+    with pytest.raises(OSError, match=f"{link}: is a symbolic link"):
+        if where == "manifest.json":
+            store.set_meta("{}")
+        else:
+            store.append(rows(1, 4, 1))
+    assert not (tmp_path / "elsewhere").exists() or not any((tmp_path / "elsewhere").iterdir())
+    assert len(EmbeddingStore.open(str(path))) == 3
+
+
+def test_atomic_write_and_append_bytes(tmp_path: Path) -> None:
+    from tttnn._tttnn import append_bytes, atomic_write
+
+    target = tmp_path / "config.json"
+    atomic_write(target, '{"a": 1}')
+    atomic_write(str(target), b'{"a": 2}')
+    assert target.read_text() == '{"a": 2}'
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    rows_file = tmp_path / "results.jsonl"
+    append_bytes(rows_file, '{"doc": 1}\n')
+    append_bytes(rows_file, b'{"doc": 2}\n')
+    assert rows_file.read_text() == '{"doc": 1}\n{"doc": 2}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "results.jsonl"]
+    # A link in place of either is refused and nothing is written through it; one at the old
+    # temporary name is not followed.
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (tmp_path / "config.json.tmp").symlink_to(victim)
+    atomic_write(target, b"3")
+    for name, write in [("curve.png", atomic_write), ("rows.jsonl", append_bytes)]:
+        (tmp_path / name).symlink_to(victim)
+        with pytest.raises(OSError, match=f"{tmp_path / name}: is a symbolic link"):
+            write(tmp_path / name, b"png")
+    assert victim.read_bytes() == b"keep" and target.read_text() == "3"
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        atomic_write(tmp_path / "nowhere" / "x", b"")
+    with pytest.raises(TypeError, match="data must be str or bytes"):
+        atomic_write(target, 3)  # type: ignore[arg-type]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# -- a full disk: the error names the file and says what happened ----------------------------------
+
+FULL_DISK = r"""
+import json, resource, sys
+import numpy as np
+import tttnn._tttnn as core
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ: EFBIG
+def attempt(what, f):
+    try:
+        f()
+        print(json.dumps({"what": what}))
+    except Exception as e:
+        print(json.dumps({"what": what, "error": f"{type(e).__name__}: {e}",
+                          "errno": getattr(e, "errno", None)}))
+store = core.EmbeddingStore.create(sys.argv[1] + "/s", 64, dtype="i8", hnsw=True)
+x = np.random.default_rng(0).standard_normal((2000, 64)).astype(np.float32)
+attempt("append", lambda: store.append(x))
+big = b"x" * (limit + 1)
+attempt("atomic_write", lambda: core.atomic_write(sys.argv[1] + "/config.json", big))
+attempt("append_bytes", lambda: core.append_bytes(sys.argv[1] + "/rows.jsonl", big))
+"""
+
+
+def full_disk(tmp_path: Path) -> dict[str, dict[str, object]]:
+    """What each write of the core says when a file outgrows a 300 kB size limit, which fails
+    the write the way a full disk does (the graph of 2000 rows of 64 i8 codes with their links
+    is the largest file of the store; its vectors file fits)."""
+    (tmp_path / "config.json").write_text("old")
+    child = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(tmp_path), str(300_000)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr[-2000:]
+    return {r["what"]: r for r in map(json.loads, child.stdout.splitlines())}
+
+
+def test_a_full_disk_while_saving_a_graph_names_the_file_and_the_cause(tmp_path: Path) -> None:
+    graph = full_disk(tmp_path)["append"]
+    assert "shards/00000.tmp/hnsw.usearch" in graph["error"], graph
+    assert "File too large" in graph["error"] and graph["errno"] == errno.EFBIG, graph
+    assert len(EmbeddingStore.open(str(tmp_path / "s"))) == 0
+    assert not (tmp_path / "s" / "shards" / "00000.tmp").exists()  # its space given back
+
+
+def test_a_full_disk_in_atomic_write_and_append_bytes_names_the_file(tmp_path: Path) -> None:
+    got = full_disk(tmp_path)
+    tmp = got["atomic_write"]
+    assert str(tmp_path / ".config.json.") in tmp["error"] and tmp["errno"] == errno.EFBIG, tmp
+    assert (tmp_path / "config.json").read_text() == "old"  # untouched, no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "rows.jsonl", "s"]
+    rows_err = got["append_bytes"]
+    assert f"{tmp_path / 'rows.jsonl'}: File too large" in rows_err["error"], rows_err
+    assert rows_err["errno"] == errno.EFBIG
+
+
+# -- integers beyond 64 bits: ValueError naming the argument ---------------------------------------
+
+
+def test_an_int_beyond_64_bits_is_a_value_error_naming_the_argument(tmp_path: Path) -> None:
+    from tttnn import _tttnn as core
+
+    huge = 99999999999999999999
+    store = EmbeddingStore.create(str(tmp_path / "s"), 4, with_text=True)
+    store.append(rows(3, 4, 0), texts=["a", "b", "c"])
+    q = np.ones(4, np.float32)
+    cases = [
+        ("ef", lambda: store.search(q, 1, ef=huge)),
+        ("k", lambda: store.search(q, huge)),
+        ("shards[1]", lambda: store.search(q, 1, shards=[0, -huge])),
+        ("shard_size", lambda: EmbeddingStore.create(str(tmp_path / "t"), 4, shard_size=huge)),
+        ("id", lambda: store.text(huge)),
+        ("threads", lambda: store.build_hnsw(threads=huge)),
+        ("k", lambda: core.exact_search(rows(3, 4, 0), q, huge)),
+        ("pad_id", lambda: core.pack_windows([[1, 2]], 4, pad_id=huge)),
+        ("num_shards", lambda: core.check_shards([0], huge)),
+    ]
+    for name, call in cases:
+        with pytest.raises(ValueError, match=rf"^{re.escape(name)} must be at (most|least) "):
+            call()
+    # In range, the core's own rules answer as before.
+    with pytest.raises(IndexError, match="shard -1 out of range"):
+        store.verify_shard(-1)
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        store.build_hnsw(threads=-1)
+    assert not (tmp_path / "t").exists()
+
+
+# -- verify checks what search trusts --------------------------------------------------------------
+
+
+def test_a_manifest_without_its_checksum_is_corrupt(hnsw_store: Path) -> None:
+    m = hnsw_store / "manifest.json"
+    manifest = json.loads(m.read_text())
+    del manifest["checksum"]
+    manifest["metric"] = "ip"  # an edit the checksum would have caught
+    m.write_text(json.dumps(manifest, indent=2))
+    with pytest.raises(CorruptIndexError, match=r"manifest\.json: corrupt: no checksum"):
+        EmbeddingStore.open(str(hnsw_store))
+
+
+def _copy_with_record(index: Path, out: Path, entry: int, record: bytes) -> None:
+    """A copy of `index` written anew by the store, its checksums right, with the record of
+    `entry` replaced: damage only a record check can see."""
+    src = EmbeddingStore.open(str(index))
+    n = len(src)
+    ids = list(range(n))
+    dst = EmbeddingStore.create(
+        str(out), src.dim, dtype=src.dtype, metric=src.metric, shard_size=src.shard_size,
+        hnsw=src.has_hnsw, with_text=True, with_tokens=True, with_records=True, meta=src.meta,
+    )  # fmt: skip
+    records = [bytes(src.record(i)) for i in ids]
+    records[entry] = record
+    dst.append(
+        src.get_vectors(ids),
+        texts=[bytes(src.text_bytes(i)) for i in ids],
+        tokens=[src.tokens(i) for i in ids],
+        records=records,
+    )
+
+
+@pytest.mark.parametrize("record", [b'{"doc_id": "x", "domain": "d", "chu', b"[1, 2]", b"\xff"])
+def test_index_verify_parses_every_record(
+    sample_index: Path, tmp_path: Path, record: bytes
+) -> None:
+    from click.testing import CliRunner
+
+    from tttnn.cli import main
+
+    bad = tmp_path / "bad"
+    _copy_with_record(sample_index, bad, 21, record)
+    res = CliRunner().invoke(main, ["index", "verify", str(bad), "-q"])
+    assert res.exit_code == 1, res.output
+    assert "record of entry 21 (records.bin of shard 1)" in res.output, res.output
+    assert "Traceback" not in res.output
+    good = tmp_path / "good"
+    _copy_with_record(sample_index, good, 21, EmbeddingStore.open(str(sample_index)).record(21))
+    res = CliRunner().invoke(main, ["index", "verify", str(good), "-q"])
+    assert res.exit_code == 0 and "verified" in res.output, res.output
+
+
+def test_index_verify_refuses_a_manifest_without_its_checksum(
+    sample_index: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from click.testing import CliRunner
+
+    from tttnn.cli import main
+
+    copy = tmp_path / "idx"
+    shutil.copytree(sample_index, copy)
+    m = copy / "manifest.json"
+    manifest = json.loads(m.read_text())
+    del manifest["checksum"]
+    manifest["shards"][0]["hnsw_scale"] = 0.5
+    m.write_text(json.dumps(manifest, indent=2))
+    res = CliRunner().invoke(main, ["index", "verify", str(copy), "-q"])
+    assert res.exit_code == 1 and "no checksum" in res.output, res.output
+
+
+def test_index_build_resume_never_writes_through_a_planted_link(
+    sample_index: Path, tmp_path: Path, encoder, lm_tokenizer
+) -> None:
+    import shutil
+
+    from helpers import SAMPLE_TRAIN
+    from tttnn.build import build_index
+    from tttnn.index import Index
+
+    copy = tmp_path / "idx"
+    shutil.copytree(sample_index, copy)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (copy / "manifest.json.tmp").symlink_to(victim)
+    build_index([SAMPLE_TRAIN], copy, encoder=encoder, tokenizer=lm_tokenizer, limit=40,
+                shard_size=16, resume=True, progress=False)  # fmt: skip
+    assert victim.read_bytes() == b"keep"
+    assert not (copy / "manifest.json").is_symlink()
+    assert Index.open(copy).info()["documents"] == 40

@@ -1,6 +1,10 @@
 """Type stub for the compiled core `tttnn._tttnn` (checked with `python -m mypy.stubtest tttnn._tttnn`).
 
 This file is the contract between the Rust bindings and the Python layer.
+
+Integer arguments take any Python int: one beyond 64 bits is a ValueError naming the argument and
+its range, never an OverflowError. OSErrors from the core name the file in their message and keep
+the system's `errno` (`e.errno == errno.ENOSPC` for a full disk).
 """
 
 import os
@@ -17,6 +21,8 @@ __all__ = [
     "StoreLockedError",
     "__version__",
     "_simd_kernels",
+    "append_bytes",
+    "atomic_write",
     "check_shards",
     "dedup_neighbors",
     "exact_search",
@@ -129,7 +135,8 @@ class EmbeddingStore:
         merges per-shard lists by score, then id, so merging the searches of groups of shards
         gives the search of all of them, bitwise."""
     def build_hnsw(self, *, threads: int = 0) -> int:
-        """Build the HNSW graph of every shard that lacks one (resumable); returns how many."""
+        """Build the HNSW graph of every shard that lacks one (resumable); returns how many.
+        `threads=0` uses all cores (ValueError when negative)."""
     def verify(self) -> None:
         """Read every file and check its checksum, the norms, the ragged offsets and every link
         of the HNSW graphs; raises CorruptIndexError naming the file on the first problem."""
@@ -222,6 +229,29 @@ def check_shards(shards: Iterable[int], num_shards: int) -> list[int]:
     """The shard numbers `shards` of a store of `num_shards` shards, sorted and distinct: the
     check every search of some shards makes. ValueError when `shards` is empty, IndexError
     naming the smallest number outside `0..num_shards` and how many shards there are."""
+
+def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
+    """Replace the file `path` with `data` (bytes, or str written as UTF-8), atomically, by the
+    rule every file of the store is written with.
+
+    A fresh temporary file beside `path` (`.NAME.PID.N.tmp`, created exclusively and without
+    following a symbolic link: a name planted there is skipped, never written through) is
+    written, fsynced and renamed over `path`, and the directory is fsynced; a reader sees the
+    old content or the new, never a mix, and a crash leaves at most the temporary file. `path`
+    itself being a symbolic link is refused: OSError naming it ("is a symbolic link ..."), and
+    nothing is written. Every other failure (disk full, read-only, missing directory) is an
+    OSError naming the file, with the system's `errno`. The new file gets the permissions of
+    the umask (as `open(path, "w")`). The GIL is released while writing."""
+
+def append_bytes(path: str | os.PathLike[str], data: bytes | str) -> None:
+    """Append `data` (bytes, or str written as UTF-8) to the file `path`, created when absent
+    (permissions of the umask), and fsync it, and its directory when the file was new: one
+    durable results row per call.
+
+    The file is opened with `O_APPEND|O_NOFOLLOW`: a symbolic link at `path` is refused (OSError
+    naming it, "is a symbolic link ...") and nothing is written. Every other failure (disk full
+    included) is an OSError naming the file, with the system's `errno`. The GIL is released
+    while writing."""
 
 def _simd_kernels() -> str:
     """The SIMD kernel set chosen at runtime for exact search ("avx2" or "scalar")."""

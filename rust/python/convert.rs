@@ -6,7 +6,7 @@ use numpy::{
     Element, PyArray1, PyArray2, PyArrayDescr, PyArrayDescrMethods, PyArrayMethods,
     PyReadonlyArray1, PyReadonlyArray2, PyUntypedArray, PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
@@ -29,6 +29,59 @@ fn is_text(obj: &Bound<'_, PyAny>) -> bool {
 /// positive", so the rule and its message live in the core only.
 pub(crate) fn count(v: i64) -> usize {
     usize::try_from(v).unwrap_or(0)
+}
+
+/// An integer argument. A Python int has no size limit, and pyo3's conversion of one beyond 64
+/// bits raises OverflowError, which names nothing and which callers do not expect for a value
+/// out of range; such an int is kept as its text here, and [`Int::get`] makes it a ValueError
+/// naming the argument and its range. Anything that is not an int is pyo3's TypeError, as
+/// before.
+#[derive(Clone, Debug)]
+pub(crate) enum Int {
+    Fits(i64),
+    Beyond { text: String, negative: bool },
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Int {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        match obj.extract::<i64>() {
+            Ok(v) => Ok(Int::Fits(v)),
+            Err(e) if e.is_instance_of::<PyOverflowError>(obj.py()) => Ok(Int::Beyond {
+                text: obj.str().map(|s| s.to_string()).unwrap_or_default(),
+                negative: obj.lt(0)?,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Int {
+    /// The value of the argument `name`, or a ValueError saying the range it must be in.
+    pub(crate) fn get(&self, name: &str) -> PyResult<i64> {
+        match self {
+            Int::Fits(v) => Ok(*v),
+            Int::Beyond { text, negative } => Err(PyValueError::new_err(if *negative {
+                format!("{name} must be at least {}, got {text}", i64::MIN)
+            } else {
+                format!("{name} must be at most {}, got {text}", i64::MAX)
+            })),
+        }
+    }
+
+    /// [`Int::get`] of an optional argument.
+    pub(crate) fn get_opt(arg: Option<&Int>, name: &str) -> PyResult<Option<i64>> {
+        arg.map(|v| v.get(name)).transpose()
+    }
+
+    /// [`Int::get`] of every item of a list argument, named `name[i]`.
+    pub(crate) fn get_all(args: &[Int], name: &str) -> PyResult<Vec<i64>> {
+        args.iter()
+            .enumerate()
+            .map(|(i, v)| v.get(&format!("{name}[{i}]")))
+            .collect()
+    }
 }
 
 /// A C-contiguous float32 `(n, dim)` array from `obj`: float32 arrays are borrowed as they are,

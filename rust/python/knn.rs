@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 
 use pyo3::exceptions::PyValueError;
 
-use super::convert::{count, f32_matrix, i64_matrix};
+use super::convert::{count, f32_matrix, i64_matrix, Int};
 use super::{detach, to_py};
 use crate::knn;
 use crate::vectors::{Metric, SearchResult};
@@ -23,17 +23,16 @@ fn exact_search<'py>(
     py: Python<'py>,
     vectors: &Bound<'py, PyAny>,
     queries: &Bound<'py, PyAny>,
-    k: i64,
+    k: Int,
     metric: &str,
 ) -> PyResult<(Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>)> {
+    let k = count(k.get("k")?);
     let metric = Metric::parse(metric).map_err(to_py)?;
     let x = f32_matrix(vectors, "vectors", None, false)?;
     let q = f32_matrix(queries, "queries", None, true)?;
     let dim = x.shape()[1];
     let (xs, qs) = (x.as_slice()?, q.as_slice()?);
-    let r = detach(py, || {
-        knn::exact_search_matrix(xs, dim, qs, count(k), metric)
-    })?;
+    let r = detach(py, || knn::exact_search_matrix(xs, dim, qs, k, metric))?;
     let ids = PyArray1::from_vec(py, r.ids).reshape([r.nq, r.k])?;
     let scores = PyArray1::from_vec(py, r.scores).reshape([r.nq, r.k])?;
     Ok((ids, scores))
@@ -53,9 +52,10 @@ fn merge_topk<'py>(
     py: Python<'py>,
     ids: Vec<Bound<'py, PyAny>>,
     scores: Vec<Bound<'py, PyAny>>,
-    k: i64,
+    k: Int,
     higher_is_better: bool,
 ) -> PyResult<(Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>)> {
+    let k = k.get("k")?;
     if ids.len() != scores.len() {
         return Err(PyValueError::new_err(format!(
             "{} id lists for {} score lists: give one of each per group",

@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 use crate::error::Error;
 
 mod convert;
+mod files;
 mod knn;
 mod lock;
 mod pack;
@@ -34,8 +35,17 @@ pub(crate) fn to_py(err: Error) -> PyErr {
     let msg = err.to_string();
     match err {
         Error::Io { source, .. } => {
-            // Keep errno-based subclasses (FileNotFoundError, PermissionError, ...).
-            PyErr::from(std::io::Error::new(source.kind(), msg))
+            // Keep errno-based subclasses (FileNotFoundError, PermissionError, ...), and the
+            // errno itself (`e.errno == errno.ENOSPC`); the message, naming the file, stays the
+            // text of the exception (setting `strerror` or `filename` would replace it).
+            let errno = source.raw_os_error();
+            let err = PyErr::from(std::io::Error::new(source.kind(), msg));
+            if let Some(errno) = errno {
+                Python::attach(|py| {
+                    let _ = err.value(py).setattr("errno", errno);
+                });
+            }
+            err
         }
         Error::Shape(_) | Error::DType(_) | Error::InvalidArgument(_) => PyValueError::new_err(msg),
         Error::OutOfRange(_) => PyIndexError::new_err(msg),
@@ -75,6 +85,7 @@ fn tttnn_ext(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CorruptIndexError", m.py().get_type::<CorruptIndexError>())?;
     m.add("StoreLockedError", m.py().get_type::<StoreLockedError>())?;
     store::register(m)?;
+    files::register(m)?;
     knn::register(m)?;
     lock::register(m)?;
     pack::register(m)?;

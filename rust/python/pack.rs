@@ -8,7 +8,7 @@ use numpy::{PyArray1, PyArray2, PyArrayMethods, PyUntypedArray, PyUntypedArrayMe
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use super::convert::{count, int_array, sequence, text_bytes, Ints};
+use super::convert::{count, int_array, sequence, text_bytes, Int, Ints};
 use super::detach;
 use crate::pack::{self, PackOptions, PackedAs};
 
@@ -21,11 +21,11 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 /// [`PackOptions`] from the Python keyword arguments (shared with `EmbeddingStore`); the core
 /// checks them.
 pub(crate) fn pack_options(
-    context_length: i64,
-    eos_id: Option<i64>,
+    context_length: &Int,
+    eos_id: Option<&Int>,
     pack_short: bool,
-    max_windows_per_doc: Option<i64>,
-    pad_id: i64,
+    max_windows_per_doc: Option<&Int>,
+    pad_id: &Int,
 ) -> PyResult<PackOptions> {
     let token = |name: &str, v: i64| {
         u32::try_from(v).map_err(|_| {
@@ -33,11 +33,13 @@ pub(crate) fn pack_options(
         })
     };
     Ok(PackOptions {
-        context_length: count(context_length),
-        eos_id: eos_id.map(|e| token("eos_id", e)).transpose()?,
+        context_length: count(context_length.get("context_length")?),
+        eos_id: Int::get_opt(eos_id, "eos_id")?
+            .map(|e| token("eos_id", e))
+            .transpose()?,
         pack_short,
-        max_windows_per_doc: max_windows_per_doc.map(count),
-        pad_id: token("pad_id", pad_id)?,
+        max_windows_per_doc: Int::get_opt(max_windows_per_doc, "max_windows_per_doc")?.map(count),
+        pad_id: token("pad_id", pad_id.get("pad_id")?)?,
     })
 }
 
@@ -73,22 +75,24 @@ pub(crate) fn packed_to_numpy<'py>(
 /// Returns `(input_ids (W, L) int64 padded with pad_id, lengths (W,) int64, doc_index (W,) int64)`:
 /// row i holds `lengths[i]` real tokens; `doc_index[i]` is the document row i starts in.
 #[pyfunction]
-#[pyo3(signature = (docs, context_length, *, eos_id=None, pack_short=false, max_windows_per_doc=None, pad_id=0))]
+#[pyo3(signature = (docs, context_length, *, eos_id=None, pack_short=false, max_windows_per_doc=None, pad_id=Int::Fits(0)),
+    text_signature = "(docs, context_length, *, eos_id=None, pack_short=False, \
+    max_windows_per_doc=None, pad_id=0)")]
 fn pack_windows<'py>(
     py: Python<'py>,
     docs: &Bound<'py, PyAny>,
-    context_length: i64,
-    eos_id: Option<i64>,
+    context_length: Int,
+    eos_id: Option<Int>,
     pack_short: bool,
-    max_windows_per_doc: Option<i64>,
-    pad_id: i64,
+    max_windows_per_doc: Option<Int>,
+    pad_id: Int,
 ) -> PyResult<PackedArrays<'py>> {
     let opts = pack_options(
-        context_length,
-        eos_id,
+        &context_length,
+        eos_id.as_ref(),
         pack_short,
-        max_windows_per_doc,
-        pad_id,
+        max_windows_per_doc.as_ref(),
+        &pad_id,
     )?;
     if let Ok(arr) = docs.cast::<PyUntypedArray>() {
         if arr.ndim() != 2 {

@@ -4,7 +4,7 @@ use numpy::{PyArray1, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use super::convert::{count, f32_matrix};
+use super::convert::{count, f32_matrix, Int};
 use super::detach;
 use crate::select;
 
@@ -28,10 +28,11 @@ fn sift_select<'py>(
     py: Python<'py>,
     candidates: &Bound<'py, PyAny>,
     query: &Bound<'py, PyAny>,
-    n: i64,
+    n: Int,
     lam: f64,
     alpha: Option<f64>,
 ) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<f64>>)> {
+    let n = count(n.get("n")?);
     let x = f32_matrix(candidates, "candidates", None, false)?;
     let dim = x.shape()[1];
     let q = f32_matrix(query, "query", Some(dim), true)?;
@@ -42,7 +43,7 @@ fn sift_select<'py>(
         )));
     }
     let (xs, qs) = (x.as_slice()?, q.as_slice()?);
-    let sel = detach(py, || select::sift_select(xs, qs, count(n), lam, alpha))?;
+    let sel = detach(py, || select::sift_select(xs, qs, n, lam, alpha))?;
     // Candidate rows are < K <= isize::MAX, so they fit in i64.
     let indices: Vec<i64> = sel.indices.iter().map(|&j| j as i64).collect();
     Ok((

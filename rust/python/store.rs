@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use numpy::{PyArray1, PyArray2, PyArrayMethods};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use super::convert::{count, f32_matrix, int_array, sequence, text_bytes, Ints};
+use super::convert::{count, f32_matrix, int_array, sequence, text_bytes, Int, Ints};
 use super::pack::{pack_options, packed_to_numpy, PackedArrays};
 use super::{detach, to_py};
 use crate::error::Error;
@@ -30,13 +31,14 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 /// smallest number outside `0..num_shards` and how many shards there are.
 #[pyfunction]
 #[pyo3(name = "check_shards")]
-fn py_check_shards(shards: &Bound<'_, PyAny>, num_shards: i64) -> PyResult<Vec<usize>> {
+fn py_check_shards(shards: &Bound<'_, PyAny>, num_shards: Int) -> PyResult<Vec<usize>> {
     let items = sequence(Some(shards), "shards")?.unwrap_or_default();
     let numbers = items
         .iter()
-        .map(|s| s.extract::<i64>())
-        .collect::<PyResult<Vec<i64>>>()?;
-    check_shards(&numbers, count(num_shards)).map_err(to_py)
+        .map(|s| s.extract::<Int>())
+        .collect::<PyResult<Vec<Int>>>()?;
+    let numbers = Int::get_all(&numbers, "shards")?;
+    check_shards(&numbers, count(num_shards.get("num_shards")?)).map_err(to_py)
 }
 
 /// Append-only, sharded, memory-mapped vectors (f32/f16/i8) with optional per-document text,
@@ -107,36 +109,40 @@ impl EmbeddingStore {
     /// every appended shard. `with_text/with_tokens/with_records`: which per-document columns
     /// `append` requires. `meta`: a JSON object string kept in the manifest.
     #[staticmethod]
-    #[pyo3(signature = (path, dim, *, dtype="f32", metric="cosine", shard_size=100_000, hnsw=false,
-        hnsw_connectivity=16, hnsw_expansion_add=128, hnsw_expansion_search=64,
-        with_text=false, with_tokens=false, with_records=false, meta="{}"))]
+    #[pyo3(signature = (path, dim, *, dtype="f32", metric="cosine", shard_size=Int::Fits(100_000), hnsw=false,
+        hnsw_connectivity=Int::Fits(16), hnsw_expansion_add=Int::Fits(128), hnsw_expansion_search=Int::Fits(64),
+        with_text=false, with_tokens=false, with_records=false, meta="{}"),
+        text_signature = "(path, dim, *, dtype=\"f32\", metric=\"cosine\", shard_size=100000, \
+        hnsw=False, hnsw_connectivity=16, hnsw_expansion_add=128, hnsw_expansion_search=64, \
+        with_text=False, with_tokens=False, with_records=False, meta=\"{}\")")]
     #[allow(clippy::too_many_arguments)]
     fn create(
         py: Python<'_>,
         path: PathBuf,
-        dim: i64,
+        dim: Int,
         dtype: &str,
         metric: &str,
-        shard_size: i64,
+        shard_size: Int,
         hnsw: bool,
-        hnsw_connectivity: i64,
-        hnsw_expansion_add: i64,
-        hnsw_expansion_search: i64,
+        hnsw_connectivity: Int,
+        hnsw_expansion_add: Int,
+        hnsw_expansion_search: Int,
         with_text: bool,
         with_tokens: bool,
         with_records: bool,
         meta: &str,
     ) -> PyResult<Self> {
+        let params = HnswParams {
+            connectivity: count(hnsw_connectivity.get("hnsw_connectivity")?),
+            expansion_add: count(hnsw_expansion_add.get("hnsw_expansion_add")?),
+            expansion_search: count(hnsw_expansion_search.get("hnsw_expansion_search")?),
+        };
         let options = StoreOptions {
-            dim: count(dim),
+            dim: count(dim.get("dim")?),
             dtype: DType::parse(dtype).map_err(to_py)?,
             metric: Metric::parse(metric).map_err(to_py)?,
-            shard_size: count(shard_size),
-            hnsw: hnsw.then(|| HnswParams {
-                connectivity: count(hnsw_connectivity),
-                expansion_add: count(hnsw_expansion_add),
-                expansion_search: count(hnsw_expansion_search),
-            }),
+            shard_size: count(shard_size.get("shard_size")?),
+            hnsw: hnsw.then_some(params),
             with_text,
             with_tokens,
             with_records,
@@ -150,7 +156,8 @@ impl EmbeddingStore {
     /// them only, by global ids and shard numbers, and cannot write.
     #[staticmethod]
     #[pyo3(signature = (path, *, shards=None))]
-    fn open(py: Python<'_>, path: PathBuf, shards: Option<Vec<usize>>) -> PyResult<Self> {
+    fn open(py: Python<'_>, path: PathBuf, shards: Option<Vec<Int>>) -> PyResult<Self> {
+        let shards = shards.map(|s| Int::get_all(&s, "shards")).transpose()?;
         let core = detach(py, || Core::open_shards(&path, shards.as_deref()))?;
         Ok(Self::wrap(core))
     }
@@ -223,20 +230,19 @@ impl EmbeddingStore {
         &self,
         py: Python<'py>,
         queries: &Bound<'py, PyAny>,
-        k: i64,
+        k: Int,
         exact: bool,
-        ef: Option<i64>,
-        shards: Option<Vec<i64>>,
+        ef: Option<Int>,
+        shards: Option<Vec<Int>>,
     ) -> PyResult<SearchArrays<'py>> {
+        let k = count(k.get("k")?);
+        let ef = Int::get_opt(ef.as_ref(), "ef")?.map(count);
+        let shards = shards.map(|s| Int::get_all(&s, "shards")).transpose()?;
         let arr = f32_matrix(queries, "queries", Some(self.dim), true)?;
         let q = arr.as_slice()?;
         let r = detach(py, || {
-            let store = self.read()?;
-            let shards = shards
-                .as_deref()
-                .map(|s| check_shards(s, store.num_shards()))
-                .transpose()?;
-            store.search_shards(q, count(k), exact, ef.map(count), shards.as_deref())
+            self.read()?
+                .search_shards(q, k, exact, ef, shards.as_deref())
         })?;
         let ids = PyArray1::from_vec(py, r.ids).reshape([r.nq, r.k])?;
         let scores = PyArray1::from_vec(py, r.scores).reshape([r.nq, r.k])?;
@@ -245,8 +251,10 @@ impl EmbeddingStore {
 
     /// Build the HNSW graph of every shard that lacks one (resumable); returns how many.
     /// `threads=0` uses all cores. Later appends build their shard's graph when sealing.
-    #[pyo3(signature = (*, threads=0))]
-    fn build_hnsw(&self, py: Python<'_>, threads: usize) -> PyResult<usize> {
+    #[pyo3(signature = (*, threads=Int::Fits(0)), text_signature = "($self, *, threads=0)")]
+    fn build_hnsw(&self, py: Python<'_>, threads: Int) -> PyResult<usize> {
+        let threads = usize::try_from(threads.get("threads")?)
+            .map_err(|_| PyValueError::new_err("threads must be >= 0 (0 uses all cores)"))?;
         detach(py, || self.write()?.build_hnsw(threads))
     }
 
@@ -257,8 +265,13 @@ impl EmbeddingStore {
     }
 
     /// `verify()` for shard `i` only (0 <= i < num_shards), so a caller can show progress.
-    fn verify_shard(&self, py: Python<'_>, i: usize) -> PyResult<()> {
-        detach(py, || self.read()?.verify_shard(i))
+    fn verify_shard(&self, py: Python<'_>, i: Int) -> PyResult<()> {
+        let i = i.get("i")?;
+        detach(py, || {
+            let store = self.read()?;
+            let i = check_shards(&[i], store.num_shards())?[0];
+            store.verify_shard(i)
+        })
     }
 
     /// Dequantized vectors of the given ids, `(len(ids), dim)` float32.
@@ -274,25 +287,29 @@ impl EmbeddingStore {
     }
 
     /// Text of `id` (str).
-    fn text(&self, id: i64) -> PyResult<String> {
+    fn text(&self, id: Int) -> PyResult<String> {
+        let id = id.get("id")?;
         let store = self.read().map_err(to_py)?;
         Ok(store.text(id).map_err(to_py)?.to_owned())
     }
 
     /// UTF-8 bytes of the text of `id`.
-    fn text_bytes<'py>(&self, py: Python<'py>, id: i64) -> PyResult<Bound<'py, PyBytes>> {
+    fn text_bytes<'py>(&self, py: Python<'py>, id: Int) -> PyResult<Bound<'py, PyBytes>> {
+        let id = id.get("id")?;
         let store = self.read().map_err(to_py)?;
         Ok(PyBytes::new(py, store.text_bytes(id).map_err(to_py)?))
     }
 
     /// Token ids of `id` (a uint32 copy of the memory-mapped slice).
-    fn tokens<'py>(&self, py: Python<'py>, id: i64) -> PyResult<Bound<'py, PyArray1<u32>>> {
+    fn tokens<'py>(&self, py: Python<'py>, id: Int) -> PyResult<Bound<'py, PyArray1<u32>>> {
+        let id = id.get("id")?;
         let store = self.read().map_err(to_py)?;
         Ok(PyArray1::from_slice(py, store.tokens(id).map_err(to_py)?))
     }
 
     /// Record bytes of `id`.
-    fn record<'py>(&self, py: Python<'py>, id: i64) -> PyResult<Bound<'py, PyBytes>> {
+    fn record<'py>(&self, py: Python<'py>, id: Int) -> PyResult<Bound<'py, PyBytes>> {
+        let id = id.get("id")?;
         let store = self.read().map_err(to_py)?;
         Ok(PyBytes::new(py, store.record(id).map_err(to_py)?))
     }
@@ -301,24 +318,26 @@ impl EmbeddingStore {
     /// result as `tttnn.pack_windows`: `(input_ids (W, L), lengths (W,), doc_index (W,))` int64,
     /// `doc_index` indexing into `ids`.
     #[pyo3(signature = (ids, context_length, *, eos_id=None, pack_short=false,
-        max_windows_per_doc=None, pad_id=0))]
+        max_windows_per_doc=None, pad_id=Int::Fits(0)),
+        text_signature = "($self, ids, context_length, *, eos_id=None, pack_short=False, \
+        max_windows_per_doc=None, pad_id=0)")]
     #[allow(clippy::too_many_arguments)]
     fn pack_windows<'py>(
         &self,
         py: Python<'py>,
         ids: &Bound<'py, PyAny>,
-        context_length: i64,
-        eos_id: Option<i64>,
+        context_length: Int,
+        eos_id: Option<Int>,
         pack_short: bool,
-        max_windows_per_doc: Option<i64>,
-        pad_id: i64,
+        max_windows_per_doc: Option<Int>,
+        pad_id: Int,
     ) -> PyResult<PackedArrays<'py>> {
         let opts = pack_options(
-            context_length,
-            eos_id,
+            &context_length,
+            eos_id.as_ref(),
             pack_short,
-            max_windows_per_doc,
-            pad_id,
+            max_windows_per_doc.as_ref(),
+            &pad_id,
         )?;
         let ids = int_array::<i64>(ids, "ids", "id")?;
         let ids = ids.as_slice()?;

@@ -13,12 +13,12 @@
 
 use std::path::{Path, PathBuf};
 
-use super::manifest::{parse_meta, shard_dir_name, Manifest, ShardEntry};
+use super::manifest::{parse_meta, shard_dir_name, Manifest, ShardEntry, SHARDS};
 use super::shard::Shard;
 use super::EmbeddingStore;
 use crate::error::{Error, Result};
+use crate::files::{fsync_dir, remove_leftover};
 use crate::lock::WriterLock;
-use crate::ragged::fsync_dir;
 
 impl EmbeddingStore {
     /// Adopt the sealed shards of another store, `unit` (a store directory written by a build
@@ -133,21 +133,18 @@ impl EmbeddingStore {
             next.meta = meta;
         }
         drop(src); // unmap the unit's files before they move
+        let shards_dir = self.shards_dir()?;
         for (n, (from, to)) in moves.iter().enumerate() {
             // Leftovers of an interrupted append or adoption are not listed: replace them.
-            let step = if to.exists() {
-                std::fs::remove_dir_all(to).map_err(|e| Error::io(to, e))
-            } else {
-                Ok(())
-            }
-            .and_then(|()| std::fs::rename(from, to).map_err(|e| Error::io(to, e)));
+            let step = remove_leftover(to)
+                .and_then(|()| std::fs::rename(from, to).map_err(|e| Error::io(to, e)));
             if let Err(e) = step {
                 undo_moves(&moves[..n]);
                 return Err(e);
             }
         }
-        fsync_dir(&self.dir.join("shards"))?;
-        fsync_dir(&unit.join("shards"))?;
+        fsync_dir(&shards_dir)?;
+        fsync_dir(&unit.join(SHARDS))?;
         let canon = self
             .dir
             .canonicalize()

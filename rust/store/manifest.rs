@@ -7,10 +7,12 @@
 //! size and xxh3 of every file, and for a shard with a graph the scale of its i8 codes and the
 //! rows no walk of the graph reaches. A shard not listed here does not exist for a reader.
 //!
-//! The manifest is never edited in place: a new one is written to `manifest.json.tmp`, fsynced
-//! and renamed over the old one (the directory fsynced), so a reader sees the old or the new
-//! list, never half of one. It carries the xxh3 of its own content (`checksum`), so a hand edit
-//! of, say, `metric` is a corrupt store rather than a different one.
+//! The manifest is never edited in place: a new one is written to a fresh temporary file beside
+//! it, fsynced and renamed over the old one (the directory fsynced; `files::replace`), so a
+//! reader sees the old or the new list, never half of one. It carries the xxh3 of its own content
+//! (`checksum`), so a hand edit of, say, `metric` is a corrupt store rather than a different
+//! one; a manifest without its checksum is corrupt too (every manifest of this version has one),
+//! or deleting the key would let any edit through.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,8 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use super::EmbeddingStore;
 use crate::error::{Error, Result};
+use crate::files::replace;
 use crate::hnsw::HnswParams;
-use crate::ragged::{fsync_dir, write_hashed, FileSum};
+use crate::ragged::FileSum;
 use crate::vectors::{DType, Metric};
 
 /// Value of `format` in `manifest.json`.
@@ -64,7 +67,7 @@ pub(super) struct Manifest {
     pub(super) shards: Vec<ShardEntry>,
     /// xxh3 of the manifest serialised without this field (compact JSON, fields in this order),
     /// as 16 hex digits: a hand edit of `metric` or `hnsw_scale` is a corrupt manifest, not a
-    /// different store. Manifests written before it have none and are not checked.
+    /// different store. Always written; one read without it is corrupt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) checksum: Option<String>,
 }
@@ -81,8 +84,11 @@ impl Manifest {
     }
 }
 
+/// Name of the directory of shard directories in a store directory.
+pub(super) const SHARDS: &str = "shards";
+
 pub(super) fn shard_dir_name(id: u32) -> String {
-    format!("shards/{id:05}")
+    format!("{SHARDS}/{id:05}")
 }
 
 pub(super) fn ragged_names(column: &str) -> (String, String) {
@@ -101,7 +107,7 @@ pub(super) fn parse_meta(meta: &str) -> Result<serde_json::Value> {
     Ok(v)
 }
 
-/// Read and check `manifest.json`: format, version, fields, and its checksum when it has one.
+/// Read and check `manifest.json`: format, version, fields, and its checksum.
 pub(super) fn read_manifest(mpath: &Path) -> Result<Manifest> {
     let bytes = std::fs::read(mpath).map_err(|e| Error::io(mpath, e))?;
     let text = std::str::from_utf8(&bytes)
@@ -124,14 +130,21 @@ pub(super) fn read_manifest(mpath: &Path) -> Result<Manifest> {
     }
     let mut manifest: Manifest = serde_json::from_value(raw)
         .map_err(|e| Error::corrupt(mpath, format!("invalid manifest: {e}")))?;
-    if let Some(recorded) = manifest.checksum.take() {
-        let actual = manifest.digest()?;
-        if recorded != actual {
-            return Err(Error::corrupt(
-                mpath,
-                format!("checksum mismatch: xxh3 {actual}, the manifest says {recorded} (edited by hand?)"),
-            ));
-        }
+    let Some(recorded) = manifest.checksum.take() else {
+        return Err(Error::corrupt(
+            mpath,
+            "no checksum: every manifest of this format version records the xxh3 of its \
+             content, so its key was deleted (by hand?) and nothing in it can be trusted",
+        ));
+    };
+    let actual = manifest.digest()?;
+    if recorded != actual {
+        return Err(Error::corrupt(
+            mpath,
+            format!(
+                "checksum mismatch: xxh3 {actual}, the manifest says {recorded} (edited by hand?)"
+            ),
+        ));
     }
     if manifest.dim == 0 || manifest.shard_size == 0 {
         return Err(Error::corrupt(mpath, "dim and shard_size must be positive"));
@@ -140,19 +153,16 @@ pub(super) fn read_manifest(mpath: &Path) -> Result<Manifest> {
 }
 
 impl EmbeddingStore {
-    /// Write `m` as the manifest: `manifest.json.tmp`, fsync, rename, fsync the directory.
+    /// Write `m` as the manifest, with its checksum, atomically (`files::replace`).
     pub(super) fn write_manifest(&self, m: &Manifest) -> Result<()> {
-        let tmp = self.dir.join("manifest.json.tmp");
         let m = Manifest {
             checksum: Some(m.digest()?),
             ..m.clone()
         };
         let json = serde_json::to_vec_pretty(&m)
             .map_err(|e| Error::InvalidArgument(format!("cannot serialize manifest: {e}")))?;
-        write_hashed(&tmp, &[&json])?;
-        let dst = self.dir.join(MANIFEST);
-        std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
-        fsync_dir(&self.dir)
+        replace(&self.dir.join(MANIFEST), &[&json])?;
+        Ok(())
     }
 }
 
@@ -175,10 +185,63 @@ mod tests {
         std::fs::write(&mpath, m.replace("\"cosine\"", "\"l2\"")).unwrap();
         let err = EmbeddingStore::open(&dir).err().unwrap();
         assert!(err.to_string().contains("checksum mismatch"), "{err}");
-        // Manifests written before the checksum open as they are.
-        let mut v: serde_json::Value = serde_json::from_str(&m).unwrap();
+        // Without its checksum, the same edit would pass: a manifest without one is corrupt.
+        let mut v: serde_json::Value =
+            serde_json::from_str(&m.replace("\"cosine\"", "\"l2\"")).unwrap();
         v.as_object_mut().unwrap().remove("checksum");
         std::fs::write(&mpath, serde_json::to_string(&v).unwrap()).unwrap();
+        let err = EmbeddingStore::open(&dir).err().unwrap();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("no checksum"), "{err}");
+        std::fs::write(&mpath, &m).unwrap();
         assert_eq!(EmbeddingStore::open(&dir).unwrap().meta(), "{\"b\":2}");
+    }
+
+    /// Edit the manifest in `dir` and give it the checksum of its new content, as someone who
+    /// recomputes the xxh3 would.
+    fn reseal(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+        let mpath = dir.join(MANIFEST);
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+        v.as_object_mut().unwrap().remove("checksum");
+        edit(&mut v);
+        let mut m: Manifest = serde_json::from_value(v).unwrap();
+        m.checksum = Some(m.digest().unwrap());
+        std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_manifest_resealed_after_an_edit_is_still_checked_for_sense() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        let o = super::super::StoreOptions {
+            hnsw: Some(HnswParams::default()),
+            ..super::super::fixtures::opts(3, DType::F32)
+        };
+        let mut store = EmbeddingStore::create(&dir, &o, "{}").unwrap();
+        super::super::fixtures::fill(&mut store, 9, 1);
+        drop(store);
+        let saved = std::fs::read(dir.join(MANIFEST)).unwrap();
+        type Edit = fn(&mut serde_json::Value);
+        let cases: [(&str, Edit); 3] = [
+            ("differs from the sum of shard counts", |v| {
+                v["count"] = 11.into()
+            }),
+            ("no valid scale", |v| {
+                v["shards"][0].as_object_mut().unwrap().remove("hnsw_scale");
+            }),
+            ("stranded key 7", |v| {
+                v["shards"][0]["hnsw_stranded"] = vec![7].into()
+            }),
+        ];
+        for (want, edit) in cases {
+            reseal(&dir, edit);
+            let err = EmbeddingStore::open(&dir).err().unwrap();
+            assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+            assert!(err.to_string().contains(want), "{want}: {err}");
+            std::fs::write(dir.join(MANIFEST), &saved).unwrap();
+        }
+        reseal(&dir, |_| ());
+        EmbeddingStore::open(&dir).unwrap().verify().unwrap();
     }
 }

@@ -22,7 +22,8 @@
 //!
 //! Opening maps the files and reads only headers, file sizes and the manifest (whose xxh3 it
 //! checks), plus the level of every HNSW node (2 bytes a node): constant time in the size of the
-//! vectors. Files that resolve outside the directory (symlinks) are refused. No file, however
+//! vectors. Files that resolve outside the directory (symlinks) are refused, and no write
+//! follows a symbolic link (`files.rs`). No file, however
 //! damaged, crashes the process or moves a result without an error: every answer is right or an
 //! error (`shard.rs` says what is checked when).
 //!
@@ -45,7 +46,7 @@ mod shard;
 mod vecfile;
 mod write;
 
-use manifest::{parse_meta, read_manifest, shard_dir_name, Manifest, MANIFEST};
+use manifest::{parse_meta, read_manifest, shard_dir_name, Manifest, MANIFEST, SHARDS};
 pub use manifest::{MANIFEST_FORMAT, MANIFEST_VERSION};
 use shard::{Shard, HNSW_FILE};
 
@@ -127,7 +128,7 @@ impl EmbeddingStore {
                 ));
             }
         }
-        let shards_dir = dir.join("shards");
+        let shards_dir = dir.join(SHARDS);
         std::fs::create_dir_all(&shards_dir).map_err(|e| Error::io(&shards_dir, e))?;
         let lock = Some(WriterLock::acquire(dir, "store")?);
         let store = EmbeddingStore {
@@ -166,7 +167,7 @@ impl EmbeddingStore {
     /// neither opened nor checked, and need not be there (a node serving some shards holds only
     /// their directories and `manifest.json`). Such a handle reads and searches its shards
     /// only, with global ids and shard numbers, and cannot write.
-    pub fn open_shards(dir: &Path, only: Option<&[usize]>) -> Result<Self> {
+    pub fn open_shards(dir: &Path, only: Option<&[i64]>) -> Result<Self> {
         if !dir.is_dir() {
             return Err(not_found(dir, "store directory not found"));
         }
@@ -193,7 +194,7 @@ impl EmbeddingStore {
         let chosen: Vec<usize> = match only {
             None => (0..manifest.shards.len()).collect(),
             // Empty is allowed here: a handle of no shard still describes the store.
-            Some(list) => sorted_shards(list.iter().map(|&i| as_i64(i)), manifest.shards.len())?,
+            Some(list) => sorted_shards(list.iter().copied(), manifest.shards.len())?,
         };
         for i in chosen {
             shards.push(Shard::open(
@@ -361,11 +362,6 @@ fn sorted_shards(shards: impl Iterator<Item = i64>, num_shards: usize) -> Result
                 .ok_or_else(|| shard_out_of_range(i, num_shards))
         })
         .collect()
-}
-
-/// A shard number as `i64`; one beyond `i64::MAX` is out of range of any store anyway.
-fn as_i64(i: usize) -> i64 {
-    i64::try_from(i).unwrap_or(i64::MAX)
 }
 
 fn shard_out_of_range(i: impl std::fmt::Display, num_shards: usize) -> Error {

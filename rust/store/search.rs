@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 
 use super::shard::Shard;
-use super::{as_i64, check_shards, EmbeddingStore};
+use super::{check_shards, EmbeddingStore};
 use crate::error::{Error, Result};
 use crate::ragged::Ragged;
 use crate::vectors::{check_k, check_queries, Metric, SearchResult};
@@ -47,18 +47,15 @@ impl EmbeddingStore {
         k: usize,
         exact: bool,
         ef: Option<usize>,
-        shards: Option<&[usize]>,
+        shards: Option<&[i64]>,
     ) -> Result<SearchResult> {
         let nq = check_queries(queries, self.manifest.dim)?;
         let chosen: Vec<&Shard> = match shards {
             None => self.shards.iter().collect(),
-            Some(list) => {
-                let list: Vec<i64> = list.iter().map(|&i| as_i64(i)).collect();
-                check_shards(&list, self.manifest.shards.len())?
-                    .into_iter()
-                    .map(|i| self.shard(i))
-                    .collect::<Result<Vec<_>>>()?
-            }
+            Some(list) => check_shards(list, self.manifest.shards.len())?
+                .into_iter()
+                .map(|i| self.shard(i))
+                .collect::<Result<Vec<_>>>()?,
         };
         let available: u64 = chosen.iter().map(|s| s.entry.count).sum();
         check_k(k, nq, available as usize)?;
@@ -274,7 +271,7 @@ mod tests {
             }
             if !hnsw {
                 let all = store.search(&q, 26, true, None).unwrap();
-                for subset in [vec![1usize], vec![3, 0], vec![0, 0, 2]] {
+                for subset in [vec![1i64], vec![3, 0], vec![0, 0, 2]] {
                     let got = store
                         .search_shards(&q, 4, true, None, Some(&subset))
                         .unwrap();
@@ -282,7 +279,7 @@ mod tests {
                     let inside = |id: i64| {
                         subset
                             .iter()
-                            .any(|&s| (starts[s]..starts[s + 1]).contains(&id))
+                            .any(|&s| (starts[s as usize]..starts[s as usize + 1]).contains(&id))
                     };
                     for row in 0..6 {
                         let want: Vec<i64> = all.ids[row * 26..(row + 1) * 26]

@@ -318,12 +318,6 @@ impl EmbeddingStore {
     }
 }
 
-/// Size and xxh3 of a file written by someone else (the HNSW graph).
-pub(super) fn sum_existing(path: &Path) -> Result<FileSum> {
-    let (bytes, xxh3, _) = hash_file(path, 0)?;
-    Ok(FileSum { bytes, xxh3 })
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::filled;

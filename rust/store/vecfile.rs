@@ -18,7 +18,8 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::ragged::{align64, write_hashed, FileSum, Header, Mapped, FILE_VERSION, HEADER_LEN};
+use crate::files::write_new;
+use crate::ragged::{align64, FileSum, Header, Mapped, FILE_VERSION, HEADER_LEN};
 use crate::vectors::{DType, VectorData, VectorsRef};
 
 const VEC_MAGIC: &[u8; 8] = b"TTTNNVEC";
@@ -188,7 +189,7 @@ pub(super) fn write_vectors(
     let h = header.encode();
     let mut all: Vec<&[u8]> = vec![&h];
     all.extend_from_slice(&sections);
-    write_hashed(path, &all)
+    write_new(path, &all)
 }
 
 /// A memory-mapped `vectors.bin`.

@@ -1,11 +1,16 @@
 //! Writing a store: appending rows, building HNSW graphs, replacing the metadata.
 //!
 //! A shard becomes visible only when sealed: it is written into `shards/NNNNN.tmp/` (every file
-//! fsynced), renamed to `shards/NNNNN/`, and then listed in a new `manifest.json` written to
-//! `manifest.json.tmp`, fsynced and renamed over the old one (directory fsynced). A crash at any
+//! fsynced), renamed to `shards/NNNNN/`, and then listed in a new `manifest.json` written to a
+//! temporary file, fsynced and renamed over the old one (directory fsynced). A crash at any
 //! point leaves the last sealed state readable; leftovers (`.tmp` dirs, unlisted shard dirs) are
 //! ignored by [`EmbeddingStore::open`] and replaced by the next append. Appends never change a
 //! sealed file; a graph built later is written beside the vectors and listed the same way.
+//!
+//! Every file is created new (`O_EXCL|O_NOFOLLOW`) or replaced through a fresh temporary name
+//! (`files.rs`), and a symbolic link where the store writes (`shards/`, a leftover shard
+//! directory, the manifest) is an error: a link planted in a store never makes it write
+//! elsewhere.
 //!
 //! Every write first takes the writer lock (`DIR/.lock`, `lock.rs`) and checks that the
 //! manifest on disk is still the one the handle read, so two handles never interleave writes.
@@ -13,17 +18,19 @@
 //! store, valid UTF-8 text, one item of every column the store keeps per vector.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use super::manifest::{
-    parse_meta, ragged_names, read_manifest, shard_dir_name, ShardEntry, MANIFEST,
+    parse_meta, ragged_names, read_manifest, shard_dir_name, Manifest, ShardEntry, MANIFEST, SHARDS,
 };
-use super::shard::{sum_existing, Shard, HNSW_FILE};
+use super::shard::{Shard, HNSW_FILE};
 use super::vecfile::{encode, write_vectors, VECTORS};
 use super::EmbeddingStore;
 use crate::error::{Error, Result};
+use crate::files::{fsync_dir, refuse_symlink, remove_leftover, replace};
 use crate::hnsw::HnswIndex;
 use crate::lock::WriterLock;
-use crate::ragged::{fsync_dir, write_ragged, CheckedOnce};
+use crate::ragged::{write_ragged, CheckedOnce, FileSum};
 use crate::vectors::DType;
 
 /// Largest magnitude representable in f16.
@@ -157,57 +164,33 @@ impl EmbeddingStore {
         let name = shard_dir_name(id);
         let final_dir = self.dir.join(&name);
         let tmp_dir = self.dir.join(format!("{name}.tmp"));
+        let shards_dir = self.shards_dir()?;
         // Leftovers of an interrupted append are not listed in the manifest: replace them.
         for d in [&tmp_dir, &final_dir] {
-            if d.exists() {
-                std::fs::remove_dir_all(d).map_err(|e| Error::io(d, e))?;
-            }
+            remove_leftover(d)?;
         }
-        std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
-        let mut files = BTreeMap::new();
-        let (enc, norms) = encode(m.dtype, m.dim, vectors);
-        files.insert(
-            VECTORS.to_string(),
-            write_vectors(&tmp_dir.join(VECTORS), m.dtype, m.dim, &enc, &norms)?,
-        );
-        let mut col_u8 = |col: &str, items: Option<&[&[u8]]>| -> Result<()> {
-            if let Some(items) = items {
-                let (b, o) = ragged_names(col);
-                let (bs, os) = write_ragged(&tmp_dir.join(&b), &tmp_dir.join(&o), items)?;
-                files.insert(b, bs);
-                files.insert(o, os);
+        std::fs::create_dir_all(&shards_dir).map_err(|e| Error::io(&shards_dir, e))?;
+        std::fs::create_dir(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
+        let written = write_shard_files(&tmp_dir, m, vectors, texts, tokens, records);
+        let shard_files = match written {
+            Ok(w) => w,
+            Err(e) => {
+                // A failed write (a full disk, say) frees its space now, not at the next append.
+                let _ = std::fs::remove_dir_all(&tmp_dir);
+                return Err(e);
             }
-            Ok(())
         };
-        col_u8("text", texts)?;
-        col_u8("records", records)?;
-        if let Some(items) = tokens {
-            let (b, o) = ragged_names("tokens");
-            let (bs, os) = write_ragged(&tmp_dir.join(&b), &tmp_dir.join(&o), items)?;
-            files.insert(b, bs);
-            files.insert(o, os);
-        }
-        let (mut hnsw_scale, mut hnsw_stranded) = (None, Vec::new());
-        if let Some(params) = &m.hnsw {
-            let view = enc.view(m.dim, &norms);
-            let index = HnswIndex::build(view, m.metric, params, 0)?;
-            let p = tmp_dir.join(HNSW_FILE);
-            index.save(&p)?;
-            files.insert(HNSW_FILE.to_string(), sum_existing(&p)?);
-            hnsw_scale = Some(index.scale());
-            hnsw_stranded = index.stranded().to_vec();
-        }
         fsync_dir(&tmp_dir)?;
         std::fs::rename(&tmp_dir, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
-        fsync_dir(&self.dir.join("shards"))?;
+        fsync_dir(&shards_dir)?;
         let entry = ShardEntry {
             id,
             dir: name,
             start: m.count,
-            count: norms.len() as u64,
-            files,
-            hnsw_scale,
-            hnsw_stranded,
+            count: shard_files.count,
+            files: shard_files.files,
+            hnsw_scale: shard_files.hnsw_scale,
+            hnsw_stranded: shard_files.hnsw_stranded,
         };
         let mut next = m.clone();
         next.count += entry.count;
@@ -242,15 +225,11 @@ impl EmbeddingStore {
                 &params,
                 threads,
             )?;
-            let tmp = shard.dir.join(format!("{HNSW_FILE}.tmp"));
             let dst = shard.dir.join(HNSW_FILE);
-            index.save(&tmp)?;
+            let sum = replace(&dst, &[&index.to_bytes()?])?;
             let scale = Some(index.scale());
             let stranded = index.stranded().to_vec();
             drop(index);
-            let sum = sum_existing(&tmp)?;
-            std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
-            fsync_dir(&shard.dir)?;
             let mut next = self.manifest.clone();
             next.hnsw = Some(params);
             next.shards[i].files.insert(HNSW_FILE.to_string(), sum);
@@ -282,6 +261,14 @@ impl EmbeddingStore {
         Ok(built)
     }
 
+    /// `DIR/shards`, where shards are written: a symbolic link there is refused, since the
+    /// store would write (and remove leftovers) wherever it points.
+    pub(super) fn shards_dir(&self) -> Result<std::path::PathBuf> {
+        let d = self.dir.join(SHARDS);
+        refuse_symlink(&d)?;
+        Ok(d)
+    }
+
     /// Replace the user metadata (a JSON object string), atomically.
     pub fn set_meta(&mut self, meta: &str) -> Result<()> {
         self.lock_for_writing()?;
@@ -293,10 +280,69 @@ impl EmbeddingStore {
     }
 }
 
+/// The files of one shard, written into `tmp_dir`: what the manifest will list.
+struct ShardFiles {
+    files: BTreeMap<String, FileSum>,
+    count: u64,
+    hnsw_scale: Option<f32>,
+    hnsw_stranded: Vec<u64>,
+}
+
+/// Write the vectors, the columns and the graph of one shard into the new directory `tmp_dir`,
+/// each file created new (`files::write_new`), as the store `m` keeps them.
+fn write_shard_files(
+    tmp_dir: &Path,
+    m: &Manifest,
+    vectors: &[f32],
+    texts: Option<&[&[u8]]>,
+    tokens: Option<&[&[u32]]>,
+    records: Option<&[&[u8]]>,
+) -> Result<ShardFiles> {
+    let mut files = BTreeMap::new();
+    let (enc, norms) = encode(m.dtype, m.dim, vectors);
+    files.insert(
+        VECTORS.to_string(),
+        write_vectors(&tmp_dir.join(VECTORS), m.dtype, m.dim, &enc, &norms)?,
+    );
+    let mut col_u8 = |col: &str, items: Option<&[&[u8]]>| -> Result<()> {
+        if let Some(items) = items {
+            let (b, o) = ragged_names(col);
+            let (bs, os) = write_ragged(&tmp_dir.join(&b), &tmp_dir.join(&o), items)?;
+            files.insert(b, bs);
+            files.insert(o, os);
+        }
+        Ok(())
+    };
+    col_u8("text", texts)?;
+    col_u8("records", records)?;
+    if let Some(items) = tokens {
+        let (b, o) = ragged_names("tokens");
+        let (bs, os) = write_ragged(&tmp_dir.join(&b), &tmp_dir.join(&o), items)?;
+        files.insert(b, bs);
+        files.insert(o, os);
+    }
+    let (mut hnsw_scale, mut hnsw_stranded) = (None, Vec::new());
+    if let Some(params) = &m.hnsw {
+        let view = enc.view(m.dim, &norms);
+        let index = HnswIndex::build(view, m.metric, params, 0)?;
+        files.insert(HNSW_FILE.to_string(), index.save(&tmp_dir.join(HNSW_FILE))?);
+        hnsw_scale = Some(index.scale());
+        hnsw_stranded = index.stranded().to_vec();
+    }
+    Ok(ShardFiles {
+        files,
+        count: norms.len() as u64,
+        hnsw_scale,
+        hnsw_stranded,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::{fill, filled, opts};
     use super::*;
+    use crate::testing::test_matrix;
+    use std::path::Path;
 
     #[test]
     fn bad_input() {
@@ -351,5 +397,71 @@ mod tests {
         assert_eq!(store.len(), 16);
         assert_eq!(store.get_vectors(&[15]).unwrap(), x[8 * 3..9 * 3].to_vec());
         assert!(!dir.join("shards/00001.tmp").exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn links_planted_in_a_store_are_never_written_through() {
+        use std::os::unix::fs::symlink;
+        let (tmp, dir, store) = filled(3, DType::F32, 7);
+        drop(store);
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        // At the manifest's old temporary name, among a leftover shard's files, at the graph's
+        // old temporary name: skipped or replaced, never followed.
+        symlink(&victim, dir.join("manifest.json.tmp")).unwrap();
+        std::fs::create_dir_all(dir.join("shards/00001.tmp")).unwrap();
+        symlink(&victim, dir.join("shards/00001.tmp/vectors.bin")).unwrap();
+        let mut store = EmbeddingStore::open(&dir).unwrap();
+        fill(&mut store, 3, 2);
+        symlink(&victim, dir.join("shards/00000/hnsw.usearch.tmp")).unwrap();
+        assert_eq!(store.build_hnsw(1).unwrap(), 2);
+        drop(store);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        let is_link = |p: &Path| {
+            std::fs::symlink_metadata(p)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        };
+        assert!(!is_link(&dir.join(MANIFEST)));
+        EmbeddingStore::open(&dir).unwrap().verify().unwrap();
+        // A link where the store writes (the next shard's directory, `shards/`, the manifest)
+        // is an error naming it, even one that stays inside the store.
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let one_row = |store: &mut EmbeddingStore| {
+            let x = test_matrix(1, 3, 5);
+            store
+                .append(&x, Some(&[b"t"]), Some(&[&[1u32]]), Some(&[b"r"]))
+                .map(|_| ())
+        };
+        let next = dir.join("shards/00002");
+        symlink(&elsewhere, &next).unwrap();
+        let err = one_row(&mut EmbeddingStore::open(&dir).unwrap()).unwrap_err();
+        assert!(
+            err.to_string().contains("shards/00002: is a symbolic link"),
+            "{err}"
+        );
+        std::fs::remove_file(&next).unwrap();
+        for (name, real) in [("shards", "shards.real"), (MANIFEST, "manifest.real")] {
+            let (p, real) = (dir.join(name), dir.join(real));
+            std::fs::rename(&p, &real).unwrap();
+            symlink(&real, &p).unwrap();
+            let mut store = EmbeddingStore::open(&dir).unwrap();
+            let err = if name == MANIFEST {
+                store.set_meta("{}").unwrap_err()
+            } else {
+                one_row(&mut store).unwrap_err()
+            };
+            let want = format!("{}: is a symbolic link", p.display());
+            assert!(err.to_string().contains(&want), "{err}");
+            drop(store);
+            std::fs::remove_file(&p).unwrap();
+            std::fs::rename(&real, &p).unwrap();
+        }
+        assert!(std::fs::read_dir(&elsewhere).unwrap().next().is_none());
+        let store = EmbeddingStore::open(&dir).unwrap();
+        assert_eq!((store.len(), store.meta()), (10, "{}".to_string()));
     }
 }
