@@ -85,16 +85,20 @@ sdist-check:        ## build the wheel again from the sdist alone (fresh target:
 	$(PY) -c "$$SAME_WHEEL" $(DIST)/tttnn-*.whl $(DIST)/sdist-build/tttnn-*.whl
 
 # Two wheels are the same build: same name (tags), same files, same bytes but for the compiled
-# extension and the RECORD that hashes it.
+# extension, the RECORD that hashes it and the SBOM (a new serial number, the time and the build
+# directory each build), whose components must be the same.
 define SAME_WHEEL
-import sys, zipfile
+import json, sys, zipfile
 a, b = (zipfile.ZipFile(p) for p in sys.argv[1:3])
 name = lambda z: z.filename.rsplit("/", 1)[-1]
 assert name(a) == name(b), (name(a), name(b))
 assert sorted(a.namelist()) == sorted(b.namelist()), set(a.namelist()) ^ set(b.namelist())
 differ = [n for n in a.namelist() if a.read(n) != b.read(n)]
-assert all(n.endswith((".so", "RECORD")) for n in differ), differ
-print(f"same wheel: {name(a)}, {len(a.namelist())} files; rebuilt: {differ}")
+sboms = [n for n in differ if n.endswith(".cyclonedx.json")]
+parts = lambda z, n: sorted((c["name"], c["version"]) for c in json.loads(z.read(n))["components"])
+assert all(parts(a, n) == parts(b, n) for n in sboms), sboms
+assert all(n.endswith((".so", "RECORD")) for n in differ if n not in sboms), differ
+print(f"same wheel: {name(a)}, {len(a.namelist())} files; differing bytes: {differ}")
 endef
 export SAME_WHEEL
 
