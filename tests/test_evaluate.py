@@ -285,3 +285,22 @@ def test_split_text_scores_only_the_second_half(
         assert len(tok(query, add_special_tokens=False)["input_ids"]) <= cfg.ttt.max_length
         assert row["status"] == "ok" and row["bytes"] == len(rest.encode("utf-8"))
         assert row["bytes"] < len(doc.text.encode("utf-8"))
+
+
+@pytest.mark.parametrize("name", ["config.json", "results.jsonl"])
+def test_a_run_never_writes_through_a_planted_symbolic_link(
+    sample_index: Path, tiny_lm: Path, tmp_path: Path, name: str
+) -> None:
+    """`RUN/config.json` and `RUN/results.jsonl` are written by the core's rule: a symbolic link
+    planted where one belongs is an error naming it, and the file it points to is untouched."""
+    run = tmp_path / "run"
+    run.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    if name == "results.jsonl":  # the config is written first: let it be, then plant the rows
+        run_eval(config(sample_index, tiny_lm, run, limit=1))
+        (run / name).unlink()
+    (run / name).symlink_to(victim)
+    with pytest.raises(OSError, match="symbolic link"):
+        run_eval(config(sample_index, tiny_lm, run, limit=1))
+    assert victim.read_text() == "keep me"

@@ -11,7 +11,6 @@ never scored as if it had been trained; failed documents are retried on resume.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 import traceback
@@ -131,17 +130,17 @@ def results_of(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """The core's rule for every file tttnn replaces: never written through a symbolic link."""
+    from tttnn._tttnn import atomic_write
+
+    atomic_write(path, text)
 
 
 def _check_or_write_config(out: Path, cfg: EvalConfig, resolved_model: str) -> None:
     """Write RUN/config.json, or check that the run there has the same settings."""
     path = out / "config.json"
+    if path.is_symlink():  # read nothing through it either (`atomic_write` refuses to write)
+        raise OSError(f"{path}: is a symbolic link where tttnn keeps a file of its own; remove it")
     settings = cfg.results_settings()
     if not path.exists():
         record = {"format": CONFIG_FORMAT, "config": cfg.to_dict(), "model_path": resolved_model,
@@ -194,10 +193,10 @@ def _done_documents(results: Path) -> set[str]:
 
 
 def _append_row(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """One durable row, appended by the core (a symbolic link at `path` is refused)."""
+    from tttnn._tttnn import append_bytes
+
+    append_bytes(path, json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def split_document(text: str, tokenizer: Any, max_length: int) -> tuple[str, str]:
