@@ -9,6 +9,7 @@ use numpy::{
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
+use std::borrow::Cow;
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
     obj.get_type()
@@ -301,18 +302,23 @@ pub(crate) fn int_array<'py, T: IntTarget>(
 }
 
 /// The bytes of a str (as UTF-8) or bytes object; `what` names it in messages. Whether bytes
-/// must be UTF-8 is the core's rule.
+/// must be UTF-8 is the core's rule. Bytes are borrowed; a str is encoded into a copy, as the
+/// 3.9 stable ABI the extension is built for has no borrowed UTF-8 view of a str (pyo3 borrows
+/// one when built for 3.10 or later).
 pub(crate) fn text_bytes<'a>(
     obj: &'a Bound<'_, PyAny>,
     what: &dyn Fn() -> String,
-) -> PyResult<&'a [u8]> {
+) -> PyResult<Cow<'a, [u8]>> {
     if let Ok(b) = obj.cast::<PyBytes>() {
-        return Ok(b.as_bytes());
+        return Ok(Cow::Borrowed(b.as_bytes()));
     }
     if let Ok(s) = obj.cast::<PyString>() {
         return s
-            .to_str()
-            .map(str::as_bytes)
+            .to_cow()
+            .map(|s| match s {
+                Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+                Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+            })
             .map_err(|e| PyValueError::new_err(format!("{} is not valid UTF-8: {e}", what())));
     }
     Err(PyTypeError::new_err(format!(
@@ -320,6 +326,11 @@ pub(crate) fn text_bytes<'a>(
         what(),
         type_name(obj)
     )))
+}
+
+/// Slices of [`text_bytes`] results, the form the core takes.
+pub(crate) fn slices<'a>(items: &'a [Cow<'_, [u8]>]) -> Vec<&'a [u8]> {
+    items.iter().map(|b| &**b).collect()
 }
 
 /// The items of a sequence given one per document (texts, token lists, candidates); a single

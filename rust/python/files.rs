@@ -24,7 +24,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 #[pyfunction]
 fn atomic_write(py: Python<'_>, path: PathBuf, data: &Bound<'_, PyAny>) -> PyResult<()> {
     let data = text_bytes(data, &|| "data".to_string())?;
-    detach(py, || files::replace(&path, &[data]).map(|_| ()))
+    detach(py, || files::replace(&path, &[&data]).map(|_| ()))
 }
 
 /// Append `data` (bytes, or str written as UTF-8) to the file `path`, created when absent, and
@@ -34,5 +34,5 @@ fn atomic_write(py: Python<'_>, path: PathBuf, data: &Bound<'_, PyAny>) -> PyRes
 #[pyfunction]
 fn append_bytes(py: Python<'_>, path: PathBuf, data: &Bound<'_, PyAny>) -> PyResult<()> {
     let data = text_bytes(data, &|| "data".to_string())?;
-    detach(py, || files::append(&path, data))
+    detach(py, || files::append(&path, &data))
 }

@@ -8,7 +8,7 @@ use numpy::{PyArray1, PyArray2, PyArrayMethods, PyUntypedArray, PyUntypedArrayMe
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use super::convert::{count, int_array, sequence, text_bytes, Int, Ints};
+use super::convert::{count, int_array, sequence, slices, text_bytes, Int, Ints};
 use super::detach;
 use crate::pack::{self, PackOptions, PackedAs};
 
@@ -143,8 +143,9 @@ fn dedup_neighbors(
         .iter()
         .enumerate()
         .map(|(i, o)| text_bytes(o, &|| format!("candidate {i}")))
-        .collect::<PyResult<Vec<&[u8]>>>()?;
-    let r = detach(py, || pack::dedup_neighbors_utf8(q, &texts, threshold))?;
+        .collect::<PyResult<Vec<_>>>()?;
+    let texts = slices(&texts);
+    let r = detach(py, || pack::dedup_neighbors_utf8(&q, &texts, threshold))?;
     Ok((
         r.kept,
         r.dropped

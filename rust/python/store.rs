@@ -4,6 +4,7 @@
 //! `set_meta` take it exclusively. Heavy calls take the lock inside `py.detach`, with the GIL
 //! released, after every Python object was turned into plain slices.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -12,7 +13,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use super::convert::{count, f32_matrix, int_array, sequence, text_bytes, Int, Ints};
+use super::convert::{count, f32_matrix, int_array, sequence, slices, text_bytes, Int, Ints};
 use super::pack::{pack_options, packed_to_numpy, PackedArrays};
 use super::{detach, to_py};
 use crate::error::Error;
@@ -92,7 +93,7 @@ impl EmbeddingStore {
 }
 
 /// The bytes of each item of a per-document column (texts, records).
-fn column_bytes<'a>(items: &'a [Bound<'_, PyAny>], what: &str) -> PyResult<Vec<&'a [u8]>> {
+fn column_bytes<'a>(items: &'a [Bound<'_, PyAny>], what: &str) -> PyResult<Vec<Cow<'a, [u8]>>> {
     items
         .iter()
         .enumerate()
@@ -185,15 +186,17 @@ impl EmbeddingStore {
         let arr = f32_matrix(vectors, "vectors", Some(self.dim), false)?;
         let x = arr.as_slice()?;
         let text_objs = sequence(texts, "texts")?;
-        let text_b = text_objs
+        let text_c = text_objs
             .as_deref()
             .map(|o| column_bytes(o, "text"))
             .transpose()?;
+        let text_b = text_c.as_deref().map(slices);
         let rec_objs = sequence(records, "records")?;
-        let rec_b = rec_objs
+        let rec_c = rec_objs
             .as_deref()
             .map(|o| column_bytes(o, "record"))
             .transpose()?;
+        let rec_b = rec_c.as_deref().map(slices);
         let tok_objs = sequence(tokens, "tokens")?;
         let tok_items = tok_objs
             .as_deref()
