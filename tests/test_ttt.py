@@ -256,10 +256,14 @@ def test_nan_training_raises_ttterror_and_still_resets():
         return output
 
     handle = model.model.layers[0].mlp.register_forward_hook(poison)
-    with pytest.raises(TTTError, match="non-finite training loss"):
+    with pytest.raises(
+        TTTError, match=r"window 1 \(neighbor 0, 48 tokens\) failed: non-finite training loss"
+    ):
         trainer.run(TEXT, *wins)
     handle.remove()
-    assert len(calls) == 2  # one step was taken before the failure
+    # the losses are looked at once per k, not after each step (on a GPU that would wait for
+    # the device every step): the steps up to k = 1, neighbor 0's windows, ran; none after
+    assert len(calls) == int((wins[2] == 0).sum()) > 2
     for name, p in model.named_parameters():
         assert torch.equal(p, clean[name]), name
     # and the next document runs as if nothing had happened
@@ -267,6 +271,49 @@ def test_nan_training_raises_ttterror_and_still_resets():
         trainer.run(TEXT, *wins).bpb
         == TestTimeTrainer(tiny_llama(), tok, cfg()).run(TEXT, *wins).bpb
     )
+
+
+def test_nonfinite_gradient_norm_raises_ttterror_naming_its_window():
+    tok = byte_tokenizer()
+    model = tiny_llama()
+    trainer = TestTimeTrainer(model, tok, cfg(grad_clip=1.0))
+    clean = params_of(model)
+    wins = pack(tok, NEIGHBORS, 48)
+    grads = []
+
+    def blow_up(grad):  # the third step's gradient is infinite, its loss finite
+        grads.append(1)
+        return grad * float("inf") if len(grads) == 3 else grad
+
+    handle = model.lm_head.weight.register_hook(blow_up)
+    with pytest.raises(TTTError, match=r"window 2 \(neighbor 0, .*non-finite gradient norm"):
+        trainer.run(TEXT, *wins)
+    handle.remove()
+    for name, p in model.named_parameters():
+        assert torch.equal(p, clean[name]), name
+
+
+def test_seeded_dropout_leaves_the_callers_rng_state_alone():
+    """Dropout is seeded for each document in a fork of the caller's RNG: two runs draw the same
+    dropout whatever the caller drew in between, and afterwards the caller's CPU state is the one
+    it had, no CUDA generator was reseeded, and no reseeding is queued for when CUDA starts
+    (`torch.manual_seed` queues one on a machine whose CUDA is not started yet)."""
+    tok = byte_tokenizer()
+    wins = pack(tok, NEIGHBORS, 48)
+    trainer = TestTimeTrainer(tiny_llama(attention_dropout=0.3), tok, cfg())
+    torch.rand(3)
+    cpu_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    queued = torch.cuda._lazy_seed_tracker.get_calls()  # torch's own queue of lazy seedings
+    first = trainer.run(TEXT, *wins)
+    assert torch.equal(torch.get_rng_state(), cpu_state)
+    assert all(map(torch.equal, torch.cuda.get_rng_state_all(), cuda_states))
+    assert torch.cuda._lazy_seed_tracker.get_calls() == queued
+    torch.rand(5)
+    second = trainer.run(TEXT, *wins)
+    assert first.losses == second.losses and first.bpb == second.bpb
+    without_dropout = TestTimeTrainer(tiny_llama(), tok, cfg()).run(TEXT, *wins)
+    assert without_dropout.losses != first.losses  # dropout did draw
 
 
 def test_trained_block_sees_the_weights_run_scores_at_the_last_k_then_theta0():

@@ -387,11 +387,18 @@ def run_eval(cfg: EvalConfig, executor: Optional[Executor] = None) -> EvalSummar
 
 
 def open_index(cfg: EvalConfig) -> Any:
-    """The run's index, checked complete."""
+    """The run's index, checked complete. With a device set (`--device`), the queries are
+    embedded there too, as the model runs there (else both go to CUDA when present)."""
     from tttnn.index import Index
 
     index = Index.open(cfg.index)
     index.check_complete()
+    if cfg.run.device is not None and cfg.retrieval.neighbors > 0:
+        from tttnn.embed import Encoder
+
+        name = index.meta.get("encoder") or None  # None: the default, as `Index.encoder` has it
+        encoder = Encoder(name, device=cfg.run.device, progress=False)
+        index = Index.open(cfg.index, encoder=encoder)  # which checks it is the index's encoder
     return index
 
 

@@ -13,6 +13,7 @@ Weights loaded between documents are overwritten at the next reset unless `snaps
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import defaultdict
 from collections.abc import Generator, Iterator, Sequence
@@ -143,7 +144,12 @@ class TestTimeTrainer:
     ) -> Generator[int, None, None]:
         """The loop: a fresh AdamW, dropout seeded, one step per window in order; yields each k of
         `ks` (ascending) once the first k neighbors are trained on, for the caller to score. The
-        model's mode, θ0 and the caller's RNG state are back when it ends or is closed."""
+        model's mode, θ0 and the caller's RNG state are back when it ends or is closed.
+
+        The host waits for the device once per k, not per step: the losses (and gradient norms)
+        of the steps before k come back together, and a non-finite one fails the document there,
+        naming the first window it came from (the steps after it ran on weights that θ0
+        replaces anyway)."""
         import torch
         from torch.nn.functional import cross_entropy
 
@@ -153,41 +159,42 @@ class TestTimeTrainer:
             self.params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay,
             fused=self.device.type in ("cpu", "cuda"),
         )  # fmt: skip
+        ids = torch.from_numpy(windows).to(self.device)  # one copy, not one (and a wait) per step
         was_training = self.model.training
         try:
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                torch.manual_seed(c.seed)
+            with seeded_rng(self.device, c.seed):
                 self.model.train()
                 for k, stop in zip(ks, np.searchsorted(doc_index, ks)):  # [0, stop): neighbors < k
+                    t0, steps, losses, norms = time.perf_counter(), [], [], []
                     for i in range(done, stop):
-                        window = windows[i, : lengths[i]]
-                        if len(window) < 2:  # nothing to predict
+                        if lengths[i] < 2:  # nothing to predict
                             out.windows_skipped += 1
                             continue
-                        t0 = time.perf_counter()
                         try:
-                            ids = torch.from_numpy(window).to(self.device).unsqueeze(0)
+                            window = ids[i, : lengths[i]].unsqueeze(0)
                             with autocast_context(self.device, c.autocast_dtype):
-                                logits = self.model(input_ids=ids).logits
-                            loss = cross_entropy(logits[0, :-1].float(), ids[0, 1:])
-                            if not torch.isfinite(loss):
-                                raise TTTError(f"non-finite training loss ({loss.item()})")
+                                logits = self.model(input_ids=window).logits
+                            loss = cross_entropy(logits[0, :-1].float(), window[0, 1:])
                             optimizer.zero_grad(set_to_none=True)
                             loss.backward()
                             if c.grad_clip is not None:
                                 norm = torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
-                                if not torch.isfinite(norm):
-                                    raise TTTError(f"non-finite gradient norm ({float(norm)})")
+                                norms.append(norm.float())
                             optimizer.step()
-                        except (RuntimeError, MemoryError) as err:  # TTTError included
+                        except (RuntimeError, MemoryError) as err:
                             raise TTTError(
-                                f"training step on window {i} (neighbor {doc_index[i]}, "
-                                f"{len(window)} tokens) failed: {type(err).__name__}: {err}"
+                                f"{_step(i, lengths, doc_index)} failed: {type(err).__name__}: {err}"
                             ) from err
-                        out.losses.append(loss.item())  # the step is done: the device runs in order
-                        out.seconds["train"] += time.perf_counter() - t0
+                        steps.append(i)
+                        losses.append(loss.detach())
                         out.windows_trained += 1
-                        out.tokens_trained += len(window)
+                        out.tokens_trained += int(lengths[i])
+                    if steps:
+                        n = len(steps)
+                        host = torch.stack(losses + norms).tolist()  # the one wait for the device
+                        _check_finite(steps, host[:n], host[n:], lengths, doc_index)
+                        out.losses.extend(host[:n])
+                        out.seconds["train"] += time.perf_counter() - t0
                     done = stop
                     out.steps_at[k] = out.windows_trained
                     out.tokens_trained_at[k] = out.tokens_trained
@@ -197,3 +204,40 @@ class TestTimeTrainer:
             t0 = time.perf_counter()
             self.reset()
             out.seconds["reset"] += time.perf_counter() - t0
+
+
+def _step(i: int, lengths: np.ndarray, doc_index: np.ndarray) -> str:
+    return f"training step on window {i} (neighbor {doc_index[i]}, {lengths[i]} tokens)"
+
+
+def _check_finite(
+    steps: Sequence[int], losses: Sequence[float], norms: Sequence[float], lengths: np.ndarray,
+    doc_index: np.ndarray,
+) -> None:  # fmt: skip
+    """TTTError naming the first of `steps` (window numbers) whose training loss or gradient
+    norm (`norms`: empty when gradients are not clipped) is not finite."""
+    for j, i in enumerate(steps):
+        if not math.isfinite(losses[j]):
+            what, v = "training loss", losses[j]
+        elif norms and not math.isfinite(norms[j]):
+            what, v = "gradient norm", norms[j]
+        else:
+            continue
+        raise TTTError(f"{_step(i, lengths, doc_index)} failed: non-finite {what} ({v})")
+
+
+@contextlib.contextmanager
+def seeded_rng(device: torch.device, seed: int) -> Iterator[None]:
+    """torch's random generators of the CPU and of `device` seeded with `seed` for the block,
+    the caller's states back afterwards. No other generator is touched: `torch.manual_seed`
+    seeds every GPU (which `fork_rng` restores only for the devices it is given) and, before
+    CUDA is started, queues that seeding for when it is."""
+    import torch
+
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield

@@ -229,8 +229,12 @@ class BuildWorker:
             import torch
 
             from tttnn.build import load_models, models_identity
+            from tttnn.distributed.devices import actor_device
 
             torch.set_num_threads(max(1, self.threads))
+            device = actor_device(None)
+            if device != "cpu":  # the encoder goes to "cuda", the current device: Ray's GPU
+                torch.cuda.set_device(device)
             enc, self.lm_tok = load_models(self.cfg, progress=False)
             self.identity = models_identity(enc, self.lm_tok)
             self.enc = enc

@@ -28,6 +28,7 @@ from typing import Any
 
 from tttnn.config import EvalConfig, RayConfig
 from tttnn.corpus import Document
+from tttnn.distributed.devices import actor_device, with_worker_gpus
 from tttnn.distributed.pool import (
     MAX_ATTEMPTS,
     Done,
@@ -66,9 +67,8 @@ class TTTWorker:
 
             from tttnn.evaluate import load_trainer
 
-            rc = self.cfg.ray
-            torch.set_num_threads(max(1, int(rc.cpus_per_worker)))
-            device = self.cfg.run.device or ("cuda" if rc.gpus_per_worker > 0 else "cpu")
+            torch.set_num_threads(max(1, int(self.cfg.ray.cpus_per_worker)))
+            device = actor_device(self.cfg.run.device)  # the GPU Ray gave this worker
             _, _, self.trainer = load_trainer(self.cfg, self.index, device=device)
 
     def evaluate(self, doc: Document, retrieved: Retrieved) -> dict[str, Any]:
@@ -78,15 +78,16 @@ class TTTWorker:
         return score_document(doc, self.cfg, self.index, self.trainer, retrieved)
 
 
-def open_ray_index(cfg: EvalConfig, actors: int) -> Any:
+def open_ray_index(cfg: EvalConfig, actors: int, encoder: Any = None) -> Any:
     """The run's index served by `actors` shard actors (`tttnn.distributed.index.RayIndex`), each
     reserving `SHARD_ACTOR_CPUS`: in an evaluation they search once per batch, and serve the
-    neighbors' token ids."""
+    neighbors' token ids. `encoder`: the driver's query encoder (default: the index's, loaded
+    on first use)."""
     from tttnn.distributed.index import RayIndex
 
     serving = RayConfig(ray=True, address=cfg.ray.address, workers=actors,
                         cpus_per_worker=SHARD_ACTOR_CPUS)  # fmt: skip
-    index = RayIndex.open(cfg.index, serving, shards=cfg.retrieval.shards)
+    index = RayIndex.open(cfg.index, serving, encoder=encoder, shards=cfg.retrieval.shards)
     try:
         index.check_complete()
     except Exception:
@@ -100,15 +101,19 @@ def evaluate_on_ray(
 ) -> Generator[dict[str, Any], None, None]:
     """Rows of the `todo` documents, evaluated by Ray workers, in the order they finish (a
     `tttnn.evaluate.Executor`). `index` is the run's index as this process opened it; the
-    driver and the workers use it served by shard actors (`open_ray_index`)."""
+    driver and the workers use it served by shard actors (`open_ray_index`), its query encoder
+    (on the run's device) kept. On CUDA each worker asks Ray for one GPU at least."""
     from tttnn.models import load_tokenizer
+
+    cfg = dataclasses.replace(cfg, ray=with_worker_gpus(cfg.ray, cfg.run.device))
+    encoder = index.encoder if cfg.retrieval.neighbors > 0 else None
 
     def size(cpus: float, gpus: float, fit: bool) -> tuple[tuple[int, int], float]:
         workers, actors = _sizes(cfg, cpus, gpus, fit=fit)
         return (workers, actors), _cpus(cfg, workers, actors)
 
     with sized_session(cfg.ray, size) as (_, (workers, actors)):
-        served = open_ray_index(cfg, actors)
+        served = open_ray_index(cfg, actors, encoder)
         try:
             tokenizer = load_tokenizer(resolved_model)  # the driver splits (--split-text)
             pool = WorkerPool(TTTWorker, (cfg.to_dict(), served), cfg.ray, workers,
