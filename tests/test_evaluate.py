@@ -155,7 +155,8 @@ def test_exit_codes_say_whether_documents_failed(
     res = cli_eval(tmp_path / "partial", data, 40)
     assert res.exit_code == 3, res.output
     assert "1 of 2 documents failed" in res.output
-    res = cli_eval(tmp_path / "none", data, 500)
+    copies = write_jsonl([copy_of_indexed, copy_of_indexed], tmp_path / "copies.jsonl")
+    res = cli_eval(tmp_path / "none", copies, 40)
     assert res.exit_code == 1 and "every document failed" in res.output, res.output
 
 
@@ -171,8 +172,10 @@ def test_report_refuses_duplicate_rows(sample_index: Path, tiny_lm: Path, tmp_pa
 def test_retrieval_shortfall_is_a_loud_failure(
     sample_index: Path, tiny_lm: Path, tmp_path: Path
 ) -> None:
+    # all 40 entries asked for a copy of an indexed document: the guard drops its copy
+    data = write_jsonl(corpus_slice(per_domain=1)[:1], tmp_path / "copy.jsonl")
     run = tmp_path / "run"
-    run_eval(config(sample_index, tiny_lm, run, neighbors=500, eval_at=(0, 500), limit=1))
+    run_eval(config(sample_index, tiny_lm, run, neighbors=40, eval_at=(0, 40), data=[str(data)]))
     (row,) = rows_of(run)
     assert row["status"] == "failed"
     assert "neighbors" in row["error"] and "bpb" not in row

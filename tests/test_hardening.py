@@ -598,3 +598,45 @@ def test_index_build_resume_never_writes_through_a_planted_link(
     assert victim.read_bytes() == b"keep"
     assert not (copy / "manifest.json").is_symlink()
     assert Index.open(copy).info()["documents"] == 40
+
+
+def _holder_of(lock: Path) -> int | None:
+    """The pid recorded in a store's lock file: written only once its writer holds the lock."""
+    try:
+        return int(json.loads(lock.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def test_a_second_index_build_resume_is_refused_before_any_work(tmp_path: Path) -> None:
+    """While one build writes an index, `build_index(..., resume=True)` on it fails at once with
+    the holder named, before it loads an encoder or embeds a document (it used to embed for the
+    first shard, tens of seconds on a real corpus, before failing)."""
+    import time
+
+    from helpers import SAMPLE_TRAIN
+    from tttnn.build import build_index
+
+    out = tmp_path / "idx"
+    args = [str(SAMPLE_TRAIN), "--out", str(out), "--limit", "200", "--shard-size", "16", "-q"]
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "tttnn", "index", "build", *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not ((out / "manifest.json").is_file() and _holder_of(out / ".lock") == holder.pid):
+            assert holder.poll() is None, holder.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the build never took its lock"
+            time.sleep(0.05)
+        assert holder.poll() is None, "the build ended before the second one could try"
+        t0 = time.perf_counter()
+        # default encoder and tokenizer, by name: loading them alone takes seconds
+        with pytest.raises(StoreLockedError, match=rf"^{re.escape(str(out))}: .*pid {holder.pid}"):
+            build_index([SAMPLE_TRAIN], out, limit=200, shard_size=16, resume=True,
+                        progress=False)  # fmt: skip
+        assert time.perf_counter() - t0 < 1.0
+        assert holder.poll() is None  # the first build goes on
+    finally:
+        holder.kill()
+        holder.communicate(timeout=60)

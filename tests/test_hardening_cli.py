@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -278,3 +279,191 @@ def test_compare_and_sample_refuse_to_write_through_a_symbolic_link(
     assert victim.read_text() == "precious\n"
     assert json.loads(out.read_text().splitlines()[0])["text"].startswith("document")
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(f".{out.name}")]
+
+
+# --- eval: scores that are not numbers, rows that are not rows, settings that cannot run ------
+
+
+def eval_args(index: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    """`tttnn eval` of one test document of the packaged sample with the tiny model."""
+    from helpers import SAMPLE_TEST
+
+    return ["eval", "--index", str(index), "--data", str(SAMPLE_TEST), "--model", str(model),
+            "--out", str(out), "--limit", "1", "-k", "1", "--eval-at", "0,1", "--max-length", "64",
+            "--windows-per-neighbor", "1", "--autocast", "fp32", "--exact", "-q", *extra]  # fmt: skip
+
+
+def strict_rows(path: Path) -> list[Any]:
+    """The rows of a results.jsonl read as strict JSON: NaN or Infinity is an error."""
+
+    def refuse(word: str) -> Any:
+        raise ValueError(f"{path}: {word} is not JSON")
+
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+def test_a_score_that_is_not_a_number_is_a_failed_document(
+    sample_index: Path, tiny_lm: Path, tmp_path: Path, good: Path
+) -> None:
+    run = tmp_path / "diverged"
+    # a learning rate that is finite but sends the weights to infinity in one step
+    res = cli(*eval_args(sample_index, tiny_lm, run, "--lr", "1e308", "--grad-clip", "none"))
+    assert res.exit_code == 1 and "every document failed" in res.output, res.output
+    (row,) = strict_rows(run / "results.jsonl")
+    assert row["status"] == "failed" and "bpb" not in row, row
+    assert re.fullmatch(r"not a result: bpb at k = 1 is (nan|inf), not a finite number",
+                        row["error"]), row  # fmt: skip
+    # report and compare see a failed row, as any other
+    res = cli("report", str(run), "--no-plot")
+    assert res.exit_code == 0 and "0 (+1 failed)" in res.stdout, res.output
+    assert f"- {row['doc_id']} ({row['domain']}): {row['error']}" in res.stdout
+    assert not res.stderr and "nan" not in res.stdout.replace(row["error"], "")
+    res = cli("compare", str(good), str(run), "--reps", "200")
+    assert res.exit_code == 1 and "every row failed" in res.output and "nan%" not in res.output
+
+
+def test_every_executor_writes_its_rows_by_one_rule(
+    sample_index: Path, tiny_lm: Path, tmp_path: Path
+) -> None:
+    """`run_eval` is the one writer of results.jsonl, whoever evaluated the documents (this
+    process, or Ray's TTT workers): a row whose score is not a finite number is written as a
+    failed row saying so, and the file stays strict JSON."""
+    from helpers import SAMPLE_TEST
+    from tttnn.config import EvalConfig
+    from tttnn.evaluate import run_eval
+
+    cfg = EvalConfig.from_flat(
+        index=str(sample_index), data=[str(SAMPLE_TEST)], out=str(tmp_path / "run"),
+        model=str(tiny_lm), neighbors=1, max_length=64, limit=3, progress=False,
+    )  # fmt: skip
+
+    def executor(cfg: Any, resolved: str, index: Any, docs: list[Any]) -> Any:
+        scores = [(float("nan"), 1.0), (1.5, float("inf")), (1.5, 1.0)]  # TTT's, in-context
+        for doc, (ttt, in_context) in zip(docs, scores):
+            yield {"doc_id": doc.doc_id, "domain": doc.domain, "status": "ok", "bytes": 100,
+                   "bpb": {"0": 2.0, "1": ttt}, "bpb_in_context": in_context}  # fmt: skip
+
+    summary = run_eval(cfg, executor)
+    assert (summary.ok, summary.failed) == (1, 2)
+    rows = strict_rows(tmp_path / "run" / "results.jsonl")
+    assert [r["status"] for r in rows] == ["failed", "failed", "ok"]
+    assert rows[0]["error"] == "not a result: bpb at k = 1 is nan, not a finite number"
+    assert rows[1]["error"] == "not a result: bpb_in_context is inf, not a finite number"
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        ("[1, 2]", "a JSON array, not an object"),
+        ("null", "a JSON null, not an object"),
+        (json.dumps({k: v for k, v in rows()[1].items() if k != "doc_id"}), "no doc_id"),
+        (json.dumps({**rows()[1], "bpb": {"0": float("nan")}}),
+         "bpb at k = 0 is nan, not a finite number"),
+        ('{"doc_id": "d1", "dom', "not JSON at column 18: Unterminated string starting at"),
+    ],
+)  # fmt: skip
+def test_resuming_a_run_with_a_row_tttnn_does_not_write_names_its_line(
+    sample_index: Path, tiny_lm: Path, tmp_path: Path, raw: str, why: str
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    results = run / "results.jsonl"
+    # a row that is not the last one: not a torn row from an interrupted write
+    data = (jsonl(rows()[:1]) + raw + "\n" + jsonl(rows()[2:3])).encode()
+    results.write_bytes(data)
+    res = cli(*eval_args(sample_index, tiny_lm, run))
+    assert res.exit_code == 1
+    assert res.output.strip() == (
+        f"Error: {results}:2: {why}: not a row tttnn writes; remove or repair that line and "
+        "run again (a document without a row is evaluated again)"
+    )
+    assert results.read_bytes() == data  # nothing dropped: which document it was is unknown
+    if raw.startswith("{") and why.startswith("not JSON"):
+        # the same line last: a row torn by an interrupted write, dropped and evaluated again
+        results.write_bytes((jsonl(rows()[:1]) + raw).encode())
+        res = cli(*eval_args(sample_index, tiny_lm, run))
+        assert res.exit_code == 0, res.output
+        assert [r["status"] for r in strict_rows(results)] == ["ok", "ok"]
+
+
+SETTINGS_THAT_CANNOT_RUN = {
+    "a shard the index lacks": (["--shards", "0,3"], 1,
+                                "shard 3 out of range: the store has 3 shards"),
+    "more neighbors than entries": (["-k", "41", "--eval-at", "0,41"], 1,
+                                    "neighbors 41 is more than the 40 entries of the index"),
+    "more than the entries of the shards": (
+        ["--shards", "2", "-k", "9", "--eval-at", "0,9"], 1,
+        "neighbors 9 is more than the 8 entries of shards 2 of the index"),
+    "a window beyond the model's": (["--max-length", "257"], 1,
+                                    "max_length 257 exceeds the model's context of 256 tokens"),
+    "a window beyond 64 bits": (["--max-length", HUGE], 2, "'--max-length': '9999"),
+    "a seed beyond 64 bits": (["--seed", HUGE], 2, "'--seed': '9999"),
+    "an infinite weight decay": (["--weight-decay", "inf"], 1,
+                                 "weight_decay must be a finite number, got inf"),
+    "an infinite learning rate": (["--lr", "inf"], 1, "lr must be a finite number, got inf"),
+    "no learning rate": (["--lr", "nan"], 1, "lr must be a finite number, got nan"),
+    "an infinite beta": (["--betas", "0.9,inf"], 1, "betas must be a finite number, got inf"),
+}  # fmt: skip
+
+
+def test_settings_that_cannot_run_are_refused_before_anything_is_written(
+    sample_index: Path, tiny_lm: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    for case, (extra, code, message) in SETTINGS_THAT_CANNOT_RUN.items():
+        res = cli(*eval_args(sample_index, tiny_lm, run, *extra))
+        assert res.exit_code == code, (case, res.output)
+        assert message in res.output, (case, res.output)
+        assert len(res.output.strip().splitlines()) == 1 or code == 2, (case, res.output)
+        assert not run.exists(), case
+    # the corrected command runs: no run with other settings was left behind
+    res = cli(*eval_args(sample_index, tiny_lm, run))
+    assert res.exit_code == 0, res.output
+    assert [r["status"] for r in strict_rows(run / "results.jsonl")] == ["ok"]
+
+
+# --- index build: a failed build does not block its rerun; info during a build ----------------
+
+
+@pytest.mark.parametrize("out_exists", [False, True])
+def test_a_build_without_documents_leaves_nothing_that_blocks_its_rerun(
+    tmp_path: Path, out_exists: bool
+) -> None:
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text(jsonl([{"text": "   "}, {"title": "no text"}]))
+    out = tmp_path / "idx"
+    if out_exists:
+        out.mkdir()  # made by the user beforehand: kept, and left empty
+    args = ["index", "build", str(corpus), "--out", str(out), "--no-hnsw", "-q"]
+    res = cli(*args)
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines()[-1] == f"Error: no documents in {corpus}"
+    assert out.exists() == out_exists and (not out_exists or not any(out.iterdir()))
+    corpus.write_text(jsonl([{"text": f"document number {i}"} for i in range(3)]))
+    res = cli(*args)  # the same command, once the input is fixed
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(f"indexed 3 documents (3 entries, 1 shards) into {out}")
+
+
+def test_index_info_during_a_build_counts_what_is_stored(
+    tmp_path: Path, encoder: Any, lm_tokenizer: Any
+) -> None:
+    """A build writes its meta when it starts and counts its documents with each sealed shard:
+    before the first, `index info` says 0 (it said "None")."""
+    from helpers import SAMPLE_TRAIN
+    from tttnn.build import _create, index_params, models_identity
+    from tttnn.config import BuildConfig
+    from tttnn.corpus import Corpus
+
+    out = tmp_path / "idx"
+    cfg = BuildConfig()
+    store = _create(out, index_params(models_identity(encoder, lm_tokenizer), cfg,
+                                      Corpus([SAMPLE_TRAIN])), cfg)  # fmt: skip
+    res = cli("index", "info", str(out))
+    assert res.exit_code == 0, res.output
+    assert "(building)" in res.output
+    assert "documents   0 so far (the build has not finished) (0 entries in 0 shards)" in (
+        res.output
+    )
+    assert json.loads(cli("index", "info", str(out), "--json").stdout)["documents"] == 0
+    del store

@@ -302,3 +302,55 @@ def test_default_encoder_fingerprint_is_the_packaged_weights():
     assert fp["name"] == "all-MiniLM-L6-v2" and fp["dim"] == 384 and fp["max_length"] == 256
     # the same on every machine with the same package: what an index built elsewhere recorded
     assert fp["weights_sha256"] == DEFAULT_ENCODER_WEIGHTS_SHA256
+
+
+# -- the files tttnn writes in its cache: never through a symbolic link ---------------------------
+
+
+def test_a_link_where_the_cache_keeps_a_file_is_an_error_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("TTTNN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "_RACY_NS", 0)  # remember hashes of files just written
+    victim = tmp_path / "victim.json"
+    victim.write_text("{}")
+    # the record of a converted folder, as the conversion writes it
+    folder = tmp_path / "converted"
+    save_tiny(folder)
+    (folder / models.MODEL_RECORD).symlink_to(victim)
+    with pytest.raises(OSError, match=rf"{folder / models.MODEL_RECORD}: is a symbolic link"):
+        models._seal_model_folder(folder, {"test": True})
+    # the remembered hashes: neither read through the link nor replaced
+    stamps = tmp_path / "cache" / models._STAMPS_FILE
+    stamps.unlink()  # written by the sealing above, which hashed the files first
+    stamps.symlink_to(victim)
+    with pytest.raises(ModelLoadError, match=rf"^{stamps}: is a symbolic link where tttnn keeps"):
+        models.file_sha256(folder / "config.json")
+    assert models.file_sha256(folder / "config.json", remember=False)  # no cache, no link read
+    assert victim.read_text() == "{}" and stamps.is_symlink()
+    assert (folder / models.MODEL_RECORD).is_symlink()
+    stamps.unlink()
+    (folder / models.MODEL_RECORD).unlink()
+    models._seal_model_folder(folder, {"test": True})
+    assert models.verify_model_folder(folder)["source"] == {"test": True}
+    assert not stamps.is_symlink() and json.loads(stamps.read_text())
+
+
+def test_a_link_where_the_default_model_belongs_is_an_error_unless_it_is_converted(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TTTNN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # were it to fetch the model: nothing to fetch
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    final = models.smollm2_folder()
+    final.parent.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    final.symlink_to(elsewhere)
+    with pytest.raises(ModelLoadError, match=rf"^{final}: is a symbolic link where tttnn keeps"):
+        resolve_model(DEFAULT_LM)
+    assert final.is_symlink() and [p.name for p in elsewhere.iterdir()] == ["keep.txt"]
+    assert not list(final.parent.glob(".tmp-*"))  # no conversion started
+    # a link to a converted folder elsewhere is used as it is
+    save_tiny(elsewhere)
+    models._seal_model_folder(elsewhere, {"test": True})
+    assert resolve_model(DEFAULT_LM) == str(final)

@@ -382,11 +382,17 @@ def build_index(
         lm_tok = tokenizer
         settings["tokenizer"] = str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__))
     cfg, corpus, out, resuming = start_build(corpus_paths, Path(out), config, settings, resume)
-    enc, lm_tok = load_models(cfg, encoder if isinstance(encoder, Encoder) else None, lm_tok)
-    params = index_params(models_identity(enc, lm_tok), cfg, corpus)
-    store = open_store(out, params, cfg, corpus, resuming)
+    held = lock_store(out) if resuming else None  # a second writer is refused now, not later
+    try:
+        docs = first_documents(corpus, cfg)  # none: an error before anything is created
+        enc, lm_tok = load_models(cfg, encoder if isinstance(encoder, Encoder) else None, lm_tok)
+        params = index_params(models_identity(enc, lm_tok), cfg, corpus)
+        store = open_store(out, params, cfg, corpus, resuming, store=held)
+    except BaseException:
+        if held is not None:
+            held.release_lock()
+        raise
     with store:  # the writer lock (DIR/.lock) is released when the build ends or fails
-        docs = itertools.islice(corpus, cfg.limit)
         chunk_tok = lm_tok if lm_tok is not None else enc.tokenizer
         stored = StoredCounts()
         pairs = to_entries(skip_stored(docs, store, out, stored), lm_tok, cfg.chunk_tokens, chunk_tok,
@@ -445,6 +451,35 @@ def start_build(
     return cfg, corpus, out, resuming
 
 
+def lock_store(out: Path) -> Any:
+    """The store in `out` (a build to resume), its writer lock (`DIR/.lock`) taken now: the
+    store's first write takes it, so the meta is written back as it is. A second writer gets
+    `StoreLockedError` naming the holder at once, before it loads a model or embeds anything;
+    a directory that is not an index is refused before anything is written."""
+    store = EmbeddingStore.open(str(out))
+    _check_meta(store, out)
+    store.set_meta(store.meta)
+    return store
+
+
+def first_documents(corpus: Corpus, cfg: BuildConfig) -> Iterator[Document]:
+    """The documents of a build (at most `cfg.limit`), the corpus read up to its first one: a
+    corpus without a usable document is an `InvalidIndexError` before the index directory is
+    created, so that the same command runs once the input is fixed (`limit=0` builds an empty
+    index)."""
+    docs = itertools.islice(corpus, cfg.limit)
+    first = next(docs, None)
+    if first is None:
+        if cfg.limit != 0:
+            raise InvalidIndexError(_no_documents(corpus))
+        return iter(())
+    return itertools.chain([first], docs)
+
+
+def _no_documents(corpus: Corpus) -> str:
+    return f"no documents in {', '.join(map(str, corpus.paths))}"
+
+
 def load_models(
     cfg: BuildConfig, encoder: Encoder | None = None, lm_tok: Any = None, *, progress: bool = True
 ) -> tuple[Encoder, Any]:
@@ -466,11 +501,14 @@ def index_meta(params: dict[str, Any], status: str, **fields: Any) -> dict[str, 
 
 
 def open_store(
-    out: Path, params: dict[str, Any], cfg: BuildConfig, corpus: Corpus, resuming: bool
-) -> Any:
-    """The store of a build: the one in `out` to resume (checked against `params`), or a new
-    one."""
-    return _open_for_resume(out, params, corpus) if resuming else _create(out, params, cfg)
+    out: Path, params: dict[str, Any], cfg: BuildConfig, corpus: Corpus, resuming: bool,
+    store: Any = None,
+) -> Any:  # fmt: skip
+    """The store of a build: the one in `out` to resume (`store` when opened already, by
+    `lock_store`), checked against `params`, or a new one."""
+    if resuming:
+        return _open_for_resume(out, params, corpus, store)
+    return _create(out, params, cfg)
 
 
 def finish_index(
@@ -481,7 +519,7 @@ def finish_index(
     and the complete meta (with `fields`) written once."""
     docs, entries = counted.documents, counted.entries
     if not docs and cfg.limit != 0:
-        raise InvalidIndexError(f"no documents in {', '.join(map(str, corpus.paths))}")
+        raise InvalidIndexError(_no_documents(corpus))
     if cfg.hnsw:
         store.build_hnsw()  # distributed: the graphs came with the units; the settings if empty
     meta = index_meta(
@@ -528,8 +566,11 @@ def _create(out: Path, params: dict[str, Any], cfg: BuildConfig) -> Any:
     )  # fmt: skip
 
 
-def _open_for_resume(out: Path, params: dict[str, Any], corpus: Corpus) -> Any:
-    store = EmbeddingStore.open(str(out))
+def _open_for_resume(
+    out: Path, params: dict[str, Any], corpus: Corpus, store: Any = None
+) -> Any:  # fmt: skip
+    if store is None:
+        store = EmbeddingStore.open(str(out))
     old = _check_meta(store, out)
     for key in ("encoder", "dim", "tokenizer", "dtype", "chunk_tokens", "max_doc_bytes"):
         if old.get(key) != params[key]:

@@ -43,6 +43,7 @@ from tttnn.config import (
     parse_setting,
 )
 from tttnn.corpus import Corpus
+from tttnn.distributed.cluster import ClusterSettingError
 from tttnn.index import Index, PartialIndexWarning, SearchResult
 
 _QUERY_BATCH = 256  # queries embedded and searched at a time from a --queries file
@@ -52,9 +53,14 @@ C = TypeVar("C", bound=Config)
 
 @contextlib.contextmanager
 def _errors() -> Iterator[None]:
-    """Library errors as a clean `Error: ...` line and exit code 1."""
+    """Library errors as a clean `Error: ...` line and exit code 1 (2 for a Ray setting that
+    cannot work, as for a bad option)."""
     try:
         yield
+    except ClusterSettingError as e:
+        usage = click.ClickException(str(e))
+        usage.exit_code = 2
+        raise usage from None
     except (ValueError, OSError, RuntimeError, TypeError, IndexError) as e:
         raise click.ClickException(str(e) or type(e).__name__) from None
 
@@ -251,9 +257,10 @@ def _size(n: int) -> str:
 
 def _format_info(info: dict[str, Any]) -> str:
     so_far = "" if info["status"] == "complete" else " so far (the build has not finished)"
+    documents = "not yet known" if info["documents"] is None else info["documents"]
     lines = [
         f"index       {info['path']} ({info['status']})",
-        f"documents   {info['documents']}{so_far} ({info['entries']} entries in {info['shards']} shards"
+        f"documents   {documents}{so_far} ({info['entries']} entries in {info['shards']} shards"
         + (f", chunks of {info['chunk_tokens']} tokens" if info.get("chunk_tokens") else "")
         + ")",
         f"encoder     {info['encoder']} ({info['dim']}-d, {info['dtype']}, {info['metric']}"

@@ -78,6 +78,7 @@ __all__ = [
     "load_results",
     "load_side",
     "match_steps",
+    "parse_row",
     "parse_side",
     "plot_comparison",
     "recorded_baselines",
@@ -127,7 +128,7 @@ def load_results(run_dir: str | Path, skipped: Optional[list[str]] = None) -> li
     for i, raw in enumerate(lines):
         if not raw.strip():
             continue
-        problem, row = _parse_row(raw)
+        problem, row = parse_row(raw)
         if problem is not None and torn and i == len(lines) - 1:
             problem = "a torn last row (an interrupted write; resuming `tttnn eval` redoes it)"
         if problem is not None:
@@ -154,16 +155,17 @@ def load_results(run_dir: str | Path, skipped: Optional[list[str]] = None) -> li
     return rows
 
 
-def _parse_row(raw: bytes) -> tuple[Optional[str], dict[str, Any]]:
-    """A line of results.jsonl as a row, or what is wrong with it."""
+def parse_row(raw: bytes) -> tuple[Optional[str], Any]:
+    """A line of results.jsonl: `(None, row)`, or what is wrong with it and the value it holds
+    (None where the line is not JSON, as a torn last row from an interrupted write is not)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        return f"not UTF-8 (byte {e.start})", {}
+        return f"not UTF-8 (byte {e.start})", None
     try:
         row = json.loads(text)
     except json.JSONDecodeError as e:
-        return f"not JSON at column {e.colno}: {e.msg}", {}
+        return f"not JSON at column {e.colno}: {e.msg}", None
     return row_problem(row), row
 
 

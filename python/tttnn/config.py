@@ -16,9 +16,12 @@ Every leaf field has a unique name across the tree. That flat name is the CLI op
 and their `help` metadata), the keyword of `EvalConfig.from_flat(...)` and the lm-eval model_args
 name. Text, from the command line or model_args, becomes a value in one place (`parse_setting`).
 Each field is checked and normalised once, in its dataclass's `__post_init__` (a field with
-`choices` against that list, an int against its range: `check_fields`), so a rejected value fails
-before anything is written. `to_dict()` / `from_dict()` round-trip through JSON losslessly: `RUN/config.json`
-holds it, and distributed workers receive it.
+`choices` against that list, an int against its range, a float as finite: `check_fields`), so a
+rejected value fails before anything is written; what depends on the index or the model (shards
+that exist, enough entries for the neighbors, a window the model can take) is checked as soon as
+they are open, still before (`tttnn.evaluate.check_settings`). `to_dict()` / `from_dict()`
+round-trip through JSON losslessly: `RUN/config.json` holds it, and distributed workers receive
+it.
 
 Fields use `Optional[...]` rather than `X | None`: `typing.get_type_hints` evaluates them at run
 time, on Python 3.9 too.
@@ -135,8 +138,9 @@ def int_limits(fld: dataclasses.Field[Any]) -> tuple[int, int]:
 
 
 def check_fields(cfg: Any) -> None:
-    """Every field of `cfg` that has `choices` holds one of them, and every int is within the
-    field's `int_limits` (each item, for a tuple)."""
+    """Every field of `cfg` that has `choices` holds one of them, every int is within the
+    field's `int_limits`, and every float is a finite number (each item, for a tuple): an
+    infinite or NaN setting would fail every document of a run, or none visibly."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         choices = f.metadata.get("choices")
@@ -146,6 +150,8 @@ def check_fields(cfg: Any) -> None:
                 _check(v in choices, f"{f.name} must be one of {', '.join(choices)}, got {v!r}")
             if isinstance(v, int) and not isinstance(v, bool):
                 _check(lo <= v <= hi, f"{f.name} must be {_range_words(lo, hi, v)}, got {v}")
+            elif isinstance(v, float):
+                _check(math.isfinite(v), f"{f.name} must be a finite number, got {v}")
 
 
 def _range_words(lo: int, hi: int, v: int) -> str:

@@ -5,7 +5,11 @@
 resumes where it stopped when the same command is run again (from any directory: where the run
 lives and how it runs are not compared). One process writes a run at a time (a lock in RUN/). A
 document whose retrieval or training fails is written with `status: "failed"` and the reason:
-never scored as if it had been trained; failed documents are retried on resume.
+never scored as if it had been trained; failed documents are retried on resume. A row is what
+`tttnn.compare.row_problem` accepts, on writing and on resuming alike: a document whose score is
+not a finite number (the training diverged) is a failed document, and results.jsonl is strict
+JSON. Settings the index or the model cannot run (`check_settings`) are refused before anything
+is written.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from tttnn.compare import parse_row, row_problem
 from tttnn.config import EvalConfig, TestSetConfig
 from tttnn.corpus import Document, read_corpus
 from tttnn.index import SearchResult
@@ -28,8 +33,8 @@ from tttnn.metrics import byte_weighted_bpb
 from tttnn.select import search_depth, select_neighbors
 
 __all__ = [
-    "EvalConfig", "EvalSummary", "Executor", "evaluate_here", "iter_test_documents",
-    "load_trainer", "run_eval", "split_document",
+    "EvalConfig", "EvalSummary", "Executor", "check_settings", "evaluate_here",
+    "iter_test_documents", "load_trainer", "run_eval", "split_document",
 ]  # fmt: skip
 
 CONFIG_FORMAT = 2  # config.json layout: {"format", "config": EvalConfig.to_dict(), ...}
@@ -175,28 +180,53 @@ def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
 
 
 def _done_documents(results: Path) -> set[str]:
-    """Ids of the documents already scored; rewrites results.jsonl without torn or failed rows,
-    so failed documents are retried."""
+    """Ids of the documents already scored; rewrites results.jsonl without a torn last row (an
+    interrupted write) and without failed rows, so those documents are retried. A row that is
+    not one tttnn writes (`row_problem`: not an object, no doc_id, a score that is not a finite
+    number, ...) is an error naming its file and line, the file untouched: which document it was
+    cannot be known, and dropping it might lose a result."""
     if not results.exists():
         return set()
+    lines = results.read_bytes().split(b"\n")
+    last = max((i for i, raw in enumerate(lines) if raw.strip()), default=-1)
     kept: list[dict[str, Any]] = []
-    with open(results, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn row from an interrupted write: redone
-            if row.get("status") == "ok":
-                kept.append(row)
-    _atomic_write_text(results, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
-    return {r["doc_id"] for r in kept}
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        problem, row = parse_row(raw)
+        if row is None and i == last:
+            continue  # a torn row from an interrupted write: redone
+        if problem is not None:
+            raise ValueError(
+                f"{results}:{i + 1}: {problem}: not a row tttnn writes; remove or repair that "
+                "line and run again (a document without a row is evaluated again)"
+            )
+        if row["status"] == "ok":
+            kept.append(row)
+    _atomic_write_text(results, "".join(_row_line(r) for r in kept))
+    return {str(r["doc_id"]) for r in kept}
 
 
-def _append_row(path: Path, row: dict[str, Any]) -> None:
-    """One durable row, appended by the core (a symbolic link at `path` is refused)."""
+def _row_line(row: dict[str, Any]) -> str:
+    """A row as one line of results.jsonl: strict JSON (NaN or infinity is a ValueError)."""
+    return json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def _append_row(path: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """Append one durable row (by the core: a symbolic link at `path` is refused) and return
+    it: `row`, or where `row_problem` refuses it (a score that is not a finite number: the
+    training diverged) a failed row saying why, so every executor's rows follow one rule."""
     from tttnn._tttnn import append_bytes
 
-    append_bytes(path, json.dumps(row, ensure_ascii=False) + "\n")
+    problem = row_problem(row)
+    if problem is not None:
+        named = row if isinstance(row, dict) else {}
+        row = {"doc_id": named.get("doc_id"), "domain": named.get("domain"), "status": "failed",
+               "error": f"not a result: {problem}"}  # fmt: skip
+        if row_problem(row) is not None:  # the executor's fault, not the document's
+            raise RuntimeError(f"the evaluation yielded a row that names no document: {problem}")
+    append_bytes(path, _row_line(row))
+    return row
 
 
 def split_document(text: str, tokenizer: Any, max_length: int) -> tuple[str, str]:
@@ -336,7 +366,7 @@ def run_eval(cfg: EvalConfig, executor: Optional[Executor] = None) -> EvalSummar
     from tqdm.auto import tqdm
 
     from tttnn._tttnn import DirLock
-    from tttnn.models import resolve_model
+    from tttnn.models import model_context, resolve_model
 
     if executor is None:
         if cfg.ray.ray:
@@ -345,14 +375,17 @@ def run_eval(cfg: EvalConfig, executor: Optional[Executor] = None) -> EvalSummar
                 "the Ray executor (tttnn.distributed.evaluate.evaluate_on_ray)"
             )
         executor = evaluate_here
-    index = open_index(cfg)  # checked before anything is written
+    # Everything that can be checked is, before anything is written: a run directory holds
+    # settings that run, so the corrected command never meets "a run with other settings".
+    index = open_index(cfg)
+    resolved = resolve_model(cfg.model)
+    check_settings(cfg, index, model_context(resolved))
     docs = list(iter_test_documents(cfg.test))
     if not docs:
         raise ValueError(f"no test documents in {', '.join(cfg.test.data)}")
     out = Path(cfg.run.out)
     out.mkdir(parents=True, exist_ok=True)
     with DirLock(out, what="run"):
-        resolved = resolve_model(cfg.model)
         _check_or_write_config(out, cfg, resolved)
         results = out / "results.jsonl"
         done = _done_documents(results)
@@ -366,7 +399,7 @@ def run_eval(cfg: EvalConfig, executor: Optional[Executor] = None) -> EvalSummar
                    dynamic_ncols=True)  # fmt: skip
         try:
             for row in rows:
-                _append_row(results, row)
+                row = _append_row(results, row)
                 bar.update(1)
                 if row["status"] == "ok":
                     summary.ok += 1
@@ -384,6 +417,27 @@ def run_eval(cfg: EvalConfig, executor: Optional[Executor] = None) -> EvalSummar
             rows.close()
             bar.close()
     return summary
+
+
+def check_settings(cfg: EvalConfig, index: Any, context: Optional[int]) -> None:
+    """The settings of `cfg` that depend on the index or the model, checked against them (those
+    that depend on neither are checked when the config is made): `shards` the index has, no more
+    `neighbors` than the entries searched (fewer, once the leakage guard drops a document's own
+    copy, is that document's failure), and a `max_length` within the model's `context` (its
+    positions; None: unknown)."""
+    r = cfg.retrieval
+    entries = index.entries_in(r.shards)  # IndexError naming a shard the index does not have
+    if r.neighbors > entries:
+        where = f"shards {', '.join(map(str, r.shards))} of " if r.shards else ""
+        raise ValueError(
+            f"neighbors {r.neighbors} is more than the {entries} entries of {where}the index "
+            f"{index.path}: ask for at most {entries}"
+        )
+    if context is not None and cfg.ttt.max_length > context:
+        raise ValueError(
+            f"max_length {cfg.ttt.max_length} exceeds the model's context of {context} tokens "
+            f"({cfg.model}): use at most {context}"
+        )
 
 
 def open_index(cfg: EvalConfig) -> Any:

