@@ -7,8 +7,13 @@ worker node is removed at the end to simulate a lost machine.
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +22,8 @@ ray = pytest.importorskip("ray")
 
 from tttnn import EmbeddingStore, jobs  # noqa: E402
 from tttnn.config import RayConfig  # noqa: E402
+from tttnn.distributed import cluster  # noqa: E402
+from tttnn.distributed.cluster import ClusterSettingError, token_mode  # noqa: E402
 from tttnn.distributed.index import RayIndex, merge_parts, shard_groups  # noqa: E402
 from tttnn.index import INDEX_FORMAT, INDEX_KIND, Index  # noqa: E402
 
@@ -299,3 +306,142 @@ def test_a_lost_node_s_actors_restart_elsewhere(ray_cluster, ray_ties, tie_store
     after = ray_ties.store.actor_stats()
     assert lost.node_id not in {s["node_id"] for s in after}
     assert [s["shards"] for s in after] == ray_ties.groups()
+
+
+# -- the cluster itself: authentication, loopback, requests that cannot be met -------------------
+OFF_VALUES = ["disabled", "off", "none", "false", "0", "", " disabled", " token"]
+
+
+def _tttnn(*args: str, env: dict | None = None, timeout: float = 300) -> tuple[int, str, float]:
+    """`python -m tttnn ARGS` in a fresh process (no Ray started in it yet): exit code, output
+    (stderr then stdout) and seconds taken."""
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "tttnn", *args], capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, timeout=timeout,
+    )  # fmt: skip
+    return proc.returncode, proc.stderr + proc.stdout, time.monotonic() - start
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("Error:")]
+
+
+def test_the_token_rule_is_ray_s():
+    """tttnn's reading of RAY_AUTH_MODE agrees with the one Ray's core makes."""
+    values = ["token", "TOKEN", "Token", *OFF_VALUES, "token "]
+    script = textwrap.dedent("""
+        import json, os, sys
+        from ray._raylet import AuthenticationMode, Config, get_authentication_mode
+        out = []
+        for v in json.loads(sys.argv[1]):
+            os.environ["RAY_AUTH_MODE"] = v
+            Config.initialize("")
+            out.append(get_authentication_mode() == AuthenticationMode.TOKEN)
+        print(json.dumps(out))
+    """)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(values)],
+                          capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    ray_reads = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert ray_reads == [token_mode(v) for v in values]
+    assert ray_reads[:3] == [True, True, True] and not any(ray_reads[3:])
+
+
+@pytest.mark.parametrize("value", OFF_VALUES)
+def test_ray_without_token_authentication_is_refused(tie_store, monkeypatch, value):
+    """Every RAY_AUTH_MODE that Ray reads as off is a one-line usage error naming the value,
+    before any cluster is started or joined."""
+    from click.testing import CliRunner
+
+    from tttnn.cli import main
+
+    monkeypatch.setenv("RAY_AUTH_MODE", value)
+    res = CliRunner().invoke(main, ["search", str(tie_store), "a query", "--ray"])
+    assert res.exit_code == 2, res.output
+    assert _error_lines(res.output) == [res.output.strip()]
+    assert f"RAY_AUTH_MODE={value!r}" in res.output
+    with pytest.raises(ClusterSettingError, match="RAY_AUTH_MODE"):
+        cluster.connect(None)
+
+
+@pytest.mark.slow
+def test_a_local_cluster_listens_on_loopback_only():
+    """Every server of the local cluster tttnn starts (GCS, raylet, object manager, workers)
+    listens on 127.0.0.1, and Ray's token authentication is on."""
+    pytest.importorskip("psutil")
+    script = textwrap.dedent("""
+        import json, os, psutil, ray
+        from tttnn.distributed.cluster import connect
+        assert connect(None, num_cpus=1, num_gpus=0)
+        ray.get(ray.remote(num_cpus=0.5)(lambda: 1).remote())  # a worker up
+        node = ray.nodes()[0]
+        gcs = ray.get_runtime_context().gcs_address
+        listening = {}
+        for p in psutil.Process().children(recursive=True):
+            try:
+                conns = p.net_connections("tcp")
+            except psutil.Error:
+                continue
+            for c in conns:
+                if c.status == psutil.CONN_LISTEN:
+                    listening[c.laddr.port] = [p.name(), c.laddr.ip]
+        print(json.dumps({"gcs": gcs, "raylet": node["NodeManagerPort"],
+                          "listening": listening, "auth": os.environ.get("RAY_AUTH_MODE")}))
+        ray.shutdown()
+    """)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    host, port = got["gcs"].rsplit(":", 1)
+    listening = {int(k): v for k, v in got["listening"].items()}
+    assert host == "127.0.0.1" and token_mode(got["auth"])
+    assert listening[int(port)][0] == "gcs_server" and got["raylet"] in listening
+    loopback = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+    assert {ip for _, ip in listening.values()} <= loopback, listening
+
+
+@pytest.mark.slow
+def test_an_address_where_nothing_answers_fails_in_seconds(tie_store):
+    code, out, secs = _tttnn("search", str(tie_store), "a query", "--ray", "--address",
+                             "127.0.0.1:1", timeout=240)  # fmt: skip
+    assert code == 2, out
+    (line,) = _error_lines(out)
+    assert "127.0.0.1:1" in line and "no Ray cluster answers" in line
+    assert secs < 60, secs  # Ray alone retries for minutes
+
+
+@pytest.mark.slow
+def test_a_local_cluster_too_small_for_one_shard_actor_fails_at_once(sample_index):
+    """The local cluster tttnn starts has this machine's CPUs: an actor asking for more is an
+    error naming both, before any waiting (the placement timeout is cut to 60 s here, so that
+    waiting for it fails the test)."""
+    cpus = os.cpu_count() or 1
+    ask = str(cpus + 62)
+    script = ("import sys; from tttnn.distributed import cluster; cluster.SCHEDULE_TIMEOUT = 60; "
+              "from tttnn.cli import main; sys.argv[0] = 'tttnn'; main()")  # fmt: skip
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "search", str(sample_index), "a query", "--ray",
+         "--cpus-per-worker", ask], capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    out = proc.stderr + proc.stdout
+    assert proc.returncode == 2, out
+    (line,) = _error_lines(out)
+    assert f"asks for {ask} CPU" in line and f"has {cpus} CPU" in line, line
+    assert time.monotonic() - start < 240
+
+
+def test_a_shard_actor_larger_than_every_node_fails_at_once(ray_cluster, tie_store, monkeypatch):
+    """A joined cluster of nodes of 2 CPUs (4 in all) cannot hold an actor of 3 CPUs, nor one
+    asking for a resource no node declares: an error at once, naming what was asked and what
+    the nodes have, instead of waiting for SCHEDULE_TIMEOUT (cut to 30 s here, so that waiting
+    fails the test)."""
+    monkeypatch.setattr(cluster, "SCHEDULE_TIMEOUT", 30.0)
+    start = time.monotonic()
+    with pytest.raises(ClusterSettingError, match=r"asks for 3 CPU .* has 2 CPU"):
+        RayIndex.open(tie_store, RayConfig(ray=True, workers=1, cpus_per_worker=3))
+    with pytest.raises(ClusterSettingError, match="tttnn_shards_0"):
+        RayIndex.open(tie_store, RayConfig(ray=True, workers=2, cpus_per_worker=0.1),
+                      pin="resources")  # fmt: skip
+    assert time.monotonic() - start < 20

@@ -65,6 +65,7 @@ from tttnn.distributed.cluster import require_ray
 from tttnn.distributed.pool import (
     MAX_ATTEMPTS,
     Done,
+    PoolWorker,
     Started,
     WorkerPool,
     sized_session,
@@ -202,7 +203,7 @@ def _stats_from(d: Mapping[str, Any]) -> CorpusStats:
     return s
 
 
-class BuildWorker:
+class BuildWorker(PoolWorker):
     """A Ray actor: loads the encoder and the LM tokenizer once (on its first call, so that
     `placed` answers as soon as the cluster has started it), then builds units."""
 
@@ -214,13 +215,6 @@ class BuildWorker:
         self.lm_tok: Any = None
         self.identity: dict[str, Any] = {}
         self.current: tuple[int, int, int] = (-1, 0, 0)  # unit, documents, entries so far
-
-    def placed(self) -> dict[str, Any]:
-        """Answers once the cluster has placed and started this actor (nothing loaded yet):
-        its process id and Ray node id."""
-        import ray
-
-        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
     def _load(self) -> None:
         with self.loading:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 from collections.abc import Generator
 from typing import Any
 
@@ -33,6 +32,7 @@ from tttnn.distributed.pool import (
     MAX_ATTEMPTS,
     Done,
     Lost,
+    PoolWorker,
     WorkerPool,
     sized_session,
     worker_count,
@@ -48,7 +48,7 @@ SHARD_ACTOR_CPUS = 0.25
 """Logical CPUs each shard actor of an evaluation reserves (they are idle most of the time)."""
 
 
-class TTTWorker:
+class TTTWorker(PoolWorker):
     """A Ray actor: one causal LM and its trainer, evaluating documents one after another. The
     model is loaded by `ready()`, so that `placed()` answers as soon as the cluster has placed
     and started the actor (the pool gives up on actors it cannot place)."""
@@ -57,9 +57,6 @@ class TTTWorker:
         self.cfg = EvalConfig.from_dict(config)
         self.index = index
         self.trainer: Any = None
-
-    def placed(self) -> int:
-        return os.getpid()
 
     def ready(self) -> None:
         if self.trainer is None:

@@ -56,7 +56,13 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import numpy as np
 
 from tttnn.distributed import cluster
-from tttnn.distributed.cluster import connect, require_ray
+from tttnn.distributed.cluster import (
+    check_fits,
+    check_same_package,
+    connect,
+    package_identity,
+    require_ray,
+)
 from tttnn.distributed.pool import worker_count
 from tttnn.index import Index, PathLike
 
@@ -152,11 +158,14 @@ class ShardActor:
         return self.store.get_vectors(np.asarray(self._own(ids), dtype=np.int64))
 
     def stats(self) -> dict[str, Any]:
-        """pid, node, peak and current resident set (MB) of this actor's process."""
+        """pid, node, peak and current resident set (MB) of this actor's process, and the tttnn
+        it runs (`package_identity`)."""
         import ray
 
         out: dict[str, Any] = {"pid": os.getpid(), "shards": self.shards,
-                               "node_id": ray.get_runtime_context().get_node_id()}  # fmt: skip
+                               "node_id": ray.get_runtime_context().get_node_id(),
+                               "node": ray.util.get_node_ip_address(),
+                               **package_identity()}  # fmt: skip
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(("VmHWM:", "VmRSS:")):
                 key = "peak_rss_mb" if line.startswith("VmHWM") else "rss_mb"
@@ -234,6 +243,11 @@ class RayStore:
         ]
         if pin is not None and not isinstance(pin, str) and len(pin) != len(groups):
             raise ValueError(f"pin lists {len(pin)} nodes for {len(groups)} shard groups")
+        for g in range(len(groups)):  # before any actor is asked for
+            check_fits(
+                ray, {"CPU": cpus_per_worker, **_where(pin, g).get("resources", {})},
+                "shard actor", "lower --cpus-per-worker, or add a node that large",
+            )  # fmt: skip
         remote = ray.remote(ShardActor)
         actors = [
             remote.options(
@@ -246,7 +260,7 @@ class RayStore:
         ]
         store = cls(info, groups, actors)
         try:  # every actor up (its errors raised here)
-            ray.get([a.stats.remote() for a in actors], timeout=cluster.SCHEDULE_TIMEOUT)
+            started = ray.get([a.stats.remote() for a in actors], timeout=cluster.SCHEDULE_TIMEOUT)
         except ray.exceptions.GetTimeoutError:
             store.close()
             raise RuntimeError(
@@ -254,6 +268,12 @@ class RayStore:
                 f"cluster lacks {cpus_per_worker} CPUs per actor for {len(groups)} actors, or "
                 "the resources of `pin` (see tttnn.distributed.index)"
             ) from None
+        try:
+            for found in started:
+                check_same_package(found, "shard actor")
+        except RuntimeError:
+            store.close()
+            raise
         return store
 
     def close(self) -> None:
@@ -460,14 +480,21 @@ class RayIndex(Index):
         if not p.exists() and cfg.address is None:
             raise FileNotFoundError(f"no index at {p}")
         started = connect(cfg.address)
-        store = RayStore.open(
-            p, workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker, pin=pin, shards=shards,
-            **kw,
-        )  # fmt: skip
+        try:
+            store = RayStore.open(
+                p, workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker, pin=pin,
+                shards=shards, **kw,
+            )  # fmt: skip
+        except BaseException:
+            if started:  # the cluster this call started goes with the error
+                require_ray().shutdown()
+            raise
         try:
             index = cls._checked(store, p, encoder)
         except Exception:
             store.close()
+            if started:
+                require_ray().shutdown()
             raise
         assert isinstance(index, RayIndex)
         index._started_ray = started

@@ -8,9 +8,9 @@ documents): how many, where they go, and what happens when one dies or cannot be
         for event in pool.wait():                            # Started, Done or Lost
             ...
 
-A worker class has, besides its work, `placed()`, which answers as soon as the cluster has
-started the actor, and `ready()`, which loads what the worker needs (its models) and returns what
-the driver checks (`Started.value`). Items are what the driver hands out; the pool hands back
+A worker class derives from `PoolWorker`: its `placed()` answers as soon as the cluster has
+started the actor, with the package the worker runs, and its `ready()` loads what the worker
+needs (its models) and returns what the driver checks (`Started.value`). Items are what the driver hands out; the pool hands back
 their results (`Done`) or, when a worker goes, the items it held (`Lost`), and each driver decides
 what an item's loss means (the build re-runs a unit, the evaluation writes a failed row after
 `MAX_ATTEMPTS`). The rules, the same for every job:
@@ -18,6 +18,11 @@ what an item's loss means (the build re-runs a unit, the evaluation writes a fai
 - **Count** (`worker_count`): `--workers`, else one per `gpus_per_worker` GPUs when GPUs are asked,
   else one per `cpus_per_worker` CPUs. A local cluster is started with enough logical CPUs for
   the actors a job reserves (`sized_session`), so none waits for a CPU that never frees.
+- **Fit**: a worker larger than every node of the cluster (and than every node its autoscaler
+  could add) is an error before any is asked for (`check_fits`, `tttnn.distributed.cluster`).
+- **Same package**: a worker whose tttnn version or core build (`package_identity`) differs from
+  the driver's stops the job with an error naming both, at its start and before any work is
+  handed to it: a configuration to fix, not a death to retry.
 - **Placement**: a worker that the cluster has not started within `SCHEDULE_TIMEOUT`
   (`tttnn.distributed.cluster`) is given up: killed, its slot retired, its items handed back.
   With no worker left the job stops with an error that names the resources asked and present.
@@ -43,14 +48,21 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
 
 from tttnn.distributed import cluster
-from tttnn.distributed.cluster import local_gpus, require_ray, session
+from tttnn.distributed.cluster import (
+    check_fits,
+    check_same_package,
+    local_gpus,
+    package_identity,
+    require_ray,
+    session,
+)
 
 if TYPE_CHECKING:
     from tttnn.config import RayConfig
 
 __all__ = [
-    "MAX_ATTEMPTS", "POLL", "Done", "Lost", "Started", "WorkerPool", "sized_session",
-    "worker_count",
+    "MAX_ATTEMPTS", "POLL", "Done", "Lost", "PoolWorker", "Started", "WorkerPool",
+    "sized_session", "worker_count",
 ]  # fmt: skip
 
 MAX_ATTEMPTS = 3
@@ -128,6 +140,26 @@ class Lost:
 Event = Union[Started, Done, Lost]
 
 
+class PoolWorker:
+    """The base of a pool's worker classes (Ray actors): `placed()` and a `ready()` that loads
+    nothing; a worker class overrides `ready()` with its loading."""
+
+    def placed(self) -> dict[str, Any]:
+        """Answers once the cluster has placed and started this actor (nothing loaded yet): its
+        process id, Ray node id and node address, and the tttnn it imported
+        (`package_identity`: version, core hash, package directory)."""
+        import ray
+
+        context = ray.get_runtime_context()
+        return {
+            "pid": os.getpid(), "node_id": context.get_node_id(),
+            "node": ray.util.get_node_ip_address(), **package_identity(),
+        }  # fmt: skip
+
+    def ready(self) -> Any:
+        return None
+
+
 class WorkerPool:
     """`count` actors of `actor_cls(*args)`, each reserving `rc.cpus_per_worker` CPUs and
     `rc.gpus_per_worker` GPUs, in slots numbered from 0 (a replacement takes its predecessor's
@@ -139,6 +171,10 @@ class WorkerPool:
     ) -> None:  # fmt: skip
         self.ray = require_ray()
         self.rc, self.args, self.what, self.depth, self.count = rc, args, what, depth, count
+        check_fits(
+            self.ray, {"CPU": rc.cpus_per_worker, "GPU": rc.gpus_per_worker}, what,
+            "lower --cpus-per-worker/--gpus-per-worker, or add a node that large",
+        )  # fmt: skip
         self.cls = self.ray.remote(
             num_cpus=rc.cpus_per_worker, num_gpus=rc.gpus_per_worker, max_restarts=0,
             max_concurrency=concurrency,
@@ -207,10 +243,19 @@ class WorkerPool:
         """The event of `ref`, one of the refs the pool waits on."""
         exc = self.ray.exceptions
         if ref in self.placing:  # placed (or dead: its other calls say so)
-            del self.placing[ref]
+            slot, _ = self.placing.pop(ref)
+            try:
+                check_same_package(self.ray.get(ref), self.what)
+            except exc.RayActorError:
+                pass
+            except exc.RayTaskError as e:
+                raise e.as_instanceof_cause() from None
             return []
         if ref in self.loading:
-            slot, gen = self.loading.pop(ref)
+            slot, gen = self.loading[ref]
+            for r in [r for r, (s, _) in self.placing.items() if s == slot]:
+                self._answer(r)  # its package is checked before it counts as started
+            del self.loading[ref]
             item, held = None, False
         elif ref in self.running:
             slot, gen, item = self.running.pop(ref)
