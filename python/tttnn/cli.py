@@ -37,6 +37,7 @@ from tttnn.config import (
     EvalConfig,
     RayConfig,
     RetrievalConfig,
+    SettingError,
     int_limits,
     leaf_fields,
     none_word,
@@ -53,11 +54,11 @@ C = TypeVar("C", bound=Config)
 
 @contextlib.contextmanager
 def _errors() -> Iterator[None]:
-    """Library errors as a clean `Error: ...` line and exit code 1 (2 for a Ray setting that
-    cannot work, as for a bad option)."""
+    """Library errors as a clean `Error: ...` line and exit code 1 (2 for a setting that cannot
+    work with the index, the model or the Ray cluster, as for a bad option)."""
     try:
         yield
-    except ClusterSettingError as e:
+    except (ClusterSettingError, SettingError) as e:
         usage = click.ClickException(str(e))
         usage.exit_code = 2
         raise usage from None

@@ -51,6 +51,7 @@ __all__ = [
     "RayConfig",
     "RetrievalConfig",
     "RunConfig",
+    "SettingError",
     "TTTConfig",
     "TestSetConfig",
     "eval_points",
@@ -125,6 +126,12 @@ def eval_points(eval_at: Optional[tuple[int, ...]], n_neighbors: int) -> tuple[i
     else:
         ks = {k for k in eval_at if k <= n_neighbors}
     return tuple(sorted(ks | {0}))
+
+
+class SettingError(ValueError):
+    """A setting that cannot work with the index or the model it names (shards the index lacks,
+    more neighbors than its entries, a window beyond the model's): the command line's usage
+    error (exit 2), found before anything is written."""
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -577,8 +584,9 @@ def parse_setting(
     or `:` (`0.9,0.999` on the command line; `0.9:0.999` in model_args, where `,` separates the
     settings). A value that already has the type is kept (lm-eval has made `20` an int, `1e-4` a
     float, `true` a bool); a tuple takes a list, or one item. An int outside `limits` (the
-    field's `int_limits`) is refused here, before it reaches a run. ValueError `expected ...`
-    or `too large: ...` otherwise."""
+    field's `int_limits`) and a float that is not finite (`inf`, `nan`) are refused here, before
+    they reach a run, as `check_fields` refuses them. ValueError `expected ...`, `too large:
+    ...` or `not a finite number` otherwise."""
     kind = _setting_kind(tp, none)
     if typing.get_origin(tp) is typing.Union:
         if value is None or (isinstance(value, str) and value.strip().lower() == none):
@@ -600,6 +608,8 @@ def parse_setting(
     for v in values:
         if isinstance(v, int) and not isinstance(v, bool) and not lo <= v <= hi:
             raise ValueError(f"too {'large' if v > hi else 'small'}: {_range_words(lo, hi, v)}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("not a finite number")
     return values if typing.get_origin(tp) is tuple else values[0]
 
 

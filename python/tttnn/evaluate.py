@@ -26,7 +26,7 @@ from typing import Any, Optional
 import numpy as np
 
 from tttnn.compare import parse_row, row_problem
-from tttnn.config import EvalConfig, TestSetConfig
+from tttnn.config import EvalConfig, SettingError, TestSetConfig
 from tttnn.corpus import Document, read_corpus
 from tttnn.index import SearchResult
 from tttnn.metrics import byte_weighted_bpb
@@ -424,17 +424,20 @@ def check_settings(cfg: EvalConfig, index: Any, context: Optional[int]) -> None:
     that depend on neither are checked when the config is made): `shards` the index has, no more
     `neighbors` than the entries searched (fewer, once the leakage guard drops a document's own
     copy, is that document's failure), and a `max_length` within the model's `context` (its
-    positions; None: unknown)."""
+    positions; None: unknown). `SettingError` otherwise."""
     r = cfg.retrieval
-    entries = index.entries_in(r.shards)  # IndexError naming a shard the index does not have
+    try:
+        entries = index.entries_in(r.shards)
+    except IndexError as e:  # a shard the index does not have, named
+        raise SettingError(f"shards: {e}") from None
     if r.neighbors > entries:
         where = f"shards {', '.join(map(str, r.shards))} of " if r.shards else ""
-        raise ValueError(
+        raise SettingError(
             f"neighbors {r.neighbors} is more than the {entries} entries of {where}the index "
             f"{index.path}: ask for at most {entries}"
         )
     if context is not None and cfg.ttt.max_length > context:
-        raise ValueError(
+        raise SettingError(
             f"max_length {cfg.ttt.max_length} exceeds the model's context of {context} tokens "
             f"({cfg.model}): use at most {context}"
         )
