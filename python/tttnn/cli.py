@@ -52,6 +52,12 @@ EXIT_PARTIAL = 3
 C = TypeVar("C", bound=Config)
 
 
+class _SettingUsageError(click.ClickException):
+    """A setting that cannot work: exit 2, as click's own bad option."""
+
+    exit_code = 2
+
+
 @contextlib.contextmanager
 def _errors() -> Iterator[None]:
     """Library errors as a clean `Error: ...` line and exit code 1 (2 for a setting that cannot
@@ -59,9 +65,7 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except (ClusterSettingError, SettingError) as e:
-        usage = click.ClickException(str(e))
-        usage.exit_code = 2
-        raise usage from None
+        raise _SettingUsageError(str(e)) from None
     except (ValueError, OSError, RuntimeError, TypeError, IndexError) as e:
         raise click.ClickException(str(e) or type(e).__name__) from None
 
