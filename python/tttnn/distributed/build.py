@@ -347,21 +347,29 @@ def build_distributed(
     (one number, or by unit index) to slow units down; `hook(event, unit, actor)` is called on
     the driver at `"dispatch"` (actor: the worker's handle), `"commit"` and `"adopt"`.
     """
-    from tttnn.build import start_build
+    from tttnn.build import lock_store, start_build
 
     require_ray()
     cfg, corpus, out, resuming = start_build(
         corpus_paths, Path(out).absolute(), config, settings, resume
     )
     rc = cfg.ray
+    # a second writer is refused now, before a cluster starts or a unit is planned
+    held = lock_store(out) if resuming else None
 
     def size(cpus: float, gpus: float, fit: bool) -> tuple[int, float]:
         n = worker_count(cpus, gpus, workers=rc.workers, cpus_per_worker=rc.cpus_per_worker,
                          gpus_per_worker=rc.gpus_per_worker)  # fmt: skip
         return n, n * rc.cpus_per_worker
 
-    with sized_session(rc, size) as (ray, workers):
-        return _Driver(ray, cfg, corpus, out, resuming, progress, unit_delay, hook).run(workers)
+    try:
+        with sized_session(rc, size) as (ray, workers):
+            driver = _Driver(ray, cfg, corpus, out, resuming, progress, unit_delay, hook)
+            return driver.run(workers, held)
+    except BaseException:
+        if held is not None:
+            held.release_lock()
+        raise
 
 
 class _Driver:
@@ -384,8 +392,9 @@ class _Driver:
         self.docs: Counter[str] = Counter()
         self.entries: Counter[str] = Counter()
 
-    def run(self, workers: int) -> Index:
-        from tttnn._tttnn import EmbeddingStore
+    def run(self, workers: int, held: Any = None) -> Index:
+        """The build, on `workers` workers; `held`: the store of a build to resume, its writer
+        lock taken (`tttnn.build.lock_store`)."""
         from tttnn.build import index_params, open_store
 
         cfg, out = self.cfg, self.out
@@ -395,7 +404,7 @@ class _Driver:
         plan = {"documents_per_unit": cfg.unit_documents, "count": len(units),
                 "plan_sha256": _plan_sha256(labels, units)}  # fmt: skip
         if self.resuming:
-            old = json.loads(EmbeddingStore.open(str(out)).meta or "{}")
+            old = json.loads(held.meta or "{}")
             prog = old.get("units")
             if not isinstance(prog, dict) or "plan_sha256" not in prog:
                 raise InvalidIndexError(
@@ -409,6 +418,7 @@ class _Driver:
                     "another corpus or limit)"
                 )
             if old.get("status") == "complete" and prog.get("adopted") == len(units):
+                held.release_lock()
                 return Index.open(out)  # nothing left to do
         threads = max(1, int(cfg.ray.cpus_per_worker))
         pool = WorkerPool(BuildWorker, (cfg.to_dict(), threads), cfg.ray, workers,
@@ -419,7 +429,7 @@ class _Driver:
                     if isinstance(event, Started):
                         self._check_identity(event.value)
             params = index_params(self.identity, cfg, self.corpus)
-            with open_store(out, params, cfg, self.corpus, self.resuming) as store:
+            with open_store(out, params, cfg, self.corpus, self.resuming, store=held) as store:
                 return self._build(pool, store, params, plan, units)
         finally:
             pool.close()
