@@ -403,12 +403,12 @@ def test_a_local_cluster_listens_on_loopback_only():
 
 @pytest.mark.slow
 def test_an_address_where_nothing_answers_fails_in_seconds(tie_store):
-    code, out, secs = _tttnn("search", str(tie_store), "a query", "--ray", "--address",
+    code, out, _ = _tttnn("search", str(tie_store), "a query", "--ray", "--address",
                              "127.0.0.1:1", timeout=240)  # fmt: skip
     assert code == 2, out
     (line,) = _error_lines(out)
+    # tttnn's own check answered (Ray alone retries for minutes, then says something else)
     assert "127.0.0.1:1" in line and "no Ray cluster answers" in line
-    assert secs < 60, secs  # Ray alone retries for minutes
 
 
 @pytest.mark.slow
@@ -420,7 +420,6 @@ def test_a_local_cluster_too_small_for_one_shard_actor_fails_at_once(sample_inde
     ask = str(cpus + 62)
     script = ("import sys; from tttnn.distributed import cluster; cluster.SCHEDULE_TIMEOUT = 60; "
               "from tttnn.cli import main; sys.argv[0] = 'tttnn'; main()")  # fmt: skip
-    start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-c", script, "search", str(sample_index), "a query", "--ray",
          "--cpus-per-worker", ask], capture_output=True, text=True, timeout=400,
@@ -428,8 +427,8 @@ def test_a_local_cluster_too_small_for_one_shard_actor_fails_at_once(sample_inde
     out = proc.stderr + proc.stdout
     assert proc.returncode == 2, out
     (line,) = _error_lines(out)
+    # the up-front check answered: waiting out the placement timeout raises another error
     assert f"asks for {ask} CPU" in line and f"has {cpus} CPU" in line, line
-    assert time.monotonic() - start < 240
 
 
 def test_a_shard_actor_larger_than_every_node_fails_at_once(ray_cluster, tie_store, monkeypatch):
@@ -438,10 +437,8 @@ def test_a_shard_actor_larger_than_every_node_fails_at_once(ray_cluster, tie_sto
     the nodes have, instead of waiting for SCHEDULE_TIMEOUT (cut to 30 s here, so that waiting
     fails the test)."""
     monkeypatch.setattr(cluster, "SCHEDULE_TIMEOUT", 30.0)
-    start = time.monotonic()
     with pytest.raises(ClusterSettingError, match=r"asks for 3 CPU .* has 2 CPU"):
         RayIndex.open(tie_store, RayConfig(ray=True, workers=1, cpus_per_worker=3))
     with pytest.raises(ClusterSettingError, match="tttnn_shards_0"):
         RayIndex.open(tie_store, RayConfig(ray=True, workers=2, cpus_per_worker=0.1),
                       pin="resources")  # fmt: skip
-    assert time.monotonic() - start < 20
