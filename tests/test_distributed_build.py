@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ from tttnn._tttnn import EmbeddingStore  # noqa: E402
 from tttnn.build import build_index  # noqa: E402
 from tttnn.config import BuildConfig  # noqa: E402
 from tttnn.distributed.build import build_distributed, plan_units  # noqa: E402
+from tttnn.distributed.cluster import ClusterSettingError  # noqa: E402
+from tttnn.distributed.pool import PoolWorker  # noqa: E402
 from tttnn.index import Index  # noqa: E402
 
 GROUP = 64  # tttnn.build._EMBED_GROUP: entries per encoder call
@@ -298,18 +301,35 @@ def test_a_worker_the_cluster_cannot_place_is_given_up(
     build_distributed(corpus, out, cfg, progress=False, hook=record)
     assert sorted(set(dispatched)) == [0, 1, 2] and len(dispatched) in (3, 4)
     assert_same_index(out, reference, the_plan(corpus))
-    # no worker fits: a clear error, not a wait forever
-    monkeypatch.setattr(dc, "SCHEDULE_TIMEOUT", 3.0)
+    # a worker larger than every node: an error at once (within the placement timeout of 30 s
+    # set above), naming what it asks for and what the nodes have
     big = BuildConfig.from_flat(**SETTINGS, ray=True, workers=1, cpus_per_worker=8)
-    with pytest.raises(RuntimeError, match=r"no build worker could be started within 3 s: each "
-                       r"needs 8 CPU"):  # fmt: skip
+    start = time.monotonic()
+    with pytest.raises(ClusterSettingError, match=r"each build worker asks for 8 CPU and no node "
+                       r"of the cluster has that much: the largest .* has 2 CPU"):  # fmt: skip
         build_distributed(corpus, tmp_path / "none", big, progress=False)
+    assert time.monotonic() - start < 20
+    # workers that fit a node, on a cluster whose nodes are busy (a node full, the other with the
+    # 1 CPU of the corpus scan free): no worker starts, and the build stops with an error once
+    # the placement timeout is over, not a wait forever
+    wait_for_free_cpus(2 * NODE_CPUS)
+    holders = []
+    for cpus in (NODE_CPUS, NODE_CPUS - 1):  # one after the other: one on each node
+        holders.append(ray.remote(num_cpus=cpus)(PoolWorker).remote())
+        ray.get(holders[-1].placed.remote())
+    monkeypatch.setattr(dc, "SCHEDULE_TIMEOUT", 3.0)
+    fits = BuildConfig.from_flat(**SETTINGS, ray=True, workers=1, cpus_per_worker=NODE_CPUS)
+    try:
+        with pytest.raises(RuntimeError, match=r"no build worker could be started within 3 s: "
+                           r"each needs 2 CPU"):  # fmt: skip
+            build_distributed(corpus, tmp_path / "busy", fits, progress=False)
+    finally:
+        for h in holders:
+            ray.kill(h)
 
 
 def wait_for_free_cpus(n: float, timeout: float = 120.0) -> None:
     """Until the cluster has `n` CPUs free (Ray frees a killed actor's CPUs asynchronously)."""
-    import time
-
     deadline = time.monotonic() + timeout
     while ray.available_resources().get("CPU", 0) < n:
         assert time.monotonic() < deadline, f"CPUs still held: {ray.available_resources()}"
