@@ -10,10 +10,10 @@ documents): how many, where they go, and what happens when one dies or cannot be
 
 A worker class derives from `PoolWorker`: its `placed()` answers as soon as the cluster has
 started the actor, with the package the worker runs, and its `ready()` loads what the worker
-needs (its models) and returns what the driver checks (`Started.value`). Items are what the driver hands out; the pool hands back
-their results (`Done`) or, when a worker goes, the items it held (`Lost`), and each driver decides
-what an item's loss means (the build re-runs a unit, the evaluation writes a failed row after
-`MAX_ATTEMPTS`). The rules, the same for every job:
+needs (its models) and returns what the driver checks (`Started.value`). Items are what the
+driver hands out; the pool hands back their results (`Done`) or, when a worker goes, the items
+it held (`Lost`), and each driver decides what an item's loss means (the build re-runs a unit,
+the evaluation writes a failed row after `MAX_ATTEMPTS`). The rules, the same for every job:
 
 - **Count** (`worker_count`): `--workers`, else one per `gpus_per_worker` GPUs when GPUs are asked,
   else one per `cpus_per_worker` CPUs. A local cluster is started with enough logical CPUs for
@@ -215,7 +215,7 @@ class WorkerPool:
     def wait(self, timeout: float = POLL) -> list[Event]:
         """What happened within `timeout` seconds (at most one answer, and the workers given up
         for want of placement); raises the error of a worker's own code."""
-        refs = [*self.running, *self.loading, *self.placing]
+        refs = [*self.placing, *self.running, *self.loading]  # a worker's package first
         ready = self.ray.wait(refs, num_returns=1, timeout=timeout)[0] if refs else []
         events = self._expire()
         for ref in ready:
@@ -243,7 +243,7 @@ class WorkerPool:
         """The event of `ref`, one of the refs the pool waits on."""
         exc = self.ray.exceptions
         if ref in self.placing:  # placed (or dead: its other calls say so)
-            slot, _ = self.placing.pop(ref)
+            del self.placing[ref]
             try:
                 check_same_package(self.ray.get(ref), self.what)
             except exc.RayActorError:
@@ -251,11 +251,12 @@ class WorkerPool:
             except exc.RayTaskError as e:
                 raise e.as_instanceof_cause() from None
             return []
+        of = self.loading.get(ref) or self.running.get(ref)
+        if of is not None:  # no answer of a worker counts before its package is checked
+            for r in [r for r, (s, _) in self.placing.items() if s == of[0]]:
+                self._answer(r)
         if ref in self.loading:
-            slot, gen = self.loading[ref]
-            for r in [r for r, (s, _) in self.placing.items() if s == slot]:
-                self._answer(r)  # its package is checked before it counts as started
-            del self.loading[ref]
+            slot, gen = self.loading.pop(ref)
             item, held = None, False
         elif ref in self.running:
             slot, gen, item = self.running.pop(ref)
