@@ -39,10 +39,8 @@ SHARD_SIZE = 5180
 
 
 def file_kind(name: str) -> str:
-    for suffix in (".hnsw", ".vec", ".tok", ".txt", ".rec", ".idx", ".json"):
-        if suffix in name:
-            return suffix.lstrip(".")
-    return name.rsplit(".", 1)[-1] if "." in name else name
+    """`vectors`, `hnsw`, `text`, `tokens`, `records` (with their offsets), `manifest`, ..."""
+    return name.split(".", 1)[0].lstrip(".") or name
 
 
 def disk_by_kind(index_dir: Path) -> dict[str, int]:
