@@ -4,6 +4,7 @@ is converted once into the tttnn cache)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -48,12 +49,31 @@ FAST_FAILURE = {
 """A lost node is noticed after a few missed health checks of 0.5 s (Ray's default: 5 of 3 s)."""
 
 
+@pytest.fixture(scope="session")
+def ray_token_auth():
+    """Ray's token authentication on for this process and the clusters it starts, as tttnn
+    runs them, and as Ray turns it on in a process that starts a local cluster (`RAY_AUTH_MODE`
+    set to token, Ray's config read again): once on, it stays on in the process, so every
+    cluster of the session is started the same way (a driver in token mode cannot use workers
+    without it). A token is made if there is none (`~/.ray/auth_token`), as `ray.init` does."""
+    pytest.importorskip("ray")
+    from ray._private.authentication.authentication_token_setup import (
+        ensure_token_if_auth_enabled,
+    )
+    from ray._raylet import Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")
+    ensure_token_if_auth_enabled(None, create_token_if_missing=True)
+
+
 @pytest.fixture(scope="module")
-def ray_cluster(request):
-    """A local Ray cluster for the test module (`ray.cluster_utils.Cluster`), this process
-    connected to it: nodes of `RAY_NODE_CPUS` logical CPUs and no GPU, whatever the machine has,
-    so that actors with explicit `num_cpus` are placed the same way on a 2-core machine as on a
-    large one. One per module: the tests add, lose and fill nodes."""
+def ray_cluster(request, ray_token_auth):
+    """A local Ray cluster for the test module (`ray.cluster_utils.Cluster`, token
+    authentication on), this process connected to it: nodes of `RAY_NODE_CPUS` logical CPUs and
+    no GPU, whatever the machine has, so that actors with explicit `num_cpus` are placed the same
+    way on a 2-core machine as on a large one. One per module: the tests add, lose and fill
+    nodes."""
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 

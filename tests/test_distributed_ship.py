@@ -27,25 +27,17 @@ WORKER = RayConfig(ray=True, cpus_per_worker=0.5)
 
 
 @pytest.fixture(scope="module")
-def head():
+def head(ray_token_auth):
     """The cluster, with token authentication on (tttnn joins no other)."""
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():  # another module's session: this one joins as a driver would
         ray.shutdown()
-    from ray._raylet import Config  # re-read after RAY_AUTH_MODE changes, as Ray itself does
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_MODE", "token")
-        Config.initialize("")
-        c = Cluster(initialize_head=True, connect=False,
-                    head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False})  # fmt: skip
-        try:
-            yield c
-        finally:
-            ray.shutdown()
-            c.shutdown()
-    Config.initialize("")
+    c = Cluster(initialize_head=True, connect=False,
+                head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False})  # fmt: skip
+    yield c
+    ray.shutdown()
+    c.shutdown()
 
 
 def _other_package(tmp_path: Path, change: str) -> tuple[Path, dict[str, str]]:
