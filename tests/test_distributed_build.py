@@ -301,14 +301,12 @@ def test_a_worker_the_cluster_cannot_place_is_given_up(
     build_distributed(corpus, out, cfg, progress=False, hook=record)
     assert sorted(set(dispatched)) == [0, 1, 2] and len(dispatched) in (3, 4)
     assert_same_index(out, reference, the_plan(corpus))
-    # a worker larger than every node: an error at once (within the placement timeout of 30 s
-    # set above), naming what it asks for and what the nodes have
+    # a worker larger than every node: an error before placement (its kind and text: waiting
+    # out the placement timeout raises another), naming what it asks for and what nodes have
     big = BuildConfig.from_flat(**SETTINGS, ray=True, workers=1, cpus_per_worker=8)
-    start = time.monotonic()
     with pytest.raises(ClusterSettingError, match=r"each build worker asks for 8 CPU and no node "
                        r"of the cluster has that much: the largest .* has 2 CPU"):  # fmt: skip
         build_distributed(corpus, tmp_path / "none", big, progress=False)
-    assert time.monotonic() - start < 20
     # workers that fit a node, on a cluster whose nodes are busy (a node full, the other with the
     # 1 CPU of the corpus scan free): no worker starts, and the build stops with an error once
     # the placement timeout is over, not a wait forever
