@@ -1,7 +1,13 @@
 """The TTT effect against index size: one `tttnn eval` run per size, then their comparison.
 
     python3 results/large-corpus/curve.py                 # run (or resume) every size, then plot
+    python3 results/large-corpus/curve.py --ray           # the same, each run on a local Ray cluster
     python3 results/large-corpus/curve.py --table-only    # the comparison of the runs so far
+
+The smallest and the largest size run first, so that an interrupted curve already answers
+whether the effect grows; then the sizes between. `--ray` only changes where the documents run
+(one TTT worker per CPU, one torch thread each), not what a row holds: `tttnn eval --ray` gives
+the rows one process gives (`docs/distributed.md`).
 
 Each size S·5,180 is the first S shards of `runs/corpus-index` (`--shards 0,...,S-1`: the corpus
 starts with the shared train split, so S = 1 is today's index). Every run uses the same
@@ -49,10 +55,10 @@ def run_dir(shards: int) -> Path:
     return HERE / "curve" / f"size={shards * SHARD}"
 
 
-def run(index: str, shards: int) -> None:
+def run(index: str, shards: int, ray: bool) -> None:
     out = run_dir(shards).relative_to(ROOT)
     cmd = ["tttnn", "eval", "--index", index, "--shards", ",".join(map(str, range(shards)))]
-    cmd += [*RECIPE, "--out", str(out)]
+    cmd += [*RECIPE, "--out", str(out), *(["--ray"] if ray else [])]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
 
@@ -61,12 +67,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--index", default="runs/corpus-index", help="relative to the repository root")
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="in shards")
+    ap.add_argument("--ray", action="store_true", help="run each size with `tttnn eval --ray`")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
+    sizes = sorted(set(args.sizes))
     if not args.table_only:
-        for s in args.sizes:
-            run(args.index, s)
-    done = [s for s in args.sizes if (run_dir(s) / "results.jsonl").is_file()]
+        ends = [sizes[0], sizes[-1]]
+        for s in dict.fromkeys([*ends, *sizes]):
+            run(args.index, s, args.ray)
+    done = [s for s in sizes if (run_dir(s) / "results.jsonl").is_file()]
     if len(done) < 2:
         sys.exit(f"need two sizes with rows to compare; have {[s * SHARD for s in done]}")
     sides = [
