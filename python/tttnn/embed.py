@@ -242,6 +242,29 @@ class Encoder:
             bar.close()
         return out
 
+    def pieces(self, text: str) -> list[str]:
+        """`text` cut into consecutive pieces that the encoder reads whole (at most `max_length`
+        word pieces with its special tokens), so that their vectors together cover all of it; the
+        pieces concatenate back to `text`. Cuts fall between words where they can, so that a
+        piece tokenizes alone as it did in the text; a text the encoder reads whole is one
+        piece."""
+        room = max(1, self.max_length - self.tokenizer.num_special_tokens_to_add())
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                             verbose=False)  # fmt: skip
+        offsets, n = enc["offset_mapping"], len(enc["input_ids"])
+        words = enc.word_ids() if enc.is_fast else [None] * n
+        bounds, start = [0], 0
+        while n - start > room:
+            cut = start + room
+            while cut > start + 1 and words[cut] is not None and words[cut] == words[cut - 1]:
+                cut -= 1  # back to the start of the word it would split
+            if words[cut] is not None and words[cut] == words[cut - 1]:
+                cut = start + room  # one word longer than a piece: cut inside it
+            bounds.append(offsets[cut][0])
+            start = cut
+        bounds.append(len(text))
+        return [text[a:b] for a, b in zip(bounds, bounds[1:])]
+
     def encode_queries(self, texts: Sequence[str] | str, *, progress: bool = False) -> np.ndarray:
         """`encode`, one text per forward pass: a query's vector (and so its neighbors) does not
         depend on the texts beside it. In a padded batch the bf16 kernels change with the

@@ -101,6 +101,30 @@ class SearchResult:
         return [n.score for n in self.neighbors]
 
 
+def merge_results(results: Sequence[SearchResult], k: int, query_index: int = 0) -> SearchResult:
+    """One query's neighbors from the hits of its pieces' searches (`tttnn eval --query whole`):
+    rank by rank (every piece's nearest hit before any piece's second), within a rank the higher
+    score first, each entry once (where it first comes), the first `k`. So each part of a long
+    document gets neighbors of its own, instead of the part most like some entries taking them
+    all (a code file's license header, say); one piece keeps its own hits in order. `dropped`:
+    the most that the guard dropped from one piece's hits (a copy of the document is found by
+    several of its pieces, and counted once)."""
+    ranked = sorted(
+        ((rank, -n.score, piece, n) for piece, r in enumerate(results)
+         for rank, n in enumerate(r.neighbors)),
+        key=lambda t: t[:3],
+    )  # fmt: skip
+    seen: set[int] = set()
+    merged: list[Neighbor] = []
+    for *_, n in ranked:
+        if len(merged) == k:
+            break
+        if n.id not in seen:
+            seen.add(n.id)
+            merged.append(n)
+    return SearchResult(query_index, merged, max((r.dropped for r in results), default=0))
+
+
 def vocab_fingerprint(tokenizer: Any) -> str:
     """sha256 of a tokenizer's vocabulary (token -> id, added tokens included): equal exactly
     when two tokenizers map every token to the same id."""
