@@ -368,13 +368,18 @@ class Index:
             )  # fmt: skip
         return self._results(hits)
 
-    def _documents_stored(self) -> Optional[int]:
-        """The documents of a build that has sealed no shard since it started (its meta counts
-        none yet): 0 in an empty store, one per entry where entries are documents, else None
-        (unknown without reading every record)."""
+    def _documents(self) -> Optional[int]:
+        """The documents of the index; of a build, those stored so far: one per entry where
+        entries are documents, else the count the build recorded with its last sealed shard
+        (shards land in the background, so an interrupted build may hold one more; None: not
+        recorded yet)."""
+        if "documents" in self.meta:
+            return int(self.meta["documents"])
         if len(self.store) == 0:
             return 0
-        return len(self.store) if self.meta.get("chunk_tokens") is None else None
+        if self.meta.get("chunk_tokens") is None:
+            return len(self.store)
+        return self.meta.get("documents_so_far")
 
     def entries_in(self, shards: Optional[Sequence[int]] = None) -> int:
         """Entries a search of the shards `shards` (None: all) can return; IndexError naming a
@@ -421,7 +426,7 @@ class Index:
         return {
             "path": str(self.path),
             "status": m.get("status", "unknown"),
-            "documents": m.get("documents", m.get("documents_so_far", self._documents_stored())),
+            "documents": self._documents(),
             "entries": len(self.store),
             "shards": self.store.num_shards,
             "domains": m.get("domains", {}),
