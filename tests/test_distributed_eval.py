@@ -116,9 +116,9 @@ def test_whole_document_queries_give_on_ray_the_rows_of_one_process(
     ray_cluster, sample_index, tiny_lm, tmp_path
 ):
     here, there = tmp_path / "here", tmp_path / "ray"
-    run_eval(config(sample_index, tiny_lm, here, query="whole", limit=3))
+    run_eval(config(sample_index, tiny_lm, here, query_span="whole", limit=3))
     summary = jobs.evaluate(
-        config(sample_index, tiny_lm, there, query="whole", limit=3, ray=True, workers=2)
+        config(sample_index, tiny_lm, there, query_span="whole", limit=3, ray=True, workers=2)
     )
     assert (summary.ok, summary.failed) == (3, 0)
     got = results(there)

@@ -96,7 +96,7 @@ def test_a_rejected_setting_writes_nothing(tmp_path: Path, sample_index: Path) -
         (["--lr", "-1"], "lr must be a positive number"),
         (["-k", "3", "--eval-at", "5,10"], "eval_at 5, 10 beyond the 3 neighbors"),
         (["--betas", "0.9,1.5"], "betas must be two numbers"),
-        (["--query", "whole", "--select", "sift"], "SIFT selects against one query vector"),
+        (["--query-span", "whole", "--select", "sift"], "SIFT selects against one query vector"),
     ):
         res = CliRunner().invoke(main, base + extra)
         assert res.exit_code == 1 and message in res.output, res.output
@@ -322,9 +322,9 @@ def test_a_whole_query_searches_every_piece_and_merges_their_hits(
     tests.append({**tests[0], "text": tests[0]["text"][:400]})
     data = write_jsonl(tests, tmp_path / "test.jsonl")
     cfg = config(sample_index, tiny_lm, tmp_path / "run", data=[str(data)], neighbors=8,
-                 eval_at=(0, 8), limit=None, query="whole")  # fmt: skip
+                 eval_at=(0, 8), limit=None, query_span="whole")  # fmt: skip
     opening_cfg = dataclasses.replace(
-        cfg, retrieval=dataclasses.replace(cfg.retrieval, query="opening")
+        cfg, retrieval=dataclasses.replace(cfg.retrieval, query_span="opening")
     )
     docs = list(iter_test_documents(cfg.test))
     with Index.open(sample_index) as index:

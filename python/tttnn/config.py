@@ -70,7 +70,7 @@ torch take them as 64-bit integers, and a larger one would fail deep inside a ru
 # The allowed values of the fields with `choices`: the CLI offers them, `check_fields` enforces them.
 BASELINES = ("in-context", "dynamic-eval")
 SELECTIONS = ("nearest", "sift")
-QUERIES = ("opening", "whole")
+QUERY_SPANS = ("opening", "whole")
 AUTOCAST_DTYPES = ("bf16", "fp32")
 VECTOR_DTYPES = ("f32", "f16", "i8")
 ON_ERROR = ("skip", "fail")
@@ -245,10 +245,10 @@ class RetrievalConfig(Config):
     shards: Optional[tuple[int, ...]] = opt(
         None, "Search only these shards of the index, e.g. 0,1,2 (the paper's index-size study)."
     )
-    query: str = opt(
-        "opening", "What of each test document is its query: its opening (what the encoder "
-        "reads, the paper's), or the whole document (every encoder-length piece searched, the "
-        "hits merged rank by rank: `tttnn.index.merge_results`).", choices=QUERIES,
+    query_span: str = opt(
+        "opening", "What of each query text is searched: its opening (what the encoder reads, "
+        "the paper's), or the whole text (every piece the encoder reads whole searched, the "
+        "hits merged rank by rank: `tttnn.index.merge_results`).", choices=QUERY_SPANS,
     )  # fmt: skip
     select: str = opt(
         "nearest", "Which candidates to train on, in what order: nearest first (the paper), or "
@@ -286,8 +286,8 @@ class RetrievalConfig(Config):
             "raise --candidates to at least --neighbors",
         )
         _check(
-            self.select != "sift" or self.query == "opening",
-            "SIFT selects against one query vector: --query whole has one per piece; use "
+            self.select != "sift" or self.query_span == "opening",
+            "SIFT selects against one query vector: --query-span whole has one per piece; use "
             "--select nearest with it",
         )
 

@@ -28,7 +28,7 @@ import numpy as np
 from tttnn.compare import parse_row, row_problem
 from tttnn.config import EvalConfig, SettingError, TestSetConfig
 from tttnn.corpus import Document, read_corpus
-from tttnn.index import SearchResult, merge_results
+from tttnn.index import SearchResult, search_texts
 from tttnn.metrics import byte_weighted_bpb
 from tttnn.select import search_depth, select_neighbors
 
@@ -254,16 +254,14 @@ class Retrieved:
     query_vector: Optional[np.ndarray]
     seconds: float
     pieces: int = 1
-    """How many pieces of the query were searched (`--query whole`; 1: its opening)."""
+    """How many pieces of the query were searched (`--query-span whole`; 1: its opening)."""
 
 
 def retrieve(
     docs: Sequence[Document], cfg: EvalConfig, index: Any, tokenizer: Any
 ) -> list[Retrieved]:
-    """The neighbors of a batch of test documents: each query (its opening, or with `--query
-    whole` each piece of it) embedded alone, then one search (one fan-out over the shards),
-    whatever the index (`Index`, or `RayIndex` over Ray). A whole query's pieces are searched
-    with the whole query as the guard's text, and their hits merged (`merge_results`)."""
+    """The neighbors of a batch of test documents (`search_texts`: the opening of each, or with
+    `--query-span whole` every piece), whatever the index (`Index`, or `RayIndex` over Ray)."""
     r, max_length = cfg.retrieval, cfg.ttt.max_length
     pairs = [
         split_document(d.text, tokenizer, max_length) if cfg.test.split_text else (d.text, d.text)
@@ -273,23 +271,13 @@ def retrieve(
         return [Retrieved(q, s, None, None, 0.0) for q, s in pairs]
     t = time.perf_counter()
     queries = [q for q, _ in pairs]
-    pieces = [index.encoder.pieces(q) if r.query == "whole" else [q] for q in queries]
-    owner = [i for i, ps in enumerate(pieces) for _ in ps]
-    vectors = index.encoder.encode_queries([p for ps in pieces for p in ps])
-    found = index.search(vectors, k=search_depth(r), exact=r.exact, ef=r.ef,
-                         guard=[queries[i] for i in owner] if r.guard else None,
-                         threshold=r.guard_threshold, shards=r.shards)  # fmt: skip
-    if r.query == "whole":
-        by_query: list[list[SearchResult]] = [[] for _ in queries]
-        for i, hits in zip(owner, found):
-            by_query[i].append(hits)
-        results = [merge_results(h, search_depth(r), i) for i, h in enumerate(by_query)]
-        query_vectors: list[Optional[np.ndarray]] = [None] * len(queries)  # one per piece
-    else:
-        results, query_vectors = found, list(vectors)
+    results, vectors, pieces = search_texts(
+        index, queries, search_depth(r), span=r.query_span, guard=queries if r.guard else None,
+        exact=r.exact, ef=r.ef, threshold=r.guard_threshold, shards=r.shards,
+    )  # fmt: skip
     share = (time.perf_counter() - t) / len(docs)
     return [
-        Retrieved(q, s, hits, query_vectors[i], share, len(pieces[i]))
+        Retrieved(q, s, hits, vectors[i], share, pieces[i])
         for i, ((q, s), hits) in enumerate(zip(pairs, results))
     ]
 
@@ -316,7 +304,7 @@ def neighbor_windows(
         )
         found.update(selection)
     found["neighbors"] = [{"id": int(n.id), "score": float(n.score)} for n in neighbors]
-    if cfg.retrieval.query == "whole":
+    if cfg.retrieval.query_span == "whole":
         found["query_pieces"] = retrieved.pieces
     found["guard_dropped"] = dropped
     t = time.perf_counter()

@@ -102,7 +102,7 @@ class SearchResult:
 
 
 def merge_results(results: Sequence[SearchResult], k: int, query_index: int = 0) -> SearchResult:
-    """One query's neighbors from the hits of its pieces' searches (`tttnn eval --query whole`):
+    """One query's neighbors from the hits of its pieces' searches (`--query-span whole`):
     rank by rank (every piece's nearest hit before any piece's second), within a rank the higher
     score first, each entry once (where it first comes), the first `k`. So each part of a long
     document gets neighbors of its own, instead of the part most like some entries taking them
@@ -123,6 +123,35 @@ def merge_results(results: Sequence[SearchResult], k: int, query_index: int = 0)
             seen.add(n.id)
             merged.append(n)
     return SearchResult(query_index, merged, max((r.dropped for r in results), default=0))
+
+
+def search_texts(
+    index: Any, texts: Sequence[str], k: int, *, span: str = "opening",
+    guard: Optional[Sequence[str]] = None, **search: Any,
+) -> tuple[list[SearchResult], list[Optional[np.ndarray]], list[int]]:  # fmt: skip
+    """The `k` nearest entries of each text, whatever the index (`Index`, or `RayIndex` over
+    Ray): `(results, the query vector of each text, the pieces searched for each)`. Each query
+    is embedded alone (`Encoder.encode_queries`), and all are searched at once (one fan-out over
+    the shards). `span` "opening": a text is embedded as the encoder reads it, its opening;
+    "whole": every piece of it that the encoder reads whole (`Encoder.pieces`) is searched, with
+    the whole text as the guard's, and the pieces' hits are merged (`merge_results`; no one
+    query vector then: None). `guard`: the guard's text of each text (None: no guard);
+    `search`: `Index.search`'s other settings."""
+    if span not in ("opening", "whole"):
+        raise ValueError(f"span must be 'opening' or 'whole', not {span!r}")
+    pieces = [index.encoder.pieces(t) if span == "whole" else [t] for t in texts]
+    owner = [i for i, ps in enumerate(pieces) for _ in ps]
+    vectors = index.encoder.encode_queries([p for ps in pieces for p in ps])
+    found = index.search(vectors, k=k, guard=None if guard is None else [guard[i] for i in owner],
+                         **search)  # fmt: skip
+    counts = [len(ps) for ps in pieces]
+    if span == "opening":
+        return list(found), list(vectors), counts
+    by_text: list[list[SearchResult]] = [[] for _ in texts]
+    for i, hits in zip(owner, found):
+        by_text[i].append(hits)
+    merged = [merge_results(h, k, i) for i, h in enumerate(by_text)]
+    return merged, [None] * len(texts), counts
 
 
 def vocab_fingerprint(tokenizer: Any) -> str:
