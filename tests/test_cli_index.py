@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from helpers import corpus_slice, write_jsonl
 from tttnn.cli import main
+from tttnn.index import Index, merge_results
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +191,20 @@ def test_index_verify_reads_everything_and_names_a_bad_file(built, tmp_path: Pat
     text.write_bytes(bytes(data))
     res = CliRunner().invoke(main, ["index", "verify", str(copy), "-q"])
     assert res.exit_code == 1 and "text.bin" in res.output and "Traceback" not in res.output
+
+
+def test_search_of_a_whole_text_merges_the_hits_of_its_pieces(built) -> None:
+    out, _, rows = built
+    text = max((r["text"] for r in rows), key=len)
+    args = ["search", str(out), text, "-k", "4", "--exact", "--json"]
+    res = CliRunner().invoke(main, [*args, "--query-span", "whole"])
+    assert res.exit_code == 0, res.output
+    got = [n["id"] for n in json.loads(res.stdout)["neighbors"]]
+    with Index.open(out) as index:
+        pieces = index.encoder.pieces(text)
+        assert len(pieces) > 1
+        alone = index.search(pieces, k=4, exact=True)
+        assert got == merge_results(alone, k=4).ids
+        (opening,) = index.search([text], k=4, exact=True)
+    res = CliRunner().invoke(main, args)  # the opening: the default
+    assert [n["id"] for n in json.loads(res.stdout)["neighbors"]] == opening.ids

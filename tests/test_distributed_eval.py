@@ -112,6 +112,21 @@ def test_two_workers_write_the_rows_of_one_process(
 
 
 @pytest.mark.slow
+def test_whole_document_queries_give_on_ray_the_rows_of_one_process(
+    ray_cluster, sample_index, tiny_lm, tmp_path
+):
+    here, there = tmp_path / "here", tmp_path / "ray"
+    run_eval(config(sample_index, tiny_lm, here, query_span="whole", limit=3))
+    summary = jobs.evaluate(
+        config(sample_index, tiny_lm, there, query_span="whole", limit=3, ray=True, workers=2)
+    )
+    assert (summary.ok, summary.failed) == (3, 0)
+    got = results(there)
+    assert all(r["query_pieces"] > 1 for r in got.values()), got  # several pieces each
+    assert_same(got, results(here))
+
+
+@pytest.mark.slow
 def test_a_worker_killed_mid_document_has_its_document_rerun(
     ray_cluster, sample_index, tiny_lm, single, tmp_path
 ):

@@ -4,6 +4,7 @@ is quick. Checks the results file, resumption, loud failures, the report and its
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -95,6 +96,7 @@ def test_a_rejected_setting_writes_nothing(tmp_path: Path, sample_index: Path) -
         (["--lr", "-1"], "lr must be a positive number"),
         (["-k", "3", "--eval-at", "5,10"], "eval_at 5, 10 beyond the 3 neighbors"),
         (["--betas", "0.9,1.5"], "betas must be two numbers"),
+        (["--query-span", "whole", "--select", "sift"], "SIFT selects against one query vector"),
     ):
         res = CliRunner().invoke(main, base + extra)
         assert res.exit_code == 1 and message in res.output, res.output
@@ -307,3 +309,49 @@ def test_a_run_never_writes_through_a_planted_symbolic_link(
     with pytest.raises(OSError, match="symbolic link"):
         run_eval(config(sample_index, tiny_lm, run, limit=1))
     assert victim.read_text() == "keep me"
+
+
+def test_a_whole_query_searches_every_piece_and_merges_their_hits(
+    sample_index: Path, tiny_lm: Path, lm_tokenizer: Any, tmp_path: Path
+) -> None:
+    from tttnn.evaluate import iter_test_documents, retrieve
+    from tttnn.index import Index
+
+    # test documents of several pieces, and one the encoder reads whole (a short opening)
+    tests = corpus_slice(per_domain=1, source=SAMPLE_TEST)
+    tests.append({**tests[0], "text": tests[0]["text"][:400]})
+    data = write_jsonl(tests, tmp_path / "test.jsonl")
+    cfg = config(sample_index, tiny_lm, tmp_path / "run", data=[str(data)], neighbors=8,
+                 eval_at=(0, 8), limit=None, query_span="whole")  # fmt: skip
+    opening_cfg = dataclasses.replace(
+        cfg, retrieval=dataclasses.replace(cfg.retrieval, query_span="opening")
+    )
+    docs = list(iter_test_documents(cfg.test))
+    with Index.open(sample_index) as index:
+        whole = retrieve(docs, cfg, index, lm_tokenizer)
+        opening = retrieve(docs, opening_cfg, index, lm_tokenizer)
+        counts = [len(index.encoder.pieces(d.text)) for d in docs]
+        assert [w.pieces for w in whole] == counts
+        assert [o.pieces for o in opening] == [1] * len(docs)
+        assert counts[-1] == 1 and any(1 < c <= 8 for c in counts), counts
+        for doc, w, o, n in zip(docs, whole, opening, counts):
+            assert w.hits is not None and o.hits is not None and w.query_vector is None
+            assert len(set(w.hits.ids)) == len(w.hits.ids) == 8
+            if n == 1:  # the encoder reads the whole text: the same query, the same neighbors
+                assert w.hits.ids == o.hits.ids
+                continue
+            if n > 8:
+                continue
+            # every piece of the document brings its own nearest entry
+            for piece in index.encoder.pieces(doc.text):
+                (alone,) = index.search([piece], k=1, exact=True, guard=[doc.text])
+                assert alone.ids[0] in w.hits.ids, (doc.doc_id, piece[:60])
+        assert any(w.hits.ids != o.hits.ids for w, o in zip(whole, opening))  # type: ignore[union-attr]
+
+    # A run with whole queries trains on those neighbors and records the pieces searched.
+    run_eval(dataclasses.replace(cfg, test=dataclasses.replace(cfg.test, limit=2)))
+    rows = rows_of(tmp_path / "run")
+    assert [r["status"] for r in rows] == ["ok"] * 2, rows
+    for r, w, n in zip(rows, whole, counts):
+        assert r["query_pieces"] == n
+        assert [x["id"] for x in r["neighbors"]] == w.hits.ids  # type: ignore[union-attr]

@@ -487,3 +487,28 @@ def test_index_info_during_a_build_counts_what_is_stored(
     )
     assert json.loads(cli("index", "info", str(out), "--json").stdout)["documents"] == 0
     del store
+
+
+def test_index_info_of_an_interrupted_build_counts_every_stored_document(
+    tmp_path: Path, encoder: Any, lm_tokenizer: Any
+) -> None:
+    """A build records its count when it seals a shard, but a shard lands in the background and
+    is counted with the next one: a build stopped between the two holds a shard more than its
+    meta says. Where entries are documents, `index info` counts the entries instead."""
+    from helpers import SAMPLE_TRAIN
+    from tttnn._tttnn import EmbeddingStore
+    from tttnn.build import build_index
+
+    out = tmp_path / "idx"
+    build_index([SAMPLE_TRAIN], out, encoder=encoder, tokenizer=lm_tokenizer, limit=12,
+                shard_size=4, progress=False)  # fmt: skip
+    store = EmbeddingStore.open(str(out))
+    meta = json.loads(store.meta)
+    del meta["documents"]
+    store.set_meta(json.dumps({**meta, "status": "building", "documents_so_far": 8}))
+    del store
+    res = cli("index", "info", str(out))
+    assert res.exit_code == 0, res.output
+    assert "documents   12 so far (the build has not finished) (12 entries in 3 shards)" in (
+        res.output
+    )

