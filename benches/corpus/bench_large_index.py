@@ -14,7 +14,8 @@ Then, with the shared test split's 160 documents as queries:
 - `Index.open` time, in a fresh process (the page cache is what the build left);
 - the first search (graphs mapped on first use) and the median of the following ones, per query;
 - exact against HNSW recall@k and time at each ef;
-- the own-domain share of the top k (exact), per domain, at each subset size (`--sizes`).
+- the own-domain share of the top k (exact), per domain, at each subset size (`--sizes`), for
+  queries of each span (`--spans`: the opening, and the whole text as `--query-span whole`).
 """
 
 from __future__ import annotations
@@ -119,6 +120,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     with Index.open(args.out) as index:
         info = index.info()
         n = info["documents"]
+        shards = len(info["shards"]) if isinstance(info.get("shards"), list) else info["shards"]
+        own_domain(index, args, docs, shards, n, out)
+        if args.own_domain_only:
+            return out
         disk = disk_by_kind(args.out)
         out["disk"] = {
             "bytes_by_kind": disk,
@@ -150,27 +155,43 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             dt = time.perf_counter() - t
             rec = np.mean([len(set(e.ids) & set(a.ids)) / args.k for e, a in zip(exact, approx)])
             out["hnsw"][str(ef)] = {"recall": round(float(rec), 4), "batch_s": round(dt, 4)}
-        shards = len(info["shards"]) if isinstance(info.get("shards"), list) else info["shards"]
-        out["own_domain"] = {}
-        for size in args.sizes:
-            s = min(size, shards)
-            res = (
-                exact
-                if s == shards
-                else index.search(vecs, k=args.k, exact=True, shards=list(range(s)))
-            )
-            share: dict[str, list[float]] = defaultdict(list)
-            for d, r in zip(docs, res):
-                share[d.domain].append(float(np.mean([x.domain == d.domain for x in r.neighbors])))
-            out["own_domain"][str(min(s * SHARD_SIZE, n))] = {
-                dom: round(float(np.mean(v)), 4) for dom, v in sorted(share.items())
-            }
     opens = open_time(args.out)
     out["open_s"] = {
         "median": round(statistics.median(opens), 4),
         "runs": [round(x, 4) for x in opens],
     }
     return out
+
+
+def own_domain(
+    index: Any, args: argparse.Namespace, docs: list[Any], shards: int, n: int,
+    out: dict[str, Any],
+) -> None:  # fmt: skip
+    """The own-domain share of the top k (exact) of each test document, per domain, at each
+    subset size, for each query span."""
+    from tttnn.index import search_texts
+
+    texts = [d.text for d in docs]
+    for span in args.spans:  # the queries as `tttnn eval --query-span SPAN` searches them
+        key = "own_domain" if span == "opening" else f"own_domain_{span}"
+        out[key] = {}
+        for size in args.sizes:
+            s = min(size, shards)
+            res, _, pieces = search_texts(
+                index, texts, args.k, span=span, exact=True, shards=list(range(s))
+            )
+            share: dict[str, list[float]] = defaultdict(list)
+            for d, r in zip(docs, res):
+                own = [x.domain == d.domain for x in r.neighbors]
+                share[d.domain].append(float(np.mean(own)))
+            out[key][str(min(s * SHARD_SIZE, n))] = {
+                dom: round(float(np.mean(v)), 4) for dom, v in sorted(share.items())
+            }
+        if span == "whole":
+            out["query_pieces"] = {
+                "median": statistics.median(pieces), "max": max(pieces),
+                "total": sum(pieces), "queries": len(pieces),
+            }  # fmt: skip
 
 
 def main() -> None:
@@ -191,10 +212,28 @@ def main() -> None:
         default=[1, 4, 16, 10**9],
         help="subset sizes in shards (of 5,180 entries); more than there are: all",
     )
-    ap.add_argument("--no-build", action="store_true", help="measure the index as it is")
+    ap.add_argument(
+        "--spans",
+        nargs="+",
+        default=["opening", "whole"],
+        choices=["opening", "whole"],
+        help="query spans of the own-domain shares (`tttnn eval --query-span`)",
+    )
+    ap.add_argument(
+        "--no-build",
+        action="store_true",
+        help="measure the index as it is (an earlier --json keeps what is not measured again)",
+    )
+    ap.add_argument(
+        "--own-domain-only",
+        action="store_true",
+        help="with --no-build: measure only the own-domain shares (timings need a quiet machine)",
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     result: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count()}
+    if args.no_build and args.json is not None and args.json.is_file():
+        result = {**json.loads(args.json.read_text()), **result}  # what is not measured again
     if not args.no_build:
         result["build"] = build(args)
         print(json.dumps(result["build"], indent=1), flush=True)
