@@ -42,13 +42,15 @@ ROOT = HERE.parents[1]
 SHARD = 5180
 SIZES = (1, 4, 16, 20)
 """Index sizes in shards; add the shard count of a larger index when it is built."""
-RECIPE = [
-    "--data", "../shared/corpus/test.jsonl.zst", "--limit-per-domain", "2",
+TEST = ["--data", "../shared/corpus/test.jsonl.zst", "--limit-per-domain", "2"]
+"""The curve's documents: the first 2 test documents of each domain."""
+TRAINING = [
     "-k", "20", "--windows-per-neighbor", "1", "--max-length", "1024", "--lr", "1e-4",
     "--eval-at", "0,20", "--exact",
 ]  # fmt: skip
 """One 1024-token window per neighbor, AdamW lr 1e-4, k = 20; exact search, so that the curve
 measures the index's size and not the HNSW graphs' recall."""
+RECIPE = [*TEST, *TRAINING]
 
 
 def run_dir(shards: int) -> Path:
