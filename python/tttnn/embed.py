@@ -339,11 +339,12 @@ class Encoder:
         pieces concatenate back to `text`. Cuts fall between words where they can, so that a
         piece tokenizes alone as it did in the text; a text the encoder reads whole is one
         piece."""
+        if not self.tokenizer.is_fast:  # offsets and words come from the Rust tokenizers only
+            raise ValueError(f"the encoder {self.name!r} has no fast tokenizer to cut pieces with")
         room = max(1, self.max_length - self.tokenizer.num_special_tokens_to_add())
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
                              verbose=False)  # fmt: skip
-        offsets, n = enc["offset_mapping"], len(enc["input_ids"])
-        words = enc.word_ids() if enc.is_fast else [None] * n
+        offsets, n, words = enc["offset_mapping"], len(enc["input_ids"]), enc.word_ids()
         bounds, start = [0], 0
         while n - start > room:
             cut = start + room
