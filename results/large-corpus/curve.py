@@ -121,7 +121,7 @@ def plot_curve(points: dict, path: Path, documents: int) -> None:
     ax.set_ylabel("change in bits per byte at k = 20 vs k = 0 (%)")
     ax.set_title(f"TTT effect against index size ({documents} test documents, 95% band: average)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="outside right center", frameon=False)
+    fig.legend(fontsize=8, loc="outside right center", frameon=False)
     save_figure(fig, path)
     plt.close(fig)
 
