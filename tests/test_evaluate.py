@@ -355,3 +355,17 @@ def test_a_whole_query_searches_every_piece_and_merges_their_hits(
     for r, w, n in zip(rows, whole, counts):
         assert r["query_pieces"] == n
         assert [x["id"] for x in r["neighbors"]] == w.hits.ids  # type: ignore[union-attr]
+
+
+def test_a_run_records_its_model_under_home_as_tilde(
+    sample_index: Path, tiny_lm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    model = home / ".cache" / "tiny"
+    shutil.copytree(tiny_lm, model)
+    monkeypatch.setenv("HOME", str(home))
+    run = tmp_path / "run"
+    run_eval(config(sample_index, model, run, limit=1))
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model_path"] == "~/.cache/tiny"
+    run_eval(config(sample_index, tmp_path / "home" / ".cache" / "tiny", run, limit=1))  # resumes

@@ -141,6 +141,15 @@ def _atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, text)
 
 
+def _home_relative(path: str) -> str:
+    """`path` with the user's home folder as `~`: a run's record names where the model was
+    without naming the machine's user (runs are shared and committed)."""
+    home = str(Path.home())
+    if path == home or path.startswith(home.rstrip("/") + "/"):
+        return "~" + path[len(home.rstrip("/")) :]
+    return path
+
+
 def _check_or_write_config(out: Path, cfg: EvalConfig, resolved_model: str) -> None:
     """Write RUN/config.json, or check that the run there has the same settings."""
     path = out / "config.json"
@@ -148,8 +157,8 @@ def _check_or_write_config(out: Path, cfg: EvalConfig, resolved_model: str) -> N
         raise OSError(f"{path}: is a symbolic link where tttnn keeps a file of its own; remove it")
     settings = cfg.results_settings()
     if not path.exists():
-        record = {"format": CONFIG_FORMAT, "config": cfg.to_dict(), "model_path": resolved_model,
-                  "versions": _versions()}  # fmt: skip
+        record = {"format": CONFIG_FORMAT, "config": cfg.to_dict(),
+                  "model_path": _home_relative(resolved_model), "versions": _versions()}  # fmt: skip
         _atomic_write_text(path, json.dumps(record, indent=2))
         return
     old = json.loads(path.read_text(encoding="utf-8"))
