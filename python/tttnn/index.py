@@ -402,8 +402,8 @@ class Index:
         entries are documents, else the count the build recorded with its last sealed shard
         (shards land in the background, so an interrupted build may hold one more; None: not
         recorded yet)."""
-        if "documents" in self.meta:
-            return int(self.meta["documents"])
+        if self.meta.get("documents") is not None:  # a finished build's count
+            return self.meta["documents"]
         if len(self.store) == 0:
             return 0
         if self.meta.get("chunk_tokens") is None:
