@@ -21,7 +21,16 @@ from tttnn import CorruptIndexError
 from tttnn._tttnn import EmbeddingStore
 from tttnn.build import build_index
 from tttnn.embed import Encoder, EncoderNotFoundError, default_encoder_path, split_by_tokens
-from tttnn.index import Index, InvalidIndexError, Neighbor, SearchResult, merge_results
+from tttnn.index import (
+    Index,
+    InvalidIndexError,
+    Neighbor,
+    SearchResult,
+    embed_texts,
+    merge_results,
+    search_queries,
+    search_texts,
+)
 
 
 @pytest.fixture(scope="module")
@@ -402,3 +411,24 @@ def test_encoder_pieces_cover_the_text_each_read_whole(rows, encoder) -> None:
     assert max(lengths) <= encoder.max_length, lengths
     short = "a short query"
     assert encoder.pieces(short) == [short]
+
+
+@pytest.mark.parametrize("span", ["opening", "whole"])
+def test_texts_embedded_once_search_as_search_texts_at_every_subset(built, rows, span) -> None:
+    index, _ = built
+    texts = sorted((r["text"] for r in rows), key=len)[-3:]
+    queries = embed_texts(index.encoder, texts, span)
+    assert len(queries.vectors) == sum(queries.counts) == len(queries.owner)
+    assert (max(queries.counts) > 1) == (span == "whole")
+    for shards in ([0], [0, 1, 2], None):
+        once, vecs = search_queries(index, queries, 5, guard=texts, exact=True, shards=shards)
+        again, vecs2, counts = search_texts(
+            index, texts, 5, span=span, guard=texts, exact=True, shards=shards
+        )
+        assert counts == queries.counts
+        assert [(r.ids, r.dropped) for r in once] == [(r.ids, r.dropped) for r in again]
+        assert all((a is None) == (span == "whole") for a in vecs)
+        if span == "opening":
+            assert all(np.array_equal(a, b) for a, b in zip(vecs, vecs2))
+    with pytest.raises(ValueError, match="span must be"):
+        embed_texts(index.encoder, texts, "middle")

@@ -169,17 +169,17 @@ def own_domain(
 ) -> None:  # fmt: skip
     """The own-domain share of the top k (exact) of each test document, per domain, at each
     subset size, for each query span."""
-    from tttnn.index import search_texts
+    from tttnn.index import embed_texts, search_queries
 
     texts = [d.text for d in docs]
     for span in args.spans:  # the queries as `tttnn eval --query-span SPAN` searches them
         key = "own_domain" if span == "opening" else f"own_domain_{span}"
         out[key] = {}
+        queries = embed_texts(index.encoder, texts, span)  # once, searched at every size
+        pieces = queries.counts
         for size in args.sizes:
             s = min(size, shards)
-            res, _, pieces = search_texts(
-                index, texts, args.k, span=span, exact=True, shards=list(range(s))
-            )
+            res, _ = search_queries(index, queries, args.k, exact=True, shards=list(range(s)))
             share: dict[str, list[float]] = defaultdict(list)
             for d, r in zip(docs, res):
                 own = [x.domain == d.domain for x in r.neighbors]

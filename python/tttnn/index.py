@@ -40,6 +40,11 @@ __all__ = [
     "Neighbor",
     "PartialIndexWarning",
     "SearchResult",
+    "TextQueries",
+    "embed_texts",
+    "merge_results",
+    "search_queries",
+    "search_texts",
     "vocab_fingerprint",
 ]
 
@@ -125,33 +130,60 @@ def merge_results(results: Sequence[SearchResult], k: int, query_index: int = 0)
     return SearchResult(query_index, merged, max((r.dropped for r in results), default=0))
 
 
+@dataclass
+class TextQueries:
+    """Texts embedded as queries (`embed_texts`), to be searched once or many times
+    (`search_queries`): `vectors` holds one row per piece, `owner[j]` is the text piece `j` came
+    from, `counts[i]` how many pieces text `i` has (1 for its opening)."""
+
+    span: str
+    vectors: np.ndarray
+    owner: list[int]
+    counts: list[int]
+
+
+def embed_texts(encoder: Encoder, texts: Sequence[str], span: str = "opening") -> TextQueries:
+    """Embed texts as queries, each alone (`Encoder.encode_queries`). `span` "opening": a text as
+    the encoder reads it, its opening; "whole": every piece of it that the encoder reads whole
+    (`Encoder.pieces`)."""
+    if span not in ("opening", "whole"):
+        raise ValueError(f"span must be 'opening' or 'whole', not {span!r}")
+    pieces = [encoder.pieces(t) if span == "whole" else [t] for t in texts]
+    owner = [i for i, ps in enumerate(pieces) for _ in ps]
+    vectors = encoder.encode_queries([p for ps in pieces for p in ps])
+    return TextQueries(span, vectors, owner, [len(ps) for ps in pieces])
+
+
+def search_queries(
+    index: Any, queries: TextQueries, k: int, *, guard: Optional[Sequence[str]] = None,
+    **search: Any,
+) -> tuple[list[SearchResult], list[Optional[np.ndarray]]]:  # fmt: skip
+    """The `k` nearest entries of each embedded text, whatever the index (`Index`, or `RayIndex`
+    over Ray), all searched at once (one fan-out over the shards): `(results, the query vector of
+    each text)`. With span "whole" each piece is searched with its text's guard, and the pieces'
+    hits are merged (`merge_results`; no one query vector then: None). `guard`: the guard's text
+    of each text (None: no guard); `search`: `Index.search`'s other settings."""
+    owner = queries.owner
+    found = index.search(queries.vectors, k=k,
+                         guard=None if guard is None else [guard[i] for i in owner], **search)  # fmt: skip
+    if queries.span == "opening":
+        return list(found), list(queries.vectors)
+    by_text: list[list[SearchResult]] = [[] for _ in queries.counts]
+    for i, hits in zip(owner, found):
+        by_text[i].append(hits)
+    merged = [merge_results(h, k, i) for i, h in enumerate(by_text)]
+    return merged, [None] * len(queries.counts)
+
+
 def search_texts(
     index: Any, texts: Sequence[str], k: int, *, span: str = "opening",
     guard: Optional[Sequence[str]] = None, **search: Any,
 ) -> tuple[list[SearchResult], list[Optional[np.ndarray]], list[int]]:  # fmt: skip
-    """The `k` nearest entries of each text, whatever the index (`Index`, or `RayIndex` over
-    Ray): `(results, the query vector of each text, the pieces searched for each)`. Each query
-    is embedded alone (`Encoder.encode_queries`), and all are searched at once (one fan-out over
-    the shards). `span` "opening": a text is embedded as the encoder reads it, its opening;
-    "whole": every piece of it that the encoder reads whole (`Encoder.pieces`) is searched, with
-    the whole text as the guard's, and the pieces' hits are merged (`merge_results`; no one
-    query vector then: None). `guard`: the guard's text of each text (None: no guard);
-    `search`: `Index.search`'s other settings."""
-    if span not in ("opening", "whole"):
-        raise ValueError(f"span must be 'opening' or 'whole', not {span!r}")
-    pieces = [index.encoder.pieces(t) if span == "whole" else [t] for t in texts]
-    owner = [i for i, ps in enumerate(pieces) for _ in ps]
-    vectors = index.encoder.encode_queries([p for ps in pieces for p in ps])
-    found = index.search(vectors, k=k, guard=None if guard is None else [guard[i] for i in owner],
-                         **search)  # fmt: skip
-    counts = [len(ps) for ps in pieces]
-    if span == "opening":
-        return list(found), list(vectors), counts
-    by_text: list[list[SearchResult]] = [[] for _ in texts]
-    for i, hits in zip(owner, found):
-        by_text[i].append(hits)
-    merged = [merge_results(h, k, i) for i, h in enumerate(by_text)]
-    return merged, [None] * len(texts), counts
+    """`embed_texts` with the index's encoder, then `search_queries`: `(results, the query vector
+    of each text, the pieces searched for each)`."""
+    queries = embed_texts(index.encoder, texts, span)
+    results, vectors = search_queries(index, queries, k, guard=guard, **search)
+    return results, vectors, queries.counts
 
 
 def vocab_fingerprint(tokenizer: Any) -> str:
