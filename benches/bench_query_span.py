@@ -1,0 +1,136 @@
+"""What whole-document queries (`--query-span whole`) cost against opening queries (the paper's),
+and what searching all pieces at once saves against one document at a time, in the same run.
+
+    python benches/bench_query_span.py --index INDEX [--docs 160] [--repeat 5] [--json OUT]
+
+INDEX is any tttnn index (`tttnn index build ../shared/corpus/train.jsonl.zst --out INDEX`
+builds today's). The queries are the documents of the shared test split. Three ways, each
+repeated, the median reported:
+
+- opening: each document's opening embedded and searched (`embed_texts` + `search_queries`);
+- whole: every piece of each document embedded, all searched at once, hits merged per document;
+- whole, one document at a time: the same, one `search_texts` call per document (the peer: what
+  a loop over documents would do).
+
+Embedding and search are timed apart, exact and HNSW (ef 64). Printed: seconds per query
+document, pieces, and the ratios whole / opening and one-at-a-time / batched. The results of the
+two whole ways are checked equal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from tttnn.corpus import Corpus
+from tttnn.index import Index, embed_texts, search_queries, search_texts
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+def median_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    times, out = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--index", type=Path, required=True)
+    ap.add_argument("--test", type=Path, default=SHARED / "test.jsonl.zst")
+    ap.add_argument("--docs", type=int, default=160)
+    ap.add_argument("-k", type=int, default=20)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    index = Index.open(args.index)
+    texts = [d.text for d in Corpus(args.test)][: args.docs]
+    n = len(texts)
+    index.search(index.encoder.encode_queries(texts[:2]), k=args.k, exact=True)  # warm
+    out: dict[str, Any] = {
+        "cpu": cpu_name(),
+        "avx512": "avx512f" in Path("/proc/cpuinfo").read_text() if os.path.exists("/proc/cpuinfo") else None,
+        "torch_threads": torch.get_num_threads(),
+        "index_entries": len(index),
+        "docs": n,
+        "repeat": args.repeat,
+    }  # fmt: skip
+    embed_s: dict[str, float] = {}
+    queries = {}
+    for span in ("opening", "whole"):
+        embed_s[span], queries[span] = median_time(
+            lambda span=span: embed_texts(index.encoder, texts, span), args.repeat
+        )
+    out["pieces"] = {"opening": n, "whole": sum(queries["whole"].counts)}
+    print(f"{out['cpu']}, AVX-512 {out['avx512']}, {out['torch_threads']} torch threads; "
+          f"{len(index):,} entries; {n} query documents, {out['pieces']['whole']} pieces; "
+          f"median of {args.repeat}")  # fmt: skip
+    print("| way | search | embed s/doc | search s/doc | total s/doc | vs opening |")
+    print("|---|---|---:|---:|---:|---:|")
+    rows = []
+    for label, exact, ef in (("exact", True, None), ("hnsw ef 64", False, 64)):
+        setting: dict[str, Any] = {"exact": exact} if exact else {"ef": ef}
+        search_s: dict[str, float] = {}
+        found: dict[str, Any] = {}
+        for span in ("opening", "whole"):
+            search_s[span], found[span] = median_time(
+                lambda span=span, setting=setting: search_queries(
+                    index, queries[span], args.k, guard=texts, **setting
+                ),
+                args.repeat,
+            )
+        t_loop, loop = median_time(
+            lambda setting=setting: [
+                search_texts(index, [t], args.k, span="whole", guard=[t], **setting)[0][0]
+                for t in texts
+            ],
+            args.repeat,
+        )
+        if [r.ids for r in loop] != [r.ids for r in found["whole"][0]]:
+            raise SystemExit(f"{label}: one document at a time found other neighbors")
+        base = embed_s["opening"] + search_s["opening"]
+        ways = (
+            ("opening", embed_s["opening"], search_s["opening"]),
+            ("whole, all at once", embed_s["whole"], search_s["whole"]),
+            ("whole, one document at a time", None, None),
+        )
+        for way, e, s in ways:
+            total = t_loop if e is None or s is None else e + s
+            cells = ("–", "–") if e is None or s is None else (f"{e / n:.4f}", f"{s / n:.4f}")
+            print(f"| {way} | {label} | {cells[0]} | {cells[1]} | {total / n:.4f} "
+                  f"| {total / base:.2f}x |")  # fmt: skip
+            rows.append({
+                "way": way, "search": label, "embed_s": e, "search_s": s, "total_s": total,
+                "vs_opening": round(total / base, 3),
+            })  # fmt: skip
+        batched = embed_s["whole"] + search_s["whole"]
+        print(f"| one at a time / all at once | {label} | | | | {t_loop / batched:.2f}x |")
+    out["rows"] = rows
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
