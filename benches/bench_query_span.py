@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Any, Callable
 import torch
 
 from tttnn.corpus import Corpus
+from tttnn.evaluate import cpu_description
 from tttnn.index import Index, embed_texts, search_queries, search_texts
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpus"
@@ -43,16 +42,6 @@ def median_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
         out = fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times), out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -70,8 +59,7 @@ def main() -> None:
     n = len(texts)
     index.search(index.encoder.encode_queries(texts[:2]), k=args.k, exact=True)  # warm
     out: dict[str, Any] = {
-        "cpu": cpu_name(),
-        "avx512": "avx512f" in Path("/proc/cpuinfo").read_text() if os.path.exists("/proc/cpuinfo") else None,
+        "cpu": cpu_description(),  # with its AVX-512 features, as results rows record it
         "torch_threads": torch.get_num_threads(),
         "index_entries": len(index),
         "docs": n,
@@ -84,7 +72,7 @@ def main() -> None:
             lambda span=span: embed_texts(index.encoder, texts, span), args.repeat
         )
     out["pieces"] = {"opening": n, "whole": sum(queries["whole"].counts)}
-    print(f"{out['cpu']}, AVX-512 {out['avx512']}, {out['torch_threads']} torch threads; "
+    print(f"{out['cpu']}, {out['torch_threads']} torch threads; "
           f"{len(index):,} entries; {n} query documents, {out['pieces']['whole']} pieces; "
           f"median of {args.repeat}")  # fmt: skip
     print("| way | search | embed s/doc | search s/doc | total s/doc | vs opening |")

@@ -231,7 +231,9 @@ def main() -> None:
     )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    result: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count()}
+    from tttnn.evaluate import cpu_description  # what results rows record
+
+    result: dict[str, Any] = {"cpu": cpu_description(), "cores": os.cpu_count()}
     if args.no_build and args.json is not None and args.json.is_file():
         result = {**json.loads(args.json.read_text()), **result}  # what is not measured again
     if not args.no_build:
@@ -242,19 +244,6 @@ def main() -> None:
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                flags = Path("/proc/cpuinfo").read_text()
-                return line.split(":", 1)[1].strip() + (
-                    " (AVX-512 bf16)" if "avx512_bf16" in flags else " (no AVX-512 bf16)"
-                )
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ _NUMERIC_ISA = ("avx512_bf16", "amx_bf16", "avx512f", "avx2")
 """CPU features that change which matmul kernels (and so which rounding) torch uses in bf16."""
 
 
-def _cpu() -> str:
+def cpu_description() -> str:
     """The CPU's model name and its bf16-relevant features, from /proc/cpuinfo (Linux) or
     `platform.processor()` elsewhere."""
     try:
@@ -122,7 +122,7 @@ def row_environment(device: Any) -> dict[str, Any]:
     key = str(device)
     if key not in _ENV:
         dev = torch.device(device)
-        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu()
+        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_description()
         _ENV[key] = {"device": key, "hardware": name, **_versions()}
     return {**_ENV[key], "threads": torch.get_num_threads()}
 
