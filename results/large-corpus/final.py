@@ -16,9 +16,10 @@ its committed rows; `final.md` and `final.png` are `tttnn compare` of the two.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
+
+from quality import sh
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -35,15 +36,6 @@ best size there, `quality/validation/sizes.md`), exact search (as the curve), op
 whole-document queries and chunked entries were not kept. This runs only if mpnet is kept: with
 MiniLM it would be today's default on today's index, the baseline itself."""
 OUT = HERE / "final" / "run"
-
-
-def sh(cmd: list[str], dry: bool, out: Path | None = None) -> None:
-    print("$", " ".join(cmd), *([">", str(out.relative_to(ROOT))] if out else []), flush=True)
-    if dry:
-        return
-    done = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=out is not None, text=True)
-    if out is not None:
-        out.write_text(done.stdout)
 
 
 def main() -> None:

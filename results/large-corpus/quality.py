@@ -53,10 +53,15 @@ VARIANTS = {
 """On the test documents, a baseline is the curve's run of its size (same command)."""
 
 
-def sh(cmd: list[str], dry: bool) -> None:
-    print("$", " ".join(cmd), flush=True)
-    if not dry:
-        subprocess.run(cmd, check=True, cwd=ROOT)
+def sh(cmd: list[str], dry: bool, out: Path | None = None) -> None:
+    """Print and run a command from the repository root; `out`: write its standard output
+    there."""
+    print("$", " ".join(cmd), *([">", str(out.relative_to(ROOT))] if out else []), flush=True)
+    if dry:
+        return
+    done = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=out is not None, text=True)
+    if out is not None:
+        out.write_text(done.stdout)
 
 
 def run_name(index: str, options: list[str]) -> str:
@@ -108,12 +113,8 @@ def main() -> None:
         (base_index, base_opts), (index, opts) = VARIANTS[name]
         base = evaluate(args.split, base_index, base_opts, args.dry)
         variant = evaluate(args.split, index, opts, args.dry)
-        table = (HERE / "quality" / args.split / f"{name}.md").relative_to(ROOT)
-        cmd = ["tttnn", "compare", base, variant, "--format", "markdown"]
-        print("$", " ".join(cmd), ">", table, flush=True)
-        if not args.dry:
-            text = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
-            (ROOT / table).write_text(text.stdout)
+        table = HERE / "quality" / args.split / f"{name}.md"
+        sh(["tttnn", "compare", base, variant, "--format", "markdown"], args.dry, table)
 
 
 if __name__ == "__main__":
