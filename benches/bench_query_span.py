@@ -12,7 +12,8 @@ repeated, the median reported:
 - whole, one document at a time: the same, one `search_texts` call per document (the peer: what
   a loop over documents would do).
 
-Embedding and search are timed apart, exact and HNSW (ef 64). Printed: seconds per query
+Embedding and search are timed apart, exact and HNSW (ef 64); each repeat runs every way once,
+in turn, so that a drift of the machine's speed weighs on all ways alike. Printed: seconds per query
 document, pieces, and the ratios whole / opening and one-at-a-time / batched. The results of the
 two whole ways are checked equal.
 """
@@ -33,15 +34,6 @@ from tttnn.evaluate import cpu_description
 from tttnn.index import Index, embed_texts, search_queries, search_texts
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-
-
-def median_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    times, out = [], None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
 
 
 def main() -> None:
@@ -65,56 +57,80 @@ def main() -> None:
         "docs": n,
         "repeat": args.repeat,
     }  # fmt: skip
-    embed_s: dict[str, float] = {}
-    queries = {}
-    for span in ("opening", "whole"):
-        embed_s[span], queries[span] = median_time(
-            lambda span=span: embed_texts(index.encoder, texts, span), args.repeat
-        )
+    # Every repeat times every way once, in turn, so that a machine that speeds up or slows
+    # down during the run weighs on all of them alike; each way's median over the repeats.
+    settings = (("exact", {"exact": True}), ("hnsw ef 64", {"ef": 64}))
+    times: dict[tuple[str, str], list[float]] = {}
+    queries: dict[str, Any] = {}
+    found: dict[tuple[str, str], Any] = {}
+
+    def timed(key: tuple[str, str], fn: Callable[[], Any]) -> Any:
+        t = time.perf_counter()
+        result = fn()
+        times.setdefault(key, []).append(time.perf_counter() - t)
+        return result
+
+    for _ in range(args.repeat):
+        for span in ("opening", "whole"):
+            queries[span] = timed(
+                ("embed", span), lambda span=span: embed_texts(index.encoder, texts, span)
+            )
+        for label, setting in settings:
+            for span in ("opening", "whole"):
+                found[label, span] = timed(
+                    (label, span),
+                    lambda span=span, setting=setting: search_queries(
+                        index, queries[span], args.k, guard=texts, **setting
+                    ),
+                )
+            loop = timed(
+                (label, "loop"),
+                lambda setting=setting: [
+                    search_texts(index, [t], args.k, span="whole", guard=[t], **setting)[0][0]
+                    for t in texts
+                ],
+            )
+            if [r.ids for r in loop] != [r.ids for r in found[label, "whole"][0]]:
+                raise SystemExit(f"{label}: one document at a time found other neighbors")
+    med = {key: statistics.median(v) for key, v in times.items()}
     out["pieces"] = {"opening": n, "whole": sum(queries["whole"].counts)}
-    print(f"{out['cpu']}, {out['torch_threads']} torch threads; "
-          f"{len(index):,} entries; {n} query documents, {out['pieces']['whole']} pieces; "
-          f"median of {args.repeat}")  # fmt: skip
+    print(
+        f"{out['cpu']}, {out['torch_threads']} torch threads; "
+        f"{len(index):,} entries; {n} query documents, {out['pieces']['whole']} pieces; "
+        f"median of {args.repeat}"
+    )
     print("| way | search | embed s/doc | search s/doc | total s/doc | vs opening |")
     print("|---|---|---:|---:|---:|---:|")
     rows = []
-    for label, exact, ef in (("exact", True, None), ("hnsw ef 64", False, 64)):
-        setting: dict[str, Any] = {"exact": exact} if exact else {"ef": ef}
-        search_s: dict[str, float] = {}
-        found: dict[str, Any] = {}
-        for span in ("opening", "whole"):
-            search_s[span], found[span] = median_time(
-                lambda span=span, setting=setting: search_queries(
-                    index, queries[span], args.k, guard=texts, **setting
-                ),
-                args.repeat,
-            )
-        t_loop, loop = median_time(
-            lambda setting=setting: [
-                search_texts(index, [t], args.k, span="whole", guard=[t], **setting)[0][0]
-                for t in texts
-            ],
-            args.repeat,
-        )
-        if [r.ids for r in loop] != [r.ids for r in found["whole"][0]]:
-            raise SystemExit(f"{label}: one document at a time found other neighbors")
-        base = embed_s["opening"] + search_s["opening"]
+    for label, _ in settings:
+        e_open, s_open = med["embed", "opening"], med[label, "opening"]
+        base = e_open + s_open
         ways = (
-            ("opening", embed_s["opening"], search_s["opening"]),
-            ("whole, all at once", embed_s["whole"], search_s["whole"]),
+            ("opening", e_open, s_open),
+            ("whole, all at once", med["embed", "whole"], med[label, "whole"]),
             ("whole, one document at a time", None, None),
         )
         for way, e, s in ways:
-            total = t_loop if e is None or s is None else e + s
+            total = med[label, "loop"] if e is None or s is None else e + s
             cells = ("–", "–") if e is None or s is None else (f"{e / n:.4f}", f"{s / n:.4f}")
-            print(f"| {way} | {label} | {cells[0]} | {cells[1]} | {total / n:.4f} "
-                  f"| {total / base:.2f}x |")  # fmt: skip
-            rows.append({
-                "way": way, "search": label, "embed_s": e, "search_s": s, "total_s": total,
-                "vs_opening": round(total / base, 3),
-            })  # fmt: skip
-        batched = embed_s["whole"] + search_s["whole"]
-        print(f"| one at a time / all at once | {label} | | | | {t_loop / batched:.2f}x |")
+            print(
+                f"| {way} | {label} | {cells[0]} | {cells[1]} | {total / n:.4f} "
+                f"| {total / base:.2f}x |"
+            )
+            rows.append(
+                {
+                    "way": way,
+                    "search": label,
+                    "embed_s": e,
+                    "search_s": s,
+                    "total_s": total,
+                    "vs_opening": round(total / base, 3),
+                }
+            )
+        batched = med["embed", "whole"] + med[label, "whole"]
+        print(
+            f"| one at a time / all at once | {label} | | | | {med[label, 'loop'] / batched:.2f}x |"
+        )
     out["rows"] = rows
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
