@@ -1,7 +1,10 @@
 //! Store benchmarks: append throughput (vectors/s) per dtype, against the raw-I/O bound of writing
-//! the same f32 bytes with `std::fs::write` + fsync (the peer), and open time of a 10-shard store.
+//! the same f32 bytes with `std::fs::write` + fsync (the peer), the open time of a 10-shard store,
+//! and reading and packing the token ids of 20 neighbors from a store of 16-bit ids against one
+//! of 32-bit ids (the peer: ids borrowed from the map as they are, no widening).
 //!
-//! `cargo bench --bench store`. Prints `ratio append/raw-write` per dtype at the end.
+//! `cargo bench --bench store`. Prints `ratio append/raw-write` per dtype and `ratio u16/u32`
+//! (time and bytes of `tokens.bin`) at the end.
 
 // A bench stops at its first failure, like a test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,6 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use tttnn::pack::{pack_windows_as, PackOptions};
 use tttnn::store::{EmbeddingStore, StoreOptions};
 use tttnn::testing::test_matrix;
 use tttnn::DType;
@@ -104,5 +108,95 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// A store of `DOCS` documents of 500-5,000 token ids below 49,152 (SmolLM2's vocabulary),
+/// with token ids of `bits` bits; the bytes of its `tokens.bin` files.
+fn token_store(root: &Path, bits: u32) -> (EmbeddingStore, u64) {
+    const DOCS: usize = 2_000;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let docs: Vec<Vec<u32>> = (0..DOCS)
+        .map(|_| {
+            let len = 500 + (next() % 4_501) as usize;
+            (0..len).map(|_| (next() % 49_152) as u32).collect()
+        })
+        .collect();
+    let slices: Vec<&[u32]> = docs.iter().map(Vec::as_slice).collect();
+    let o = StoreOptions {
+        shard_size: 500,
+        with_tokens: true,
+        token_bits: bits,
+        ..StoreOptions::new(4)
+    };
+    let mut s = EmbeddingStore::create(root, &o, "{}").expect("create");
+    s.append(&test_matrix(DOCS, 4, 2), None, Some(&slices), None)
+        .expect("append");
+    let bytes = (0..4)
+        .map(|i| {
+            let f = root.join(format!("shards/{i:05}/tokens.bin"));
+            std::fs::metadata(f).expect("tokens.bin").len()
+        })
+        .sum();
+    (s, bytes)
+}
+
+/// What a TTT step reads: the token ids of 20 neighbors, packed into 1024-token windows.
+fn read_and_pack(store: &EmbeddingStore, ids: &[i64]) -> usize {
+    let docs = ids
+        .iter()
+        .map(|&i| store.tokens(i))
+        .collect::<tttnn::Result<Vec<_>>>()
+        .expect("tokens");
+    let docs: Vec<&[u32]> = docs.iter().map(|d| &d[..]).collect();
+    let packed = pack_windows_as::<i64>(&docs, &PackOptions::new(1024)).expect("pack");
+    black_box(packed.n_windows)
+}
+
+fn bench_tokens(c: &mut Criterion) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ids: Vec<i64> = (0..20).map(|i| i * 97 + 13).collect();
+    let stores: Vec<(u32, EmbeddingStore, u64)> = [32u32, 16]
+        .into_iter()
+        .map(|bits| {
+            let (s, bytes) = token_store(&tmp.path().join(format!("t{bits}")), bits);
+            read_and_pack(&s, &ids); // the column's checks, once per process, before timing
+            (bits, s, bytes)
+        })
+        .collect();
+    let mut g = c.benchmark_group("read_and_pack_20_neighbors");
+    for (bits, s, _) in &stores {
+        g.bench_function(format!("u{bits}"), |b| b.iter(|| read_and_pack(s, &ids)));
+    }
+    g.finish();
+    // The ratio, measured in this same run: the median of 31 rounds of 200 reads each.
+    let mut per_read = Vec::new();
+    for (_, s, _) in &stores {
+        let mut rounds: Vec<f64> = (0..31)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..200 {
+                    read_and_pack(s, &ids);
+                }
+                t.elapsed().as_secs_f64() / 200.0
+            })
+            .collect();
+        rounds.sort_by(f64::total_cmp);
+        per_read.push(rounds[15]);
+    }
+    let (b32, b16) = (stores[0].2, stores[1].2);
+    println!(
+        "read and pack 20 neighbors: u32 {:.1} us, u16 {:.1} us, ratio u16/u32 time = {:.2}; \
+         tokens.bin {b32} / {b16} bytes, ratio u16/u32 bytes = {:.2}",
+        per_read[0] * 1e6,
+        per_read[1] * 1e6,
+        per_read[1] / per_read[0],
+        b16 as f64 / b32 as f64
+    );
+}
+
+criterion_group!(benches, bench, bench_tokens);
 criterion_main!(benches);

@@ -2,13 +2,14 @@
 //! shares (64-byte checksummed headers, memory maps, hashing; writing files is `files.rs`).
 //!
 //! A ragged column is two files:
-//! * `NAME.bin`: the elements of every record back to back (u8 for text and records, u32 for
-//!   token ids, little-endian), no header, so it can be memory-mapped and cast as is;
+//! * `NAME.bin`: the elements of every record back to back (u8 for text and records, u16 or u32
+//!   for token ids, little-endian), no header, so it can be memory-mapped and cast as is;
 //! * `NAME.off`: a 64-byte header (magic `TTTNNOFF`, version, element size, record count, element
 //!   total, xxh3 of the offsets, xxh3 of the data file, header xxh3) then `count + 1` u64 element
 //!   offsets starting at 0. Record `i` is `data[off[i]..off[i + 1]]`. Byte offsets (not character
 //!   offsets) make random access right for any UTF-8 text.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::Read;
 use std::marker::PhantomData;
@@ -224,9 +225,10 @@ pub(crate) fn hash_file(path: &Path, skip: u64) -> Result<(u64, u64, u64)> {
     Ok((pos, whole.digest(), tail.digest()))
 }
 
-/// Element types of ragged files: `u8` (text, records) and `u32` (token ids).
+/// Element types of ragged files: `u8` (text, records), `u16` and `u32` (token ids).
 pub trait RaggedElem: Pod {}
 impl RaggedElem for u8 {}
+impl RaggedElem for u16 {}
 impl RaggedElem for u32 {}
 
 /// Write records to `data_path` and their offsets to `off_path`, two new files (see
@@ -426,6 +428,60 @@ impl<T: RaggedElem> Ragged<T> {
         // lo <= hi <= total == data.len(), checked above and at open.
         Ok(&data[lo as usize..hi as usize])
     }
+}
+
+/// A column of token ids, stored as u16 or u32 (a store's `token_bits`) and read as u32.
+pub enum TokenColumn {
+    U16(Ragged<u16>),
+    U32(Ragged<u32>),
+}
+
+impl TokenColumn {
+    /// Record `i` as u32 ids: borrowed from the map when stored as u32, widened from u16.
+    pub fn get(&self, i: usize) -> Result<Cow<'_, [u32]>> {
+        Ok(match self {
+            TokenColumn::U16(r) => Cow::Owned(r.get(i)?.iter().map(|&t| u32::from(t)).collect()),
+            TokenColumn::U32(r) => Cow::Borrowed(r.get(i)?),
+        })
+    }
+
+    /// xxh3 of the offsets array ([`Ragged::offsets_xxh3`]).
+    pub fn offsets_xxh3(&self) -> u64 {
+        match self {
+            TokenColumn::U16(r) => r.offsets_xxh3(),
+            TokenColumn::U32(r) => r.offsets_xxh3(),
+        }
+    }
+
+    /// [`Ragged::check_offsets`].
+    pub fn check_offsets(&self) -> Result<()> {
+        match self {
+            TokenColumn::U16(r) => r.check_offsets(),
+            TokenColumn::U32(r) => r.check_offsets(),
+        }
+    }
+}
+
+/// Token id lists narrowed to u16, for a store of 16-bit ids; an id above 65,535 is an error
+/// naming its list and position.
+pub fn narrow_tokens(items: &[&[u32]]) -> Result<Vec<Vec<u16>>> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, ids)| {
+            ids.iter()
+                .enumerate()
+                .map(|(j, &t)| {
+                    u16::try_from(t).map_err(|_| {
+                        Error::InvalidArgument(format!(
+                            "token id {t} (tokens {i}, position {j}) does not fit this store's \
+                             16-bit token ids (at most 65535): create it with token_bits=32"
+                        ))
+                    })
+                })
+                .collect()
+        })
+        .collect()
 }
 
 #[cfg(test)]

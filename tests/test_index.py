@@ -317,6 +317,51 @@ def test_resume_after_ctrl_c_with_chunks_equals_a_clean_build(
         assert all(len(clean.store.tokens(i)) == 96 for i in ids[:-1])
 
 
+def test_token_ids_are_stored_in_16_bits_and_a_32_bit_index_grows_in_32(
+    small, encoder, lm_tokenizer, tmp_path
+) -> None:
+    """SmolLM2's 49,152 ids fit 16 bits: the index stores them as u16 (half the bytes) and reads
+    back the tokenizer's ids and the same windows. An index of u32 ids (as built before 16-bit
+    ids existed) resumes with u32 ids, and holds the same entries as a clean build."""
+    kw = dict(encoder=encoder, tokenizer=lm_tokenizer, shard_size=3, progress=False)
+    clean = build_index([small], tmp_path / "clean", limit=6, **kw)
+    assert clean.store.token_bits == 16 and clean.meta["token_bits"] == 16
+    assert clean.info()["token_bits"] == 16
+    texts = [json.loads(line)["text"] for line in small.read_text().splitlines()[:6]]
+    for i, text in enumerate(texts):
+        tokens = clean.store.tokens(i)
+        assert tokens.dtype == np.uint32
+        assert tokens.tolist() == lm_tokenizer(text, add_special_tokens=False)["input_ids"]
+    shard = tmp_path / "clean" / "shards" / "00000"
+    n_tokens = sum(len(clean.store.tokens(i)) for i in range(3))
+    assert (shard / "tokens.bin").stat().st_size == 2 * n_tokens
+
+    # the first 3 entries as an index of u32 ids, then resumed to 6
+    old = tmp_path / "old"
+    src, ids = clean.store, [0, 1, 2]
+    meta = {k: v for k, v in clean.meta.items() if k != "token_bits"}
+    dst = EmbeddingStore.create(
+        str(old), src.dim, dtype=src.dtype, metric=src.metric, shard_size=src.shard_size,
+        hnsw=src.has_hnsw, with_text=True, with_tokens=True, with_records=True,
+        meta=json.dumps({**meta, "status": "building", "limit": 3}),
+    )  # fmt: skip
+    dst.append(src.get_vectors(ids), texts=[bytes(src.text_bytes(i)) for i in ids],
+               tokens=[src.tokens(i) for i in ids], records=[bytes(src.record(i)) for i in ids])  # fmt: skip
+    del dst
+    grown = build_index([small], old, limit=6, resume=True, **kw)
+    assert grown.store.token_bits == 32 and grown.meta["token_bits"] == 32
+    assert (old / "shards" / "00001" / "tokens.bin").stat().st_size == 4 * sum(
+        len(grown.store.tokens(i)) for i in range(3, 6)
+    )
+    assert len(grown) == len(clean) == 6
+    for i in range(6):
+        assert grown.store.tokens(i).tolist() == clean.store.tokens(i).tolist()
+    for a, b in zip(
+        grown.store.pack_windows(list(range(6)), 64), clean.store.pack_windows(list(range(6)), 64)
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_an_index_refuses_another_encoder(sample_index: Path, tmp_path: Path) -> None:
     """The index records its encoder's fingerprint; a different encoder under the same name
     (other weights) would embed queries into another space: refused when it is loaded."""

@@ -403,6 +403,40 @@ def test_pack_windows_from_store(tmp_path: Path) -> None:
         store.pack_windows([7], 8)
 
 
+@pytest.mark.parametrize("bits", [16, 32])
+def test_token_ids_of_either_width_read_and_pack_alike(tmp_path: Path, bits: int) -> None:
+    store = make(tmp_path, 2, shard_size=3, with_tokens=True, token_bits=bits)
+    toks = [np.arange(i * 5, dtype=np.uint32) * 9000 % 65536 for i in range(7)]
+    store.append(rows(7, 2, 0), tokens=toks)
+    assert store.token_bits == bits
+    store.release_lock()
+    reopened = EmbeddingStore.open(str(tmp_path / "store"))
+    assert reopened.token_bits == bits
+    for i, t in enumerate(toks):
+        got = reopened.tokens(i)
+        assert got.dtype == np.uint32
+        np.testing.assert_array_equal(got, t)
+    want = tttnn.pack_windows([toks[i] for i in [6, 0, 3]], 8, eos_id=1, pack_short=True)
+    for g, w in zip(reopened.pack_windows([6, 0, 3], 8, eos_id=1, pack_short=True), want):
+        np.testing.assert_array_equal(g, w)
+    # a 16-bit store refuses an id it cannot hold, naming it, and stores nothing of the batch
+    big = [np.array([1], dtype=np.uint32), np.array([5, 65536], dtype=np.uint32)]
+    if bits == 16:
+        with pytest.raises(ValueError, match=r"token id 65536 \(tokens 1, position 1\)"):
+            reopened.append(rows(2, 2, 1), tokens=big)
+        assert len(reopened) == 7
+    else:
+        reopened.append(rows(2, 2, 1), tokens=big)
+        assert reopened.tokens(8).tolist() == [5, 65536]
+
+
+@pytest.mark.parametrize("bits", [0, 8, 64, -16])
+def test_token_bits_other_than_16_or_32_are_refused(tmp_path: Path, bits: int) -> None:
+    with pytest.raises(ValueError, match="token_bits must be 16 or 32"):
+        make(tmp_path, 2, with_tokens=True, token_bits=bits)
+    assert not (tmp_path / "store").exists()
+
+
 CHILD = r"""
 import sys, numpy as np
 from tttnn import EmbeddingStore

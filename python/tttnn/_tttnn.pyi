@@ -90,6 +90,7 @@ class EmbeddingStore:
         hnsw_expansion_search: int = 64,
         with_text: bool = False,
         with_tokens: bool = False,
+        token_bits: int = 32,
         with_records: bool = False,
         meta: str = "{}",
     ) -> EmbeddingStore: ...
@@ -185,6 +186,9 @@ class EmbeddingStore:
     def metric(self) -> str: ...
     @property
     def shard_size(self) -> int: ...
+    @property
+    def token_bits(self) -> int:
+        """Width of a stored token id, 16 or 32 (`create`'s `token_bits`)."""
     @property
     def num_shards(self) -> int: ...
     @property

@@ -505,7 +505,8 @@ def open_store(
     store: Any = None,
 ) -> Any:  # fmt: skip
     """The store of a build: the one in `out` to resume (`store` when opened already, by
-    `lock_store`), checked against `params`, or a new one."""
+    `lock_store`), checked against `params` (whose `token_bits` becomes the store's), or a new
+    one."""
     if resuming:
         return _open_for_resume(out, params, corpus, store)
     return _create(out, params, cfg)
@@ -538,7 +539,14 @@ def models_identity(enc: Encoder, lm_tok: Any) -> dict[str, Any]:
         "encoder": enc.name, "encoder_fingerprint": enc.fingerprint,
         "encoder_max_length": enc.max_length, "encoder_precision": enc.precision, "dim": enc.dim,
         "tokenizer_sha256": vocab_fingerprint(lm_tok) if lm_tok is not None else None,
+        "token_bits": token_bits(lm_tok),
     }  # fmt: skip
+
+
+def token_bits(tokenizer: Any) -> int:
+    """Width of the stored token ids for `tokenizer`: 16 (u16, half the bytes) when every id of
+    its vocabulary fits, else 32. None (no token ids stored): 32, what a store records then."""
+    return 16 if tokenizer is not None and len(tokenizer) <= 1 << 16 else 32
 
 
 def index_params(identity: dict[str, Any], cfg: BuildConfig, corpus: Corpus) -> dict[str, Any]:
@@ -549,7 +557,7 @@ def index_params(identity: dict[str, Any], cfg: BuildConfig, corpus: Corpus) -> 
         "encoder_max_length": identity["encoder_max_length"],
         "encoder_precision": identity["encoder_precision"], "dim": identity["dim"],
         "pooling": "mean", "normalized": True, "tokenizer": cfg.tokenizer,
-        "tokenizer_sha256": identity["tokenizer_sha256"],
+        "tokenizer_sha256": identity["tokenizer_sha256"], "token_bits": identity["token_bits"],
         "special_tokens": False, "dtype": cfg.vector_dtype, "chunk_tokens": cfg.chunk_tokens,
         "corpus": [str(p) for p in corpus.paths], "max_doc_bytes": cfg.max_doc_bytes,
         "limit": cfg.limit,
@@ -561,7 +569,8 @@ def _create(out: Path, params: dict[str, Any], cfg: BuildConfig) -> Any:
     return EmbeddingStore.create(
         str(out), params["dim"], dtype=cfg.vector_dtype, metric="cosine",
         shard_size=cfg.shard_size, hnsw=cfg.hnsw, with_text=True,
-        with_tokens=params["tokenizer"] is not None, with_records=True,
+        with_tokens=params["tokenizer"] is not None, token_bits=params["token_bits"],
+        with_records=True,
         meta=json.dumps(index_meta(params, "building")),
     )  # fmt: skip
 
@@ -584,4 +593,7 @@ def _open_for_resume(
         )
     if store.dtype != params["dtype"]:
         raise InvalidIndexError(f"cannot resume {out}: its store holds {store.dtype}")
+    # its token ids keep the width it was created with (an index of u32 ids, made before
+    # 16-bit ones existed, grows with u32 ids; its units too, on Ray)
+    params["token_bits"] = store.token_bits
     return store

@@ -276,7 +276,8 @@ def _format_info(info: dict[str, Any]) -> str:
             else ""
         )
         + ")",
-        f"tokenizer   {info['tokenizer']}",
+        f"tokenizer   {info['tokenizer']}"
+        + (f" ({info['token_bits']}-bit ids)" if info["tokenizer"] is not None else ""),
         f"size        {_size(info['size_bytes'])}",
         "domains",
     ]

@@ -482,7 +482,8 @@ class Index:
     # -- description -----------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
         """What the index holds: documents, entries, shards, domains with counts, encoder,
-        tokenizer, dtype, size on disk, build status and corpus statistics."""
+        tokenizer and the width of its stored ids, dtype, size on disk, build status and corpus
+        statistics."""
         m = self.meta
         return {
             "path": str(self.path),
@@ -494,6 +495,7 @@ class Index:
             "encoder": m.get("encoder"),
             "dim": self.store.dim,
             "tokenizer": m.get("tokenizer"),
+            "token_bits": self.store.token_bits,
             "dtype": self.store.dtype,
             "metric": self.store.metric,
             "hnsw": bool(self.store.has_hnsw),

@@ -108,14 +108,16 @@ impl EmbeddingStore {
     /// `dtype`: "f32", "f16" or "i8" (symmetric per-vector scale max|x|/127). `metric`: "cosine",
     /// "ip" or "l2". `shard_size`: vectors per shard at most. `hnsw=True` builds an HNSW graph for
     /// every appended shard. `with_text/with_tokens/with_records`: which per-document columns
-    /// `append` requires. `meta`: a JSON object string kept in the manifest.
+    /// `append` requires. `token_bits`: 16 stores token ids as u16 (half the bytes; for
+    /// vocabularies of at most 65,536 ids, a larger id is a ValueError at `append`) or 32 as
+    /// u32; `tokens` reads uint32 either way. `meta`: a JSON object string kept in the manifest.
     #[staticmethod]
     #[pyo3(signature = (path, dim, *, dtype="f32", metric="cosine", shard_size=Int::Fits(100_000), hnsw=false,
         hnsw_connectivity=Int::Fits(16), hnsw_expansion_add=Int::Fits(128), hnsw_expansion_search=Int::Fits(64),
-        with_text=false, with_tokens=false, with_records=false, meta="{}"),
+        with_text=false, with_tokens=false, token_bits=Int::Fits(32), with_records=false, meta="{}"),
         text_signature = "(path, dim, *, dtype=\"f32\", metric=\"cosine\", shard_size=100000, \
         hnsw=False, hnsw_connectivity=16, hnsw_expansion_add=128, hnsw_expansion_search=64, \
-        with_text=False, with_tokens=False, with_records=False, meta=\"{}\")")]
+        with_text=False, with_tokens=False, token_bits=32, with_records=False, meta=\"{}\")")]
     #[allow(clippy::too_many_arguments)]
     fn create(
         py: Python<'_>,
@@ -130,6 +132,7 @@ impl EmbeddingStore {
         hnsw_expansion_search: Int,
         with_text: bool,
         with_tokens: bool,
+        token_bits: Int,
         with_records: bool,
         meta: &str,
     ) -> PyResult<Self> {
@@ -138,6 +141,10 @@ impl EmbeddingStore {
             expansion_add: count(hnsw_expansion_add.get("hnsw_expansion_add")?),
             expansion_search: count(hnsw_expansion_search.get("hnsw_expansion_search")?),
         };
+        let bits = token_bits.get("token_bits")?;
+        let token_bits = u32::try_from(bits).map_err(|_| {
+            PyValueError::new_err(format!("token_bits must be 16 or 32, not {bits}"))
+        })?;
         let options = StoreOptions {
             dim: count(dim.get("dim")?),
             dtype: DType::parse(dtype).map_err(to_py)?,
@@ -146,6 +153,7 @@ impl EmbeddingStore {
             hnsw: hnsw.then_some(params),
             with_text,
             with_tokens,
+            token_bits,
             with_records,
         };
         let core = detach(py, || Core::create(&path, &options, meta))?;
@@ -307,7 +315,7 @@ impl EmbeddingStore {
     fn tokens<'py>(&self, py: Python<'py>, id: Int) -> PyResult<Bound<'py, PyArray1<u32>>> {
         let id = id.get("id")?;
         let store = self.read().map_err(to_py)?;
-        Ok(PyArray1::from_slice(py, store.tokens(id).map_err(to_py)?))
+        Ok(PyArray1::from_slice(py, &store.tokens(id).map_err(to_py)?))
     }
 
     /// Record bytes of `id`.
@@ -349,7 +357,8 @@ impl EmbeddingStore {
             let docs = ids
                 .iter()
                 .map(|&i| store.tokens(i))
-                .collect::<crate::Result<Vec<&[u32]>>>()?;
+                .collect::<crate::Result<Vec<_>>>()?;
+            let docs: Vec<&[u32]> = docs.iter().map(|d| &d[..]).collect();
             crate::pack::pack_windows_as::<i64>(&docs, &opts)
         })?;
         packed_to_numpy(py, packed)
@@ -416,6 +425,12 @@ impl EmbeddingStore {
     #[getter]
     fn shard_size(&self) -> usize {
         self.shard_size
+    }
+
+    /// Width of a stored token id, 16 or 32 (`create`'s `token_bits`).
+    #[getter]
+    fn token_bits(&self) -> PyResult<u32> {
+        Ok(self.read().map_err(to_py)?.token_bits())
     }
 
     #[getter]

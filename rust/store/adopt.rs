@@ -75,8 +75,8 @@ impl EmbeddingStore {
         }
         let cols = |s: &Manifest| {
             format!(
-                "text={} tokens={} records={}",
-                s.has_text, s.has_tokens, s.has_records
+                "text={} tokens={} ({}-bit) records={}",
+                s.has_text, s.has_tokens, s.token_bits, s.has_records
             )
         };
         if cols(u) != cols(m) {
@@ -281,8 +281,16 @@ mod tests {
         let dir = tmp.path().join("s");
         let mut store = EmbeddingStore::create(&dir, &opts(4, DType::F16), "{}").unwrap();
         fill(&mut store, 3, 1);
-        let cases: [(&str, StoreOptions, &str); 4] = [
+        let cases: [(&str, StoreOptions, &str); 5] = [
             ("dim", opts(5, DType::F16), "dimension"),
+            (
+                "bits",
+                StoreOptions {
+                    token_bits: 16,
+                    ..opts(4, DType::F16)
+                },
+                "tokens=true (16-bit)",
+            ),
             ("dtype", opts(4, DType::I8), "dtype"),
             (
                 "cols",

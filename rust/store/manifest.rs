@@ -1,7 +1,8 @@
 //! `manifest.json`: what a store holds, and the only record of which shards are sealed.
 //!
 //! Fields: format `"tttnn-store"`, version, dim, dtype, metric, shard_size, HNSW parameters or
-//! null, which per-document columns exist (`has_text`, `has_tokens`, `has_records`), the total
+//! null, which per-document columns exist (`has_text`, `has_tokens`, `has_records`; with
+//! `token_bits` 16 when token ids are stored as u16, absent for u32), the total
 //! count, the user metadata (a JSON object) and the shards in id order, each with its directory
 //! (`shards/NNNNN`), its first global id (`start`, the sum of the counts before it), its count, the
 //! size and xxh3 of every file, and for a shard with a graph the scale of its i8 codes and the
@@ -33,6 +34,27 @@ pub const MANIFEST_VERSION: u32 = 1;
 /// Name of the manifest file in a store directory.
 pub(super) const MANIFEST: &str = "manifest.json";
 
+/// Token ids are u32 unless a store was created with 16-bit ones.
+pub const TOKEN_BITS_DEFAULT: u32 = 32;
+
+fn token_bits_default() -> u32 {
+    TOKEN_BITS_DEFAULT
+}
+
+fn is_token_bits_default(bits: &u32) -> bool {
+    *bits == TOKEN_BITS_DEFAULT
+}
+
+/// The widths a token id may be stored in: `bits` if allowed, else why not.
+pub(crate) fn check_token_bits(bits: u32) -> Result<u32> {
+    match bits {
+        16 | 32 => Ok(bits),
+        _ => Err(Error::InvalidArgument(format!(
+            "token_bits must be 16 or 32, not {bits}"
+        ))),
+    }
+}
+
 /// One sealed shard, as the manifest lists it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(super) struct ShardEntry {
@@ -61,6 +83,14 @@ pub(super) struct Manifest {
     pub(super) hnsw: Option<HnswParams>,
     pub(super) has_text: bool,
     pub(super) has_tokens: bool,
+    /// Width of a stored token id: 16 (u16, for vocabularies of at most 65,536 ids) or 32.
+    /// Written only when 16, so a store of u32 ids keeps the manifest (and checksum) it had
+    /// before 16-bit ids existed.
+    #[serde(
+        default = "token_bits_default",
+        skip_serializing_if = "is_token_bits_default"
+    )]
+    pub(super) token_bits: u32,
     pub(super) has_records: bool,
     pub(super) count: u64,
     pub(super) meta: serde_json::Value,
@@ -149,6 +179,12 @@ pub(super) fn read_manifest(mpath: &Path) -> Result<Manifest> {
     if manifest.dim == 0 || manifest.shard_size == 0 {
         return Err(Error::corrupt(mpath, "dim and shard_size must be positive"));
     }
+    if check_token_bits(manifest.token_bits).is_err() {
+        return Err(Error::corrupt(
+            mpath,
+            format!("token_bits {} is neither 16 nor 32", manifest.token_bits),
+        ));
+    }
     Ok(manifest)
 }
 
@@ -223,7 +259,7 @@ mod tests {
         drop(store);
         let saved = std::fs::read(dir.join(MANIFEST)).unwrap();
         type Edit = fn(&mut serde_json::Value);
-        let cases: [(&str, Edit); 3] = [
+        let cases: [(&str, Edit); 5] = [
             ("differs from the sum of shard counts", |v| {
                 v["count"] = 11.into()
             }),
@@ -232,6 +268,13 @@ mod tests {
             }),
             ("stranded key 7", |v| {
                 v["shards"][0]["hnsw_stranded"] = vec![7].into()
+            }),
+            ("token_bits 8 is neither 16 nor 32", |v| {
+                v["token_bits"] = 8.into()
+            }),
+            // the column holds u32 ids; a manifest that says 16 is refused by its header
+            ("element size 4 in header, expected 2", |v| {
+                v["token_bits"] = 16.into()
             }),
         ];
         for (want, edit) in cases {

@@ -3,7 +3,8 @@
 //! Layout of a store directory:
 //! ```text
 //! DIR/manifest.json             format "tttnn-store", version, dim, dtype, metric, shard_size,
-//!                               hnsw params or null, has_text/has_tokens/has_records, count,
+//!                               hnsw params or null, has_text/has_tokens/has_records (and
+//!                               token_bits 16 when token ids are u16; absent: u32), count,
 //!                               user meta, shards [{id, dir, start, count, files {name: {bytes, xxh3}}}]
 //! DIR/shards/00000/vectors.bin  header + vectors (+ i8 scales) + f32 norms, 64-byte aligned sections
 //! DIR/shards/00000/text.{bin,off} tokens.{bin,off} records.{bin,off}   ragged columns (optional)
@@ -46,8 +47,10 @@ mod shard;
 mod vecfile;
 mod write;
 
-use manifest::{parse_meta, read_manifest, shard_dir_name, Manifest, MANIFEST, SHARDS};
-pub use manifest::{MANIFEST_FORMAT, MANIFEST_VERSION};
+use manifest::{
+    check_token_bits, parse_meta, read_manifest, shard_dir_name, Manifest, MANIFEST, SHARDS,
+};
+pub use manifest::{MANIFEST_FORMAT, MANIFEST_VERSION, TOKEN_BITS_DEFAULT};
 use shard::{Shard, HNSW_FILE};
 
 /// Settings fixed when a store is created.
@@ -62,6 +65,8 @@ pub struct StoreOptions {
     pub hnsw: Option<HnswParams>,
     pub with_text: bool,
     pub with_tokens: bool,
+    /// Width of a stored token id, 16 or 32 (see [`EmbeddingStore::token_bits`]).
+    pub token_bits: u32,
     pub with_records: bool,
 }
 
@@ -75,6 +80,7 @@ impl StoreOptions {
             hnsw: None,
             with_text: false,
             with_tokens: false,
+            token_bits: TOKEN_BITS_DEFAULT,
             with_records: false,
         }
     }
@@ -106,6 +112,7 @@ impl EmbeddingStore {
         if let Some(p) = &options.hnsw {
             p.check()?;
         }
+        check_token_bits(options.token_bits)?;
         let meta = parse_meta(meta)?;
         if dir.join(MANIFEST).exists() {
             return Err(Error::io(
@@ -143,6 +150,7 @@ impl EmbeddingStore {
                 hnsw: options.hnsw,
                 has_text: options.with_text,
                 has_tokens: options.with_tokens,
+                token_bits: options.token_bits,
                 has_records: options.with_records,
                 count: 0,
                 meta,
@@ -304,6 +312,12 @@ impl EmbeddingStore {
 
     pub fn has_tokens(&self) -> bool {
         self.manifest.has_tokens
+    }
+
+    /// Width of a stored token id: 16 (u16 on disk, half the bytes, for vocabularies of at most
+    /// 65,536 ids) or 32. Reads give u32 ids either way.
+    pub fn token_bits(&self) -> u32 {
+        self.manifest.token_bits
     }
 
     pub fn has_records(&self) -> bool {
@@ -521,5 +535,65 @@ mod tests {
         let err = check_shards(&[], 4).unwrap_err();
         assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
         assert!(check_shards(&[0], 0).is_err());
+    }
+
+    /// 16-bit token ids: half the bytes of `tokens.bin`, the same u32 ids read back, packed
+    /// windows unchanged; an id that does not fit is refused before anything is written; a
+    /// store of u32 ids writes the manifest it wrote before 16-bit ids existed (no key).
+    #[test]
+    fn sixteen_bit_token_ids_read_back_as_stored_and_refuse_what_does_not_fit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ids: Vec<Vec<u32>> = vec![vec![0, 1, 65_535, 7], vec![], vec![49_151; 5]];
+        let tk: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+        let x = test_matrix(3, 4, 2);
+        let mut sizes = Vec::new();
+        for bits in [16u32, 32] {
+            let dir = tmp.path().join(format!("s{bits}"));
+            let o = StoreOptions {
+                with_tokens: true,
+                token_bits: bits,
+                ..StoreOptions::new(4)
+            };
+            let mut store = EmbeddingStore::create(&dir, &o, "{}").unwrap();
+            store.append(&x, None, Some(&tk), None).unwrap();
+            drop(store);
+            let store = EmbeddingStore::open(&dir).unwrap();
+            store.verify().unwrap();
+            assert_eq!(store.token_bits(), bits);
+            for (i, want) in ids.iter().enumerate() {
+                assert_eq!(&store.tokens(i as i64).unwrap()[..], &want[..]);
+            }
+            let manifest = std::fs::read_to_string(dir.join(MANIFEST)).unwrap();
+            assert_eq!(manifest.contains("token_bits"), bits == 16, "{manifest}");
+            sizes.push(
+                std::fs::metadata(dir.join("shards/00000/tokens.bin"))
+                    .unwrap()
+                    .len(),
+            );
+        }
+        assert_eq!(sizes, vec![2 * 9, 4 * 9]);
+
+        let dir = tmp.path().join("s16");
+        let mut store = EmbeddingStore::open(&dir).unwrap();
+        let big: Vec<&[u32]> = vec![&[1, 2], &[3, 65_536]];
+        let err = store
+            .append(&test_matrix(2, 4, 3), None, Some(&big), None)
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("65536 (tokens 1, position 1)"), "{msg}");
+        assert_eq!((store.len(), store.num_shards()), (3, 1));
+        assert!(!dir.join(shard_dir_name(1)).exists());
+
+        for bits in [0u32, 8, 24, 64] {
+            let o = StoreOptions {
+                token_bits: bits,
+                ..StoreOptions::new(4)
+            };
+            let bad = tmp.path().join(format!("bad{bits}"));
+            let err = EmbeddingStore::create(&bad, &o, "{}").err().unwrap();
+            assert!(err.to_string().contains("16 or 32"), "{err}");
+            assert!(!bad.exists());
+        }
     }
 }

@@ -12,6 +12,7 @@
 //! [`super::shard`]). After a cosine search every score must lie in [-1, 1] (up to rounding): one
 //! outside means a stored norm that does not match its vector, reported as a corrupt file.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
 use rayon::prelude::*;
@@ -184,12 +185,7 @@ impl EmbeddingStore {
         pick: impl Fn(&'a Shard) -> Option<&'a Ragged<T>>,
     ) -> Result<&'a [T]> {
         let (s, local) = self.locate(id)?;
-        let col = pick(s).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "this store was created without {name} (with_{name}=False)"
-            ))
-        })?;
-        col.get(local)
+        pick(s).ok_or_else(|| without(name))?.get(local)
     }
 
     /// UTF-8 bytes of the text of `id`.
@@ -208,15 +204,27 @@ impl EmbeddingStore {
         })
     }
 
-    /// Token ids of `id`, borrowed from the memory map.
-    pub fn tokens(&self, id: i64) -> Result<&[u32]> {
-        self.column(id, "tokens", |s| s.tokens.as_ref())
+    /// Token ids of `id`: borrowed from the memory map in a store of u32 ids, widened to u32
+    /// in one of u16 ids ([`EmbeddingStore::token_bits`]).
+    pub fn tokens(&self, id: i64) -> Result<Cow<'_, [u32]>> {
+        let (s, local) = self.locate(id)?;
+        s.tokens
+            .as_ref()
+            .ok_or_else(|| without("tokens"))?
+            .get(local)
     }
 
     /// Record bytes of `id`.
     pub fn record(&self, id: i64) -> Result<&[u8]> {
         self.column(id, "records", |s| s.records.as_ref())
     }
+}
+
+/// The error of a read of a column the store does not keep.
+fn without(name: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "this store was created without {name} (with_{name}=False)"
+    ))
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use super::{inside, not_found, EmbeddingStore};
 use crate::error::{Error, Result};
 use crate::hnsw::HnswIndex;
 use crate::ragged::{
-    check_sum_once, file_len, hash_file, CheckedOnce, FileSum, Ragged, HEADER_LEN,
+    check_sum_once, file_len, hash_file, CheckedOnce, FileSum, Ragged, TokenColumn, HEADER_LEN,
 };
 use crate::vectors::VectorData;
 
@@ -42,7 +42,7 @@ pub(super) struct Shard {
     pub(super) dir: PathBuf,
     pub(super) vectors: VecFile,
     pub(super) text: Option<Ragged<u8>>,
-    pub(super) tokens: Option<Ragged<u32>>,
+    pub(super) tokens: Option<TokenColumn>,
     pub(super) records: Option<Ragged<u8>>,
     pub(super) hnsw: Option<HnswIndex>,
     /// The outcome of [`Shard::check_values`], once per process (a corrupt-file message).
@@ -141,7 +141,11 @@ impl Shard {
             Ok(Some(r))
         }
         let text = column::<u8>(m.has_text, "text", &entry, &need)?;
-        let tokens = column::<u32>(m.has_tokens, "tokens", &entry, &need)?;
+        let tokens = if m.token_bits == 16 {
+            column::<u16>(m.has_tokens, "tokens", &entry, &need)?.map(TokenColumn::U16)
+        } else {
+            column::<u32>(m.has_tokens, "tokens", &entry, &need)?.map(TokenColumn::U32)
+        };
         let records = column::<u8>(m.has_records, "records", &entry, &need)?;
         let hnsw = match (&m.hnsw, entry.files.contains_key(HNSW_FILE)) {
             (Some(p), true) => Some(HnswIndex::view(
@@ -312,7 +316,10 @@ impl EmbeddingStore {
         for col in [&s.text, &s.records] {
             col.as_ref().map(Ragged::check_offsets).transpose()?;
         }
-        s.tokens.as_ref().map(Ragged::check_offsets).transpose()?;
+        s.tokens
+            .as_ref()
+            .map(TokenColumn::check_offsets)
+            .transpose()?;
         s.hnsw.as_ref().map(HnswIndex::check_links).transpose()?;
         Ok(())
     }

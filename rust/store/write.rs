@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::files::{fsync_dir, refuse_symlink, remove_leftover, replace};
 use crate::hnsw::HnswIndex;
 use crate::lock::WriterLock;
-use crate::ragged::{write_ragged, CheckedOnce, FileSum};
+use crate::ragged::{narrow_tokens, write_ragged, CheckedOnce, FileSum};
 use crate::vectors::DType;
 
 /// Largest magnitude representable in f16.
@@ -127,6 +127,9 @@ impl EmbeddingStore {
             self.manifest.has_records,
             records.map(|t| t.len()),
         )?;
+        if let (Some(tokens), 16) = (tokens, self.manifest.token_bits) {
+            narrow_tokens(tokens)?; // an id that does not fit is refused before any file
+        }
         if let Some(texts) = texts {
             for (i, t) in texts.iter().enumerate() {
                 if let Err(e) = std::str::from_utf8(t) {
@@ -317,7 +320,14 @@ fn write_shard_files(
     col_u8("records", records)?;
     if let Some(items) = tokens {
         let (b, o) = ragged_names("tokens");
-        let (bs, os) = write_ragged(&tmp_dir.join(&b), &tmp_dir.join(&o), items)?;
+        let (b_path, o_path) = (tmp_dir.join(&b), tmp_dir.join(&o));
+        let (bs, os) = if m.token_bits == 16 {
+            let narrow = narrow_tokens(items)?;
+            let slices: Vec<&[u16]> = narrow.iter().map(Vec::as_slice).collect();
+            write_ragged(&b_path, &o_path, &slices)?
+        } else {
+            write_ragged(&b_path, &o_path, items)?
+        };
         files.insert(b, bs);
         files.insert(o, os);
     }

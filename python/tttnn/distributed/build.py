@@ -267,7 +267,8 @@ class BuildWorker(PoolWorker):
             if delay:
                 time.sleep(delay)
 
-        unit_params = {"kind": "tttnn.unit", "tokenizer": cfg.tokenizer, "dim": self.enc.dim}
+        unit_params = {"kind": "tttnn.unit", "tokenizer": cfg.tokenizer, "dim": self.enc.dim,
+                       "token_bits": params["token_bits"]}  # fmt: skip
         store = _create(tmp, unit_params, cfg)
         with store:
             # without chunking entry = document: align encoder groups on the whole build's
