@@ -252,7 +252,9 @@ def test_real_index_text_queries_guard_and_packing(ray_cluster, sample_index, en
         for a, b in zip(index.store.pack_windows(ids, 64), local.store.pack_windows(ids, 64)):
             np.testing.assert_array_equal(a, b)
         index.check_complete()
-        assert index.info()["entries"] == len(local)
+        info = index.info()
+        assert info["entries"] == len(local)
+        assert info["token_bits"] == local.store.token_bits == 16
 
 
 @pytest.mark.slow

@@ -183,6 +183,7 @@ def _describe(path: str) -> dict[str, Any]:
         "path": s.path, "dim": s.dim, "dtype": s.dtype, "metric": s.metric, "meta": s.meta,
         "counts": [int(c) for c in s.shard_counts()], "has_hnsw": bool(s.has_hnsw),
         "shard_size": s.shard_size, "hnsw_stranded": [int(i) for i in s.hnsw_stranded()],
+        "token_bits": s.token_bits,
     }  # fmt: skip
 
 
@@ -298,6 +299,7 @@ class RayStore:
     meta = property(lambda self: self._info["meta"])
     has_hnsw = property(lambda self: self._info["has_hnsw"])
     shard_size = property(lambda self: self._info["shard_size"])
+    token_bits = property(lambda self: self._info["token_bits"])
     num_shards = property(lambda self: len(self._info["counts"]))
 
     def shard_counts(self) -> list[int]:
