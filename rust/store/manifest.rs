@@ -45,10 +45,10 @@ fn is_token_bits_default(bits: &u32) -> bool {
     *bits == TOKEN_BITS_DEFAULT
 }
 
-/// The widths a token id may be stored in: `bits` if allowed, else why not.
-pub(crate) fn check_token_bits(bits: u32) -> Result<u32> {
+/// The widths a token id may be stored in: 16 or 32, else why not.
+pub(crate) fn check_token_bits(bits: u32) -> Result<()> {
     match bits {
-        16 | 32 => Ok(bits),
+        16 | 32 => Ok(()),
         _ => Err(Error::InvalidArgument(format!(
             "token_bits must be 16 or 32, not {bits}"
         ))),

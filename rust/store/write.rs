@@ -33,6 +33,24 @@ use crate::lock::WriterLock;
 use crate::ragged::{narrow_tokens, write_ragged, CheckedOnce, FileSum};
 use crate::vectors::DType;
 
+/// Token id lists as the store writes them: narrowed to u16 in a store of 16-bit ids, as given
+/// otherwise.
+#[derive(Clone, Copy)]
+enum TokenLists<'a> {
+    U16(&'a [&'a [u16]]),
+    U32(&'a [&'a [u32]]),
+}
+
+impl<'a> TokenLists<'a> {
+    /// The lists `lo..hi` (one shard's).
+    fn rows(self, lo: usize, hi: usize) -> Self {
+        match self {
+            TokenLists::U16(t) => TokenLists::U16(&t[lo..hi]),
+            TokenLists::U32(t) => TokenLists::U32(&t[lo..hi]),
+        }
+    }
+}
+
 /// Largest magnitude representable in f16.
 const F16_MAX: f32 = 65504.0;
 
@@ -127,9 +145,18 @@ impl EmbeddingStore {
             self.manifest.has_records,
             records.map(|t| t.len()),
         )?;
-        if let (Some(tokens), 16) = (tokens, self.manifest.token_bits) {
-            narrow_tokens(tokens)?; // an id that does not fit is refused before any file
-        }
+        // Narrowed once, for the whole append: an id that does not fit is refused before any file.
+        let owned = match (tokens, self.manifest.token_bits) {
+            (Some(t), 16) => Some(narrow_tokens(t)?),
+            _ => None,
+        };
+        let narrow: Option<Vec<&[u16]>> = owned
+            .as_ref()
+            .map(|n| n.iter().map(Vec::as_slice).collect());
+        let tokens = match (&narrow, tokens) {
+            (Some(n), _) => Some(TokenLists::U16(n)),
+            (None, t) => t.map(TokenLists::U32),
+        };
         if let Some(texts) = texts {
             for (i, t) in texts.iter().enumerate() {
                 if let Err(e) = std::str::from_utf8(t) {
@@ -145,7 +172,7 @@ impl EmbeddingStore {
             let id = self.write_shard(
                 &vectors[lo * dim..hi * dim],
                 texts.map(|t| &t[lo..hi]),
-                tokens.map(|t| &t[lo..hi]),
+                tokens.map(|t| t.rows(lo, hi)),
                 records.map(|t| &t[lo..hi]),
             )?;
             written.push(id);
@@ -158,7 +185,7 @@ impl EmbeddingStore {
         &mut self,
         vectors: &[f32],
         texts: Option<&[&[u8]]>,
-        tokens: Option<&[&[u32]]>,
+        tokens: Option<TokenLists<'_>>,
         records: Option<&[&[u8]]>,
     ) -> Result<u32> {
         let m = &self.manifest;
@@ -298,7 +325,7 @@ fn write_shard_files(
     m: &Manifest,
     vectors: &[f32],
     texts: Option<&[&[u8]]>,
-    tokens: Option<&[&[u32]]>,
+    tokens: Option<TokenLists<'_>>,
     records: Option<&[&[u8]]>,
 ) -> Result<ShardFiles> {
     let mut files = BTreeMap::new();
@@ -321,12 +348,9 @@ fn write_shard_files(
     if let Some(items) = tokens {
         let (b, o) = ragged_names("tokens");
         let (b_path, o_path) = (tmp_dir.join(&b), tmp_dir.join(&o));
-        let (bs, os) = if m.token_bits == 16 {
-            let narrow = narrow_tokens(items)?;
-            let slices: Vec<&[u16]> = narrow.iter().map(Vec::as_slice).collect();
-            write_ragged(&b_path, &o_path, &slices)?
-        } else {
-            write_ragged(&b_path, &o_path, items)?
+        let (bs, os) = match items {
+            TokenLists::U16(t) => write_ragged(&b_path, &o_path, t)?,
+            TokenLists::U32(t) => write_ragged(&b_path, &o_path, t)?,
         };
         files.insert(b, bs);
         files.insert(o, os);
